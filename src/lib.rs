@@ -1,0 +1,137 @@
+//! slot_failover: logical replication slots that survive the promotion of a physical standby.
+//!
+//! The extension has two halves:
+//!
+//! * SQL functions in schema `slot_failover` (installed with `CREATE EXTENSION slot_failover`).
+//! * A background worker, registered from `_PG_init` when the library is loaded through
+//!   `shared_preload_libraries`. It runs on every node that loads the library; on a standby it
+//!   will keep copies of the marked slots (see `worker.rs`).
+//!
+//! The library must be preloaded: a background worker can only be registered by the postmaster,
+//! so loading it any other way (a plain `LOAD`, or `CREATE EXTENSION` in a server that did not
+//! preload it) is refused with an ERROR that says what to change. Under `pg_upgrade`
+//! (`IsBinaryUpgrade`) nothing is registered and nothing is refused, so an upgrade can restore
+//! the extension's objects.
+
+use pgrx::prelude::*;
+
+mod worker;
+
+::pgrx::pg_module_magic!(name, version);
+
+/// The name of the library, of the extension and of its SQL schema.
+pub const EXTENSION_NAME: &str = "slot_failover";
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: both are plain globals of the postmaster (or of a backend loading the library);
+    // _PG_init runs single-threaded in that process, so reading them cannot race.
+    let (upgrading, preloading) = unsafe {
+        (
+            pg_sys::IsBinaryUpgrade,
+            pg_sys::process_shared_preload_libraries_in_progress,
+        )
+    };
+    if upgrading {
+        return;
+    }
+    if !preloading {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "slot_failover must be loaded via shared_preload_libraries",
+            "_PG_init",
+        )
+        .set_detail(
+            "Its background worker can only be registered while the server starts.",
+        )
+        .set_hint(
+            "Add slot_failover to shared_preload_libraries in postgresql.conf and restart the server.",
+        )
+        .report(PgLogLevel::ERROR);
+    }
+    worker::register();
+}
+
+/// The version of the loaded library and the PostgreSQL major it was built for, e.g.
+/// `slot_failover 0.1.0 (PostgreSQL 17)`.
+#[pg_extern(stable, parallel_safe)]
+fn version() -> String {
+    format!(
+        "{EXTENSION_NAME} {} (PostgreSQL {})",
+        env!("CARGO_PKG_VERSION"),
+        pg_sys::get_pg_major_version_num()
+    )
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn extension_lives_in_its_own_schema() {
+        let schema = Spi::get_one::<String>(
+            "SELECT n.nspname::text FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+              WHERE e.extname = 'slot_failover'",
+        )
+        .expect("query pg_extension");
+        assert_eq!(schema.as_deref(), Some("slot_failover"));
+    }
+
+    #[pg_test]
+    fn version_names_the_running_major() {
+        let version = Spi::get_one::<String>("SELECT slot_failover.version()")
+            .expect("call slot_failover.version()")
+            .expect("version() returned NULL");
+        let server_major = Spi::get_one::<i32>(
+            "SELECT current_setting('server_version_num')::int / 10000",
+        )
+        .expect("read server_version_num")
+        .expect("server_version_num is NULL");
+        assert!(version.starts_with("slot_failover "), "{version}");
+        assert!(
+            version.ends_with(&format!("(PostgreSQL {server_major})")),
+            "{version} does not name major {server_major}"
+        );
+    }
+
+    /// The library is preloaded in the test server, so the worker must be registered and
+    /// running there (it idles on a primary). Polls pg_stat_activity for up to 30 s.
+    #[pg_test]
+    fn worker_is_running() {
+        for _ in 0..300 {
+            let found = Spi::get_one::<bool>(
+                "SELECT pg_catalog.pg_stat_clear_snapshot() IS NULL AND EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_stat_activity
+                    WHERE backend_type = 'slot_failover worker')",
+            )
+            .expect("query pg_stat_activity");
+            if found == Some(true) {
+                return;
+            }
+            Spi::run("SELECT pg_catalog.pg_sleep(0.1)").expect("pg_sleep");
+        }
+        panic!("no 'slot_failover worker' in pg_stat_activity after 30 s");
+    }
+
+    /// Loading the library into a running backend (not through shared_preload_libraries) must
+    /// be refused with a clear error, and leave the backend usable.
+    #[pg_test(error = "slot_failover must be loaded via shared_preload_libraries")]
+    fn load_outside_preload_is_refused() {
+        // The library is already loaded in this backend (inherited from the postmaster), so
+        // LOAD would be a no-op; call _PG_init directly the way a late load would.
+        super::_PG_init();
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'slot_failover'"]
+    }
+}
