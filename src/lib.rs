@@ -13,6 +13,7 @@
 //! (`IsBinaryUpgrade`) nothing is registered and nothing is refused, so an upgrade can restore
 //! the extension's objects.
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 mod worker;
@@ -23,7 +24,6 @@ mod worker;
 pub const EXTENSION_NAME: &str = "slot_failover";
 
 #[pg_guard]
-#[unsafe(no_mangle)]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: both are plain globals of the postmaster (or of a backend loading the library);
     // _PG_init runs single-threaded in that process, so reading them cannot race.
@@ -85,11 +85,10 @@ mod tests {
         let version = Spi::get_one::<String>("SELECT slot_failover.version()")
             .expect("call slot_failover.version()")
             .expect("version() returned NULL");
-        let server_major = Spi::get_one::<i32>(
-            "SELECT current_setting('server_version_num')::int / 10000",
-        )
-        .expect("read server_version_num")
-        .expect("server_version_num is NULL");
+        let server_major =
+            Spi::get_one::<i32>("SELECT current_setting('server_version_num')::int / 10000")
+                .expect("read server_version_num")
+                .expect("server_version_num is NULL");
         assert!(version.starts_with("slot_failover "), "{version}");
         assert!(
             version.ends_with(&format!("(PostgreSQL {server_major})")),
@@ -102,10 +101,11 @@ mod tests {
     #[pg_test]
     fn worker_is_running() {
         for _ in 0..300 {
+            // pg_stat_activity is a per-transaction snapshot: drop it before each look.
+            Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()").expect("clear stats snapshot");
             let found = Spi::get_one::<bool>(
-                "SELECT pg_catalog.pg_stat_clear_snapshot() IS NULL AND EXISTS (
-                   SELECT 1 FROM pg_catalog.pg_stat_activity
-                    WHERE backend_type = 'slot_failover worker')",
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                                 WHERE backend_type = 'slot_failover worker')",
             )
             .expect("query pg_stat_activity");
             if found == Some(true) {

@@ -48,7 +48,10 @@ pub struct InitOptions {
 
 impl InitOptions {
     pub fn logical() -> InitOptions {
-        InitOptions { allows_streaming: Streaming::Logical, ..Default::default() }
+        InitOptions {
+            allows_streaming: Streaming::Logical,
+            ..Default::default()
+        }
     }
 }
 
@@ -64,7 +67,10 @@ pub struct BackupOptions {
 impl BackupOptions {
     /// A streaming standby using `slot` on its upstream.
     pub fn standby(slot: &str) -> BackupOptions {
-        BackupOptions { has_streaming: true, primary_slot: Some(slot.to_string()) }
+        BackupOptions {
+            has_streaming: true,
+            primary_slot: Some(slot.to_string()),
+        }
     }
 }
 
@@ -176,7 +182,15 @@ impl Cluster {
         };
         let mut initdb = install.command("initdb");
         initdb
-            .args(["-A", "trust", "-U", "postgres", "-N", "--encoding=UTF8", "--locale=C"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-N",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
             .arg("-D")
             .arg(cluster.data_dir())
             .args(&opts.extra);
@@ -190,9 +204,12 @@ impl Cluster {
         match opts.allows_streaming {
             Streaming::None => conf.push_str("wal_level = replica\nmax_wal_senders = 5\n"),
             Streaming::Physical | Streaming::Logical => {
-                let level =
-                    if opts.allows_streaming == Streaming::Logical { "logical" } else { "replica" };
-                let _ = write!(conf, "wal_level = {level}\n");
+                let level = if opts.allows_streaming == Streaming::Logical {
+                    "logical"
+                } else {
+                    "replica"
+                };
+                let _ = writeln!(conf, "wal_level = {level}");
                 conf.push_str("max_wal_senders = 10\nmax_replication_slots = 10\n");
                 conf.push_str("wal_log_hints = on\nhot_standby = on\n");
                 conf.push_str("wal_sender_timeout = 60s\nwal_receiver_status_interval = 1s\n");
@@ -223,7 +240,11 @@ impl Cluster {
         opts: BackupOptions,
     ) -> Cluster {
         let backup = root.backup_dir().join(backup_name);
-        assert!(backup.is_dir(), "no backup {backup_name:?} of {}", root.name);
+        assert!(
+            backup.is_dir(),
+            "no backup {backup_name:?} of {}",
+            root.name
+        );
         let (dir, base) = Cluster::new_dir(name);
         let cluster = Cluster {
             name: name.to_string(),
@@ -237,8 +258,11 @@ impl Cluster {
         let mut cp = as_server_user("cp");
         cp.arg("-a").arg(&backup).arg(cluster.data_dir());
         check_output(&format!("copy backup {backup_name} to {name}"), cp.output());
-        fs::set_permissions(cluster.data_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .expect("chmod data directory");
+        fs::set_permissions(
+            cluster.data_dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod data directory");
 
         let mut conf = cluster.location_conf();
         if opts.has_streaming {
@@ -286,7 +310,11 @@ impl Cluster {
 
     /// A libpq connection string for database `db` (over the Unix socket).
     pub fn connstr(&self, db: &str) -> String {
-        format!("host={} port={} user=postgres dbname={db}", self.base.display(), self.port())
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.base.display(),
+            self.port()
+        )
     }
 
     /// Append `text` to a file of the data directory (created when missing).
@@ -370,7 +398,10 @@ impl Cluster {
     pub fn postmaster_pid(&self) -> i32 {
         let text = fs::read_to_string(self.data_dir().join("postmaster.pid"))
             .unwrap_or_else(|e| panic!("{}: read postmaster.pid: {e}", self.name));
-        text.lines().next().and_then(|l| l.trim().parse().ok()).expect("pid in postmaster.pid")
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("pid in postmaster.pid")
     }
 
     /// Promote a standby and wait until it accepts writes.
@@ -401,7 +432,10 @@ impl Cluster {
             .arg(&self.base)
             .args(["-p", &self.port().to_string(), "-U", "postgres"])
             .args(["-c", "fast", "-X", "stream", "--no-sync"]);
-        check_output(&format!("{}: pg_basebackup {name}", self.name), cmd.output());
+        check_output(
+            &format!("{}: pg_basebackup {name}", self.name),
+            cmd.output(),
+        );
     }
 
     fn config(&self, db: &str) -> Config {
@@ -435,7 +469,12 @@ impl Cluster {
         let mut client = match config.connect(NoTls) {
             Ok(client) => client,
             Err(e) => {
-                return PsqlOutput { rc: 2, stdout: String::new(), stderr: e.to_string(), sqlstate: None };
+                return PsqlOutput {
+                    rc: 2,
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                    sqlstate: None,
+                };
             }
         };
         let result = client.simple_query(sql);
@@ -455,7 +494,12 @@ impl Cluster {
                         _ => None,
                     })
                     .collect();
-                PsqlOutput { rc: 0, stdout: rows.join("\n"), stderr, sqlstate: None }
+                PsqlOutput {
+                    rc: 0,
+                    stdout: rows.join("\n"),
+                    stderr,
+                    sqlstate: None,
+                }
             }
             Err(e) => {
                 let sqlstate = e.code().map(|c| c.code().to_string());
@@ -473,7 +517,12 @@ impl Cluster {
                         let _ = writeln!(stderr, "{e}");
                     }
                 }
-                PsqlOutput { rc: 3, stdout: String::new(), stderr, sqlstate }
+                PsqlOutput {
+                    rc: 3,
+                    stdout: String::new(),
+                    stderr,
+                    sqlstate,
+                }
             }
         }
     }
@@ -531,7 +580,10 @@ impl Cluster {
         if text.is_empty() {
             None
         } else {
-            Some(text.parse().unwrap_or_else(|e| panic!("{}: {e}", self.name)))
+            Some(
+                text.parse()
+                    .unwrap_or_else(|e| panic!("{}: {e}", self.name)),
+            )
         }
     }
 
@@ -544,11 +596,18 @@ impl Cluster {
     /// Wait until `who` has reached `target` (default: this server's current WAL position) in
     /// `mode` (`sent`, `write`, `flush` or `replay`) according to pg_stat_replication here.
     pub fn wait_for_catchup_mode(&self, who: impl AsRef<str>, mode: &str, target: Option<Lsn>) {
-        assert!(["sent", "write", "flush", "replay"].contains(&mode), "bad catchup mode {mode}");
+        assert!(
+            ["sent", "write", "flush", "replay"].contains(&mode),
+            "bad catchup mode {mode}"
+        );
         let who = who.as_ref();
         let target = target.unwrap_or_else(|| {
             let in_recovery = self.safe_psql("postgres", "SELECT pg_catalog.pg_is_in_recovery()");
-            let mode = if in_recovery == "t" { LsnMode::Replay } else { LsnMode::Write };
+            let mode = if in_recovery == "t" {
+                LsnMode::Replay
+            } else {
+                LsnMode::Write
+            };
             self.lsn(mode).expect("current WAL position")
         });
         let sql = format!(
@@ -564,7 +623,10 @@ impl Cluster {
     /// offset just past the match, for the next wait. Panics on timeout.
     pub fn wait_for_log(&self, pattern: &str, offset: u64) -> u64 {
         let re = Regex::new(pattern).unwrap_or_else(|e| panic!("bad regex {pattern:?}: {e}"));
-        let what = format!("{} server log to match /{pattern}/ after byte {offset}", self.name);
+        let what = format!(
+            "{} server log to match /{pattern}/ after byte {offset}",
+            self.name
+        );
         let found = wait::until(&what, wait::default_timeout(), || {
             let text = self.log_from(offset);
             match re.find(&text) {
@@ -584,10 +646,10 @@ impl Cluster {
     /// The server log from byte `offset` on.
     pub fn log_from(&self, offset: u64) -> String {
         let mut text = Vec::new();
-        if let Ok(mut f) = fs::File::open(self.log_path()) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                let _ = f.read_to_end(&mut text);
-            }
+        if let Ok(mut f) = fs::File::open(self.log_path())
+            && f.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let _ = f.read_to_end(&mut text);
         }
         String::from_utf8_lossy(&text).into_owned()
     }
@@ -601,14 +663,30 @@ impl Cluster {
 
     /// Decode from logical slot `slot` with pg_recvlogical up to `endpos`, returning what it
     /// printed. `options` are plugin options (`-o name=value`).
-    pub fn pg_recvlogical_upto(&self, db: &str, slot: &str, endpos: Lsn, options: &[(&str, &str)]) -> String {
+    pub fn pg_recvlogical_upto(
+        &self,
+        db: &str,
+        slot: &str,
+        endpos: Lsn,
+        options: &[(&str, &str)],
+    ) -> String {
         let mut cmd = self.install.command("pg_recvlogical");
-        cmd.args(["-S", slot, "-d", &self.connstr(db), "--endpos", &endpos.to_string()])
-            .args(["-f", "-", "--no-loop", "--start"]);
+        cmd.args([
+            "-S",
+            slot,
+            "-d",
+            &self.connstr(db),
+            "--endpos",
+            &endpos.to_string(),
+        ])
+        .args(["-f", "-", "--no-loop", "--start"]);
         for (name, value) in options {
             cmd.args(["-o", &format!("{name}={value}")]);
         }
-        let out = check_output(&format!("{}: pg_recvlogical -S {slot}", self.name), cmd.output());
+        let out = check_output(
+            &format!("{}: pg_recvlogical -S {slot}", self.name),
+            cmd.output(),
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -620,19 +698,19 @@ impl Drop for Cluster {
             self.running = false;
         }
         let keep = std::env::var_os("SLOT_FAILOVER_KEEP").is_some();
-        if std::thread::panicking() || keep {
-            if let Some(dir) = self.dir.take() {
-                let path = dir.keep();
-                eprintln!(
-                    "--- {} (PostgreSQL {}): kept {} ; last lines of {} ---\n{}\n--- end of {} log ---",
-                    self.name,
-                    self.install.major,
-                    path.display(),
-                    self.log_path().display(),
-                    self.log_tail(80),
-                    self.name
-                );
-            }
+        if (std::thread::panicking() || keep)
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!(
+                "--- {} (PostgreSQL {}): kept {} ; last lines of {} ---\n{}\n--- end of {} log ---",
+                self.name,
+                self.install.major,
+                path.display(),
+                self.log_path().display(),
+                self.log_tail(80),
+                self.name
+            );
         }
     }
 }

@@ -42,7 +42,12 @@ impl PgInstall {
             .args(["--bindir", "--libdir", "--version"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", pg_config.display()));
-        assert!(out.status.success(), "{} failed: {}", pg_config.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            pg_config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "unexpected pg_config output: {text}");
@@ -64,7 +69,9 @@ impl PgInstall {
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = as_server_user(self.bindir.join(program));
         cmd.env("LD_LIBRARY_PATH", &self.libdir);
-        cmd.env_remove("PGDATA").env_remove("PGPORT").env_remove("PGHOST");
+        cmd.env_remove("PGDATA")
+            .env_remove("PGPORT")
+            .env_remove("PGHOST");
         cmd
     }
 }
@@ -137,7 +144,10 @@ mod tests {
     #[test]
     fn majors_are_read_from_pg_config_versions() {
         assert_eq!(parse_major("PostgreSQL 17.11"), Some(17));
-        assert_eq!(parse_major("PostgreSQL 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(
+            parse_major("PostgreSQL 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
         assert_eq!(parse_major("PostgreSQL 18beta1"), Some(18));
         assert_eq!(parse_major("PostgreSQL 9.6.24"), Some(9));
         assert_eq!(parse_major("MySQL 8.0"), None);

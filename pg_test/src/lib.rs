@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod install;
 pub mod lsn;
 pub mod port;
+pub mod process;
 pub mod wait;
 
 pub use cluster::{BackupOptions, Cluster, InitOptions, LsnMode, PsqlOutput, StopMode, Streaming};

@@ -17,7 +17,10 @@ impl FromStr for Lsn {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(|| format!("not an LSN: {s:?}"))?;
+        let (hi, lo) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("not an LSN: {s:?}"))?;
         let hi = u32::from_str_radix(hi, 16).map_err(|e| format!("not an LSN: {s:?}: {e}"))?;
         let lo = u32::from_str_radix(lo, 16).map_err(|e| format!("not an LSN: {s:?}: {e}"))?;
         Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))

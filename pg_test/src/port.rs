@@ -33,11 +33,6 @@ fn lease_dir() -> PathBuf {
     dir
 }
 
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists; it sends nothing.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
 /// Reserve a port that is free on 127.0.0.1 and not leased by any live test process.
 pub fn reserve() -> PortLease {
     let dir = lease_dir();
@@ -53,8 +48,10 @@ pub fn reserve() -> PortLease {
                 return PortLease { port, file };
             }
             Err(_) => {
-                let owner = fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
-                if !owner.is_some_and(process_alive) {
+                let owner = fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                if !owner.is_some_and(crate::process::exists) {
                     // Stale lease of a dead process: remove it; the next round may pick it.
                     let _ = fs::remove_file(&file);
                 }

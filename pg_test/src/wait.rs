@@ -67,7 +67,11 @@ pub fn until<T>(
         };
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(Timeout { what: what.to_string(), waited, last_seen });
+            return Err(Timeout {
+                what: what.to_string(),
+                waited,
+                last_seen,
+            });
         }
         std::thread::sleep(POLL_INTERVAL.min(timeout - waited));
     }
@@ -82,7 +86,11 @@ mod tests {
         let mut calls = 0;
         let got = until("three calls", Duration::from_secs(10), || {
             calls += 1;
-            if calls == 3 { Check::Done(calls) } else { Check::NotYet(format!("{calls} calls")) }
+            if calls == 3 {
+                Check::Done(calls)
+            } else {
+                Check::NotYet(format!("{calls} calls"))
+            }
         });
         assert_eq!(got, Ok(3));
     }
@@ -97,7 +105,10 @@ mod tests {
         assert_eq!(err.last_seen, "cheese");
         assert!(err.waited >= Duration::from_millis(120));
         let text = err.to_string();
-        assert!(text.contains("waiting for the moon") && text.contains("last seen: cheese"), "{text}");
+        assert!(
+            text.contains("waiting for the moon") && text.contains("last seen: cheese"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! They run against the PostgreSQL installation named by `SLOT_FAILOVER_PG_CONFIG`, into
 //! which the extension has been installed (`./run test` does both, once per major).
 
-use pg_test::{BackupOptions, Cluster, InitOptions, StopMode};
+use pg_test::wait::{self, Check};
+use pg_test::{BackupOptions, Cluster, InitOptions, StopMode, process};
 
 const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
 const WORKER_RUNNING: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity
@@ -30,8 +31,12 @@ fn build_topology() -> Topology {
     );
     primary.backup("b1");
 
-    let mut standby =
-        Cluster::init_from_backup(&primary, "b1", "standby1", BackupOptions::standby("standby1_slot"));
+    let mut standby = Cluster::init_from_backup(
+        &primary,
+        "b1",
+        "standby1",
+        BackupOptions::standby("standby1_slot"),
+    );
     standby.append_conf("postgresql.conf", "hot_standby_feedback = on");
     standby.start();
 
@@ -45,23 +50,40 @@ fn build_topology() -> Topology {
             primary.connstr("postgres")
         ),
     );
-    Topology { primary, standby, subscriber }
+    Topology {
+        primary,
+        standby,
+        subscriber,
+    }
 }
 
 fn ids(cluster: &Cluster) -> String {
-    cluster.safe_psql("postgres", "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t")
+    cluster.safe_psql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
 }
 
 /// Rows flow primary → subscriber and primary → standby; the worker runs on the standby with
 /// the physical slot's feedback in place; the standby is promoted and takes writes.
 #[test]
 fn primary_standby_subscriber_then_promote() {
-    let Topology { mut primary, standby, subscriber } = build_topology();
+    let Topology {
+        mut primary,
+        standby,
+        subscriber,
+    } = build_topology();
 
-    primary.safe_psql("postgres", "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 50) g");
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 50) g",
+    );
     primary.wait_for_catchup("sub");
     primary.wait_for_catchup(&standby);
-    let expected: String = (1..=50).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let expected: String = (1..=50)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     assert_eq!(ids(&subscriber), expected, "subscriber rows");
     assert_eq!(ids(&standby), expected, "standby rows");
 
@@ -79,7 +101,10 @@ fn primary_standby_subscriber_then_promote() {
     primary.poll_query_until("postgres", WORKER_RUNNING, "1");
     primary.wait_for_log(r"slot_failover worker started \(server is a primary\)", 0);
     assert_eq!(
-        standby.safe_psql("postgres", "SELECT slot_failover.version() LIKE 'slot_failover %'"),
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_failover.version() LIKE 'slot_failover %'"
+        ),
         "t",
         "the extension's objects replicated to the standby"
     );
@@ -88,10 +113,19 @@ fn primary_standby_subscriber_then_promote() {
     primary.stop(StopMode::Fast);
     let log_offset = standby.log_position();
     standby.promote();
-    standby.wait_for_log(r"slot_failover worker: this server was promoted and is now a primary", log_offset);
+    standby.wait_for_log(
+        r"slot_failover worker: this server was promoted and is now a primary",
+        log_offset,
+    );
     standby.safe_psql("postgres", "INSERT INTO t VALUES (51, 'after')");
-    assert_eq!(standby.safe_psql("postgres", "SELECT note FROM t WHERE id = 51"), "after");
-    assert_eq!(standby.safe_psql("postgres", "SELECT count(*) FROM t"), "51");
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT note FROM t WHERE id = 51"),
+        "after"
+    );
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT count(*) FROM t"),
+        "51"
+    );
     standby.poll_query_until("postgres", WORKER_RUNNING, "1");
 }
 
@@ -103,12 +137,16 @@ fn worker_lifecycle() {
     node.append_conf("postgresql.conf", PRELOAD);
     node.start();
     node.poll_query_until("postgres", WORKER_RUNNING, "1");
-    let pid_sql = "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+    let pid_sql =
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
 
     // SIGTERM (pg_terminate_backend): logs that it stops, and the postmaster starts a new one.
     let first = node.safe_psql("postgres", pid_sql);
     let offset = node.log_position();
-    node.safe_psql("postgres", &format!("SELECT pg_catalog.pg_terminate_backend({first})"));
+    node.safe_psql(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_terminate_backend({first})"),
+    );
     let offset = node.wait_for_log(r"slot_failover worker stopping", offset);
     node.poll_query_until(
         "postgres",
@@ -125,9 +163,11 @@ fn worker_lifecycle() {
     node.reload();
 
     // kill -9 of the worker is a crash: the postmaster reinitializes and the worker comes back.
-    let second: i32 = node.safe_psql("postgres", pid_sql).parse().expect("worker pid");
-    // SAFETY: sending SIGKILL to a process id we just read; it is the server's child.
-    assert_eq!(unsafe { libc::kill(second, libc::SIGKILL) }, 0, "kill -9 {second}");
+    let second: i32 = node
+        .safe_psql("postgres", pid_sql)
+        .parse()
+        .expect("worker pid");
+    process::kill(second, libc::SIGKILL).expect("kill -9 the worker");
     let offset = node.wait_for_log(r"all server processes terminated; reinitializing", offset);
     node.poll_query_until(
         "postgres",
@@ -136,25 +176,26 @@ fn worker_lifecycle() {
     );
 
     // Postmaster death: the worker notices, says so, and exits.
-    let worker: i32 = node.safe_psql("postgres", pid_sql).parse().expect("worker pid");
+    let worker: i32 = node
+        .safe_psql("postgres", pid_sql)
+        .parse()
+        .expect("worker pid");
     let postmaster = node.postmaster_pid();
-    // SAFETY: as above, the postmaster of our own test server.
-    assert_eq!(unsafe { libc::kill(postmaster, libc::SIGKILL) }, 0, "kill -9 postmaster");
+    process::kill(postmaster, libc::SIGKILL).expect("kill -9 the postmaster");
     node.mark_stopped();
     node.wait_for_log(r"slot_failover worker exiting: the postmaster died", offset);
-    pg_test::wait::until(
+    wait::until(
         &format!("worker process {worker} to exit"),
-        pg_test::wait::default_timeout(),
+        wait::default_timeout(),
         || {
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(worker, 0) } == 0 {
-                pg_test::wait::Check::NotYet("still running".into())
+            if process::exists(worker) {
+                Check::NotYet("still running".into())
             } else {
-                pg_test::wait::Check::Done(())
+                Check::Done(())
             }
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Without shared_preload_libraries, CREATE EXTENSION is refused with a clear error that says
@@ -166,10 +207,23 @@ fn create_extension_without_preload_is_refused() {
     let out = node.psql("postgres", "CREATE EXTENSION slot_failover");
     assert_eq!(out.rc, 3, "CREATE EXTENSION should fail: {out:?}");
     assert_eq!(out.sqlstate.as_deref(), Some("55000"), "{out:?}");
-    assert!(out.stderr.contains("ERROR:  slot_failover must be loaded via shared_preload_libraries"), "{}", out.stderr);
-    assert!(out.stderr.contains("HINT:  Add slot_failover to shared_preload_libraries"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ERROR:  slot_failover must be loaded via shared_preload_libraries"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("HINT:  Add slot_failover to shared_preload_libraries"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
-        node.safe_psql("postgres", "SELECT count(*) FROM pg_catalog.pg_extension WHERE extname = 'slot_failover'"),
+        node.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_extension WHERE extname = 'slot_failover'"
+        ),
         "0"
     );
     assert_eq!(node.safe_psql("postgres", WORKER_RUNNING), "0");

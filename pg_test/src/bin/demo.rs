@@ -19,23 +19,37 @@ fn main() {
     }
     let started = Instant::now();
     let install = pg_test::PgInstall::from_env();
-    println!("slot_failover demo on {} ({})", install.version, install.bindir.display());
+    println!(
+        "slot_failover demo on {} ({})",
+        install.version,
+        install.bindir.display()
+    );
 
     step("primary: initdb, shared_preload_libraries = 'slot_failover', start");
     let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", "shared_preload_libraries = 'slot_failover'");
+    primary.append_conf(
+        "postgresql.conf",
+        "shared_preload_libraries = 'slot_failover'",
+    );
     primary.start();
     primary.safe_psql(
         "postgres",
         "CREATE EXTENSION slot_failover;
          SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');",
     );
-    println!("   {}", primary.safe_psql("postgres", "SELECT slot_failover.version()"));
+    println!(
+        "   {}",
+        primary.safe_psql("postgres", "SELECT slot_failover.version()")
+    );
 
     step("standby: pg_basebackup, primary_slot_name = 'standby1_slot', hot_standby_feedback = on");
     primary.backup("demo");
-    let mut standby =
-        Cluster::init_from_backup(&primary, "demo", "standby1", BackupOptions::standby("standby1_slot"));
+    let mut standby = Cluster::init_from_backup(
+        &primary,
+        "demo",
+        "standby1",
+        BackupOptions::standby("standby1_slot"),
+    );
     standby.append_conf("postgresql.conf", "hot_standby_feedback = on");
     standby.start();
     primary.wait_for_catchup(&standby);
@@ -64,7 +78,11 @@ fn main() {
     );
     println!("   server log of the standby:");
     standby.wait_for_log(r"slot_failover worker started", 0);
-    for line in standby.log_from(0).lines().filter(|l| l.contains("slot_failover")) {
+    for line in standby
+        .log_from(0)
+        .lines()
+        .filter(|l| l.contains("slot_failover"))
+    {
         println!("   | {line}");
     }
 
@@ -73,9 +91,17 @@ fn main() {
         let psql = install.bindir.join("psql");
         println!("\nThe servers keep running (--keep). Connect with:");
         for c in [&primary, &standby] {
-            println!("   {}: {} '{}'", c.name(), psql.display(), c.connstr("postgres"));
+            println!(
+                "   {}: {} '{}'",
+                c.name(),
+                psql.display(),
+                c.connstr("postgres")
+            );
         }
-        println!("Stop them with: {} -D <data dir> stop (data dirs below), or reboot.", install.bindir.join("pg_ctl").display());
+        println!(
+            "Stop them with: {} -D <data dir> stop (data dirs below), or reboot.",
+            install.bindir.join("pg_ctl").display()
+        );
         for c in [&primary, &standby] {
             println!("   {}: {}", c.name(), c.data_dir().display());
         }

@@ -1,0 +1,40 @@
+//! Signals to server processes, for tests that crash or kill them on purpose.
+
+use std::io;
+
+/// Send `signal` (e.g. `libc::SIGKILL`) to process `pid`.
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    assert!(
+        pid > 0,
+        "refusing to signal pid {pid} (a process group or every process)"
+    );
+    // SAFETY: kill(2) with a positive pid signals exactly that process; it touches no memory.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether process `pid` exists (it may belong to another user).
+pub fn exists(pid: i32) -> bool {
+    pid > 0
+        && match kill(pid, 0) {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() == Some(libc::EPERM),
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn our_own_process_exists_and_a_reaped_child_does_not() {
+        assert!(super::exists(std::process::id() as i32));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        child.wait().expect("wait for true");
+        assert!(!super::exists(pid));
+    }
+}
