@@ -16,6 +16,9 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+mod api_error;
+mod marks;
+mod slot_name;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -132,6 +135,9 @@ pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'slot_failover'"]
+        vec![
+            "shared_preload_libraries = 'slot_failover'",
+            "wal_level = logical",
+        ]
     }
 }

@@ -457,7 +457,9 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{}: connect to {db}: {e}", self.name))
     }
 
-    /// Run `sql` (one or more statements) like `psql -XAt -v ON_ERROR_STOP=1 -c`, never panicking.
+    /// Run `sql` (one or more statements) like `psql -XAt -v ON_ERROR_STOP=1 -f -`: each
+    /// statement in its own transaction unless the script says BEGIN, all in one session.
+    /// Never panics.
     pub fn psql(&self, db: &str, sql: &str) -> PsqlOutput {
         let notices: Arc<Mutex<String>> = Arc::default();
         let sink = Arc::clone(&notices);
@@ -477,14 +479,13 @@ impl Cluster {
                 };
             }
         };
-        let result = client.simple_query(sql);
-        drop(client);
-        let mut stderr = notices.lock().unwrap().clone();
-        match result {
-            Ok(messages) => {
-                let rows: Vec<String> = messages
-                    .iter()
-                    .filter_map(|m| match m {
+        // Like `psql -f -`: each statement on its own (autocommit), stopping at the first error.
+        let mut rows: Vec<String> = Vec::new();
+        let mut failure = None;
+        for statement in crate::statements::split(sql) {
+            match client.simple_query(statement) {
+                Ok(messages) => rows.extend(messages.iter().filter_map(|m| {
+                    match m {
                         SimpleQueryMessage::Row(row) => Some(
                             (0..row.len())
                                 .map(|i| row.get(i).unwrap_or(""))
@@ -492,38 +493,44 @@ impl Cluster {
                                 .join("|"),
                         ),
                         _ => None,
-                    })
-                    .collect();
-                PsqlOutput {
-                    rc: 0,
-                    stdout: rows.join("\n"),
-                    stderr,
-                    sqlstate: None,
+                    }
+                })),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
             }
-            Err(e) => {
-                let sqlstate = e.code().map(|c| c.code().to_string());
-                match e.as_db_error() {
-                    Some(db) => {
-                        let _ = writeln!(stderr, "{}:  {}", db.severity(), db.message());
-                        if let Some(detail) = db.detail() {
-                            let _ = writeln!(stderr, "DETAIL:  {detail}");
-                        }
-                        if let Some(hint) = db.hint() {
-                            let _ = writeln!(stderr, "HINT:  {hint}");
-                        }
-                    }
-                    None => {
-                        let _ = writeln!(stderr, "{e}");
-                    }
+        }
+        drop(client);
+        let mut stderr = notices.lock().unwrap().clone();
+        let Some(e) = failure else {
+            return PsqlOutput {
+                rc: 0,
+                stdout: rows.join("\n"),
+                stderr,
+                sqlstate: None,
+            };
+        };
+        let sqlstate = e.code().map(|c| c.code().to_string());
+        match e.as_db_error() {
+            Some(db) => {
+                let _ = writeln!(stderr, "{}:  {}", db.severity(), db.message());
+                if let Some(detail) = db.detail() {
+                    let _ = writeln!(stderr, "DETAIL:  {detail}");
                 }
-                PsqlOutput {
-                    rc: 3,
-                    stdout: String::new(),
-                    stderr,
-                    sqlstate,
+                if let Some(hint) = db.hint() {
+                    let _ = writeln!(stderr, "HINT:  {hint}");
                 }
             }
+            None => {
+                let _ = writeln!(stderr, "{e}");
+            }
+        }
+        PsqlOutput {
+            rc: 3,
+            stdout: rows.join("\n"),
+            stderr,
+            sqlstate,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod install;
 pub mod lsn;
 pub mod port;
 pub mod process;
+pub mod statements;
 pub mod wait;
 
 pub use cluster::{BackupOptions, Cluster, InitOptions, LsnMode, PsqlOutput, StopMode, Streaming};
