@@ -16,9 +16,21 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+use crate::shared::SHARED;
+
 mod api_error;
+mod compat;
+mod conninfo;
+mod copy;
+mod gucs;
+mod log_redaction;
 mod marks;
+mod readiness;
+mod shared;
 mod slot_name;
+mod status;
+mod sync;
+mod upstream;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -53,6 +65,9 @@ pub extern "C-unwind" fn _PG_init() {
         )
         .report(PgLogLevel::ERROR);
     }
+    gucs::define();
+    pgrx::pg_shmem_init!(SHARED);
+    log_redaction::install();
     worker::register();
 }
 
@@ -126,6 +141,39 @@ mod tests {
         // The library is already loaded in this backend (inherited from the postmaster), so
         // LOAD would be a no-op; call _PG_init directly the way a late load would.
         super::_PG_init();
+    }
+}
+
+/// Helpers for the `#[pg_test]`s of every module.
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) mod test_sql {
+    use pgrx::prelude::*;
+
+    /// Create (or replace) `pg_temp.error_of(sql)`: it runs `sql` in a PL/pgSQL block (its
+    /// own subtransaction) and returns `SQLSTATE|message|detail|hint` of the error it raises,
+    /// or `no error`. Call it before any SET ROLE: the function belongs to the caller.
+    pub fn install_error_of() {
+        Spi::run(
+            r#"CREATE OR REPLACE FUNCTION pg_temp.error_of(sql text) RETURNS text
+               LANGUAGE plpgsql AS $f$
+               DECLARE st text; msg text; det text; hin text;
+               BEGIN
+                   EXECUTE sql;
+                   RETURN 'no error';
+               EXCEPTION WHEN OTHERS THEN
+                   GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                                           det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
+                   RETURN st || '|' || msg || '|' || det || '|' || hin;
+               END $f$"#,
+        )
+        .expect("create pg_temp.error_of");
+    }
+
+    /// `SQLSTATE|message|detail|hint` of the error `sql` raises, or `no error`.
+    pub fn error_of(sql: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()])
+            .expect("call pg_temp.error_of")
+            .expect("error_of returned NULL")
     }
 }
 

@@ -148,31 +148,7 @@ fn disable(slot_name: Option<&str>) {
 mod tests {
     use pgrx::prelude::*;
 
-    /// Create `pg_temp.error_of(sql)`: it runs `sql` in a PL/pgSQL block (its own
-    /// subtransaction) and returns `SQLSTATE|message|detail|hint` of the error it raises, or
-    /// `no error`. Call before any SET ROLE: the function belongs to the caller.
-    fn install_error_of() {
-        Spi::run(
-            r#"CREATE FUNCTION pg_temp.error_of(sql text) RETURNS text
-               LANGUAGE plpgsql AS $f$
-               DECLARE st text; msg text; det text; hin text;
-               BEGIN
-                   EXECUTE sql;
-                   RETURN 'no error';
-               EXCEPTION WHEN OTHERS THEN
-                   GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-                                           det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
-                   RETURN st || '|' || msg || '|' || det || '|' || hin;
-               END $f$"#,
-        )
-        .expect("create pg_temp.error_of");
-    }
-
-    fn error_of(sql: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT pg_temp.error_of($1)", &[sql.into()])
-            .expect("call pg_temp.error_of")
-            .expect("error_of returned NULL")
-    }
+    use crate::test_sql::{error_of, install_error_of};
 
     fn marks() -> String {
         Spi::get_one::<String>(

@@ -20,14 +20,30 @@
 //!   `ConfigReloadPending`, SIGTERM sets `ShutdownRequestPending`). The main loop does the
 //!   work: it re-reads the configuration files with `ProcessConfigFile(PGC_SIGHUP)` and stops.
 //! * The loop never sleeps without the latch, so a signal is acted on at once.
-//! * Synchronizing slots is not done yet; the loop only notices role changes.
+//! * On a standby (and while `slot_failover.enabled`), every round checks the prerequisites,
+//!   (re)connects to the upstream and reads the marked slots (see `upstream.rs`). Each problem
+//!   is logged once, as a WARNING with a hint, when it appears; retries back off from
+//!   `slot_failover.naptime` to 30 s. A reload retries at once.
+//! * Each good round synchronizes every marked slot (`sync.rs`, rules in `readiness.rs`);
+//!   a slot's state is logged when it changes.
+//! * At promotion the worker keeps the ready copies, drops the others with a WARNING each,
+//!   and names every marked slot left without a copy.
 
 use std::time::Duration;
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+
+use crate::gucs;
+use std::collections::HashMap;
+
+use crate::readiness::State;
+use crate::shared::{self, SHARED};
+use crate::sync::{self, SlotReport};
+use crate::upstream::{self, Problem, Upstream};
 
 /// `backend_type` of the worker in `pg_stat_activity`, and its process title.
 pub const WORKER_TYPE: &str = "slot_failover worker";
@@ -35,7 +51,7 @@ pub const WORKER_TYPE: &str = "slot_failover worker";
 /// How long the postmaster waits before restarting a worker that exited with an error.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
-/// How often the idle loop wakes up to look at the server's role without being signalled.
+/// How often the loop wakes up, when not synchronizing, to look at the server's role.
 const IDLE_WAKEUP: Duration = Duration::from_secs(1);
 
 /// Register the worker with the postmaster. Only valid while shared_preload_libraries are
@@ -63,25 +79,230 @@ fn role_name(standby: bool) -> &'static str {
     if standby { "a standby" } else { "a primary" }
 }
 
+/// Longest pause between attempts while something is wrong (doubling from naptime).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the worker knows between rounds.
+struct SyncState {
+    upstream: Option<Upstream>,
+    /// The connection string `upstream` was opened with (never logged).
+    conninfo: String,
+    /// The last problem reported, so each is logged once.
+    problem: Option<Problem>,
+    /// The marked slots seen in the last good round.
+    marked: Option<Vec<String>>,
+    /// Each slot's state after the last round, so that changes are logged once.
+    slot_states: HashMap<String, State>,
+    backoff: Duration,
+}
+
+impl SyncState {
+    fn new() -> SyncState {
+        SyncState {
+            upstream: None,
+            conninfo: String::new(),
+            problem: None,
+            marked: None,
+            slot_states: HashMap::new(),
+            backoff: gucs::naptime(),
+        }
+    }
+
+    /// Forget the connection and what we knew (the server was promoted, or sync was disabled).
+    fn reset(&mut self) {
+        *self = SyncState::new();
+    }
+
+    /// One round: prerequisites, connection, the marked slots upstream. A query that fails on
+    /// an existing connection (the upstream restarted, say) is retried once on a new one, so
+    /// that an upstream that went away is reported as unreachable, once.
+    fn round(&mut self) -> Result<Vec<SlotReport>, Problem> {
+        let conninfo = upstream::local_prerequisites()?;
+        let slot = upstream::primary_slot_name().ok_or(Problem::NoPrimarySlot)?;
+        if conninfo != self.conninfo {
+            self.upstream = None;
+        }
+        let fresh = self.upstream.is_none();
+        if fresh {
+            self.upstream = Some(Upstream::connect(&conninfo)?);
+            self.conninfo = conninfo;
+        }
+        let up = self.upstream.as_ref().expect("connected above");
+        match up.check(&slot).and_then(|()| sync::round(up)) {
+            Err(Problem::Query(_)) if !fresh => {
+                self.upstream = None;
+                self.round()
+            }
+            Err(problem @ Problem::Query(_)) => {
+                self.upstream = None;
+                Err(problem)
+            }
+            result => result,
+        }
+    }
+
+    /// Log what changed since the last round: a new problem (once), the end of a problem, a
+    /// change in the set of marked slots.
+    fn report(&mut self, outcome: Result<Vec<SlotReport>, Problem>) {
+        match outcome {
+            Err(problem) => {
+                let same_kind = self
+                    .problem
+                    .as_ref()
+                    .is_some_and(|p| std::mem::discriminant(p) == std::mem::discriminant(&problem));
+                if !same_kind {
+                    ErrorReport::new(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!("{WORKER_TYPE} cannot synchronize slots: {problem}"),
+                        "slot_failover worker",
+                    )
+                    .set_hint(problem.hint())
+                    .report(PgLogLevel::WARNING);
+                }
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                debug1!(
+                    "{WORKER_TYPE}: round failed ({problem}); next attempt in {} ms",
+                    self.backoff.as_millis()
+                );
+                self.problem = Some(problem);
+                self.marked = None;
+            }
+            Ok(reports) => {
+                let names: Vec<String> = reports
+                    .iter()
+                    .filter(|r| r.action != "dropped" || r.state != State::UpstreamMissing)
+                    .map(|r| r.name.clone())
+                    .collect();
+                if self.problem.take().is_some() || self.marked.is_none() {
+                    log!("{WORKER_TYPE} is connected to the upstream server");
+                }
+                if self.marked.as_ref() != Some(&names) {
+                    log!(
+                        "{WORKER_TYPE}: {} marked slot(s) on the upstream server{}{}",
+                        names.len(),
+                        if names.is_empty() { "" } else { ": " },
+                        names.join(", ")
+                    );
+                }
+                for r in &reports {
+                    self.report_slot(r);
+                }
+                self.slot_states.retain(|name, _| names.contains(name));
+                self.marked = Some(names);
+                self.backoff = gucs::naptime();
+            }
+        }
+    }
+}
+
+impl SyncState {
+    /// Log a slot's state when it changes (and every drop).
+    fn report_slot(&mut self, r: &SlotReport) {
+        let name = &r.name;
+        let detail = &r.detail;
+        if r.action == "dropped" {
+            log!("{WORKER_TYPE} dropped its copy of replication slot \"{name}\": {detail}");
+        }
+        let previous = self.slot_states.insert(name.clone(), r.state);
+        if previous == Some(r.state) {
+            debug1!(
+                "{WORKER_TYPE}: slot \"{name}\" {}: {detail}",
+                r.state.as_str()
+            );
+            return;
+        }
+        match r.state {
+            State::Ready => {
+                log!("{WORKER_TYPE}: replication slot \"{name}\" is ready for failover")
+            }
+            State::Error => warning!(
+                "{WORKER_TYPE}: replication slot \"{name}\" cannot be synchronized: {detail}"
+            ),
+            state => log!(
+                "{WORKER_TYPE}: replication slot \"{name}\" is {}: {detail}",
+                state.as_str()
+            ),
+        }
+    }
+}
+
+/// At promotion: keep ready copies, drop the others loudly, and name every marked slot that
+/// has no copy here.
+fn promote() {
+    let kept = sync::drop_unready(true);
+    for name in &kept {
+        log!(
+            "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"
+        );
+    }
+    let missing = Spi::get_one::<String>(
+        "SELECT pg_catalog.string_agg(m.slot_name::pg_catalog.text, ', ' ORDER BY m.slot_name)
+           FROM slot_failover.marked_slots AS m
+          WHERE pg_catalog.to_regclass('slot_failover.marked_slots') IS NOT NULL
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots AS s
+                             WHERE s.slot_name OPERATOR(pg_catalog.=) m.slot_name)",
+    );
+    if let Ok(Some(missing)) = missing {
+        warning!(
+            "{WORKER_TYPE}: marked replication slot(s) with no copy on this promoted server: {missing}; their consumers cannot continue here"
+        );
+    }
+}
+
+/// At exit: sync() must not wait for a worker that is gone.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_worker(_code: i32, _arg: pg_sys::Datum) {
+    let mut shared = SHARED.exclusive();
+    shared.worker_latch = 0;
+    shared.worker_syncing = false;
+}
+
+/// Run `f` in a transaction of its own.
+fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: called from the worker's main loop, outside any transaction; an ERROR inside
+    // ends the worker (the postmaster restarts it), so no transaction is left open.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = f();
+    // SAFETY: as above; commits the transaction started here.
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+    result
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // No database yet: connecting to none (like PostgreSQL's logical replication launcher) is
-    // what makes the worker visible in pg_stat_activity. It reads only shared memory for now.
-    BackgroundWorker::connect_worker_to_spi(None, None);
+    // A database connection is needed to read query results (type look-ups). It need not be
+    // the one the extension is installed in, but that one is sure to matter to the DBA.
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
     let mut standby = in_recovery();
     log!("{WORKER_TYPE} started (server is {})", role_name(standby));
+    // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
+    // valid in every server process; on_shmem_exit runs our callback when this process exits.
+    unsafe {
+        SHARED.exclusive().worker_latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
+        pg_sys::on_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0));
+    }
+    let mut state = SyncState::new();
 
     loop {
+        let syncing = standby && gucs::enabled();
+        let timeout = if syncing { state.backoff } else { IDLE_WAKEUP };
         // SAFETY: MyLatch is this process's own latch, set up before a background worker's
         // main function is called; WaitLatch may be called from the main loop of any process.
         let events = unsafe {
             let events = pg_sys::WaitLatch(
                 pg_sys::MyLatch,
                 (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
-                IDLE_WAKEUP.as_millis() as std::ffi::c_long,
+                timeout.as_millis() as std::ffi::c_long,
                 pg_sys::PG_WAIT_EXTENSION,
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -108,12 +329,51 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             debug1!("{WORKER_TYPE} reloaded its configuration");
+            if gucs::database() != database {
+                log!(
+                    "{WORKER_TYPE} restarting to connect to database \"{}\" (slot_failover.database changed)",
+                    gucs::database()
+                );
+                // SAFETY: as above; the postmaster restarts us after RESTART_AFTER.
+                unsafe { pg_sys::proc_exit(1) };
+            }
+            state.backoff = gucs::naptime(); // a fix may have been reloaded: retry at once
         }
 
         let now_standby = in_recovery();
         if standby && !now_standby {
             log!("{WORKER_TYPE}: this server was promoted and is now a primary");
+            state.reset();
+            shared::clear();
+            in_transaction(promote);
         }
         standby = now_standby;
+
+        let syncing = standby && gucs::enabled();
+        let requested = {
+            let mut shared = SHARED.exclusive();
+            shared.worker_syncing = syncing;
+            shared.rounds_requested
+        };
+        if syncing {
+            let outcome = in_transaction(|| state.round());
+            match &outcome {
+                Ok(reports) => shared::publish(reports, None),
+                Err(problem) => shared::publish(&[], Some(&problem.to_string())),
+            }
+            state.report(outcome);
+        } else if state.upstream.is_some()
+            || state.problem.is_some()
+            || !state.slot_states.is_empty()
+        {
+            if standby {
+                // Sync was switched off: let go of the copies that are not ready (they belong
+                // to this process), so that sync() in a session can take over.
+                in_transaction(|| sync::drop_unready(false));
+            }
+            state.reset();
+            shared::clear();
+        }
+        SHARED.exclusive().rounds_done = requested;
     }
 }

@@ -199,7 +199,7 @@ impl Cluster {
         let mut conf = String::new();
         conf.push_str("\n# pg_test harness\n");
         conf.push_str("fsync = off\nshared_buffers = 16MB\nmax_connections = 30\n");
-        conf.push_str("log_line_prefix = '%m [%p] %q%a '\nlog_min_messages = log\n");
+        conf.push_str("log_line_prefix = '%m [%p] %q%a '\n");
         conf.push_str("max_wal_size = 256MB\n");
         match opts.allows_streaming {
             Streaming::None => conf.push_str("wal_level = replica\nmax_wal_senders = 5\n"),

@@ -159,7 +159,7 @@ fn worker_lifecycle() {
     node.append_conf("postgresql.conf", "log_min_messages = debug1");
     node.reload();
     let offset = node.wait_for_log(r"slot_failover worker reloaded its configuration", offset);
-    node.append_conf("postgresql.conf", "log_min_messages = log");
+    node.append_conf("postgresql.conf", "log_min_messages = warning");
     node.reload();
 
     // kill -9 of the worker is a crash: the postmaster reinitializes and the worker comes back.

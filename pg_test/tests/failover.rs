@@ -1,0 +1,514 @@
+//! Failover with slot copies: a real subscriber and a test_decoding consumer continue from
+//! the promoted standby with nothing lost and nothing repeated; a copy that never became ready
+//! is dropped, loudly, at promotion.
+
+use pg_test::wait::{self, Check};
+use pg_test::{BackupOptions, Cluster, InitOptions, Lsn, LsnMode, StopMode};
+
+const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
+
+fn ids(cluster: &Cluster) -> String {
+    cluster.safe_psql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
+}
+
+fn range(from: i32, to: i32) -> Vec<String> {
+    (from..=to).map(|i| i.to_string()).collect()
+}
+
+fn slot_lsn(node: &Cluster, slot: &str, column: &str) -> Lsn {
+    node.safe_psql(
+        "postgres",
+        &format!("SELECT {column} FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+    .parse()
+    .unwrap_or_else(|e| panic!("{column} of {slot} on {}: {e}", node.name()))
+}
+
+/// The test_decoding output's inserted ids, in order.
+fn decoded_ids(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("table public.t: INSERT:"))
+        .map(|l| {
+            let id = l.split("id[integer]:").nth(1).expect("id column");
+            id.split_whitespace().next().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn subscriber_and_decoder_continue_after_failover() {
+    let mut primary = Cluster::init("primary", InitOptions::logical());
+    primary.append_conf("postgresql.conf", PRELOAD);
+    primary.start();
+    primary.safe_psql(
+        "postgres",
+        "CREATE EXTENSION slot_failover;
+         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
+         CREATE TABLE t (id int PRIMARY KEY, note text);
+         CREATE PUBLICATION pub FOR TABLE t;",
+    );
+    primary.backup("b1");
+    let mut standby = Cluster::init_from_backup(
+        &primary,
+        "b1",
+        "standby1",
+        BackupOptions::standby("standby1_slot"),
+    );
+    standby.append_conf(
+        "postgresql.conf",
+        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
+    );
+    standby.start();
+
+    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
+    subscriber.start();
+    subscriber.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+            primary.connstr("postgres")
+        ),
+    );
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('sub'); SELECT slot_failover.enable('td');",
+    );
+
+    // Rows 1-100 before the slots move: both consumers get them on the old primary.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'first' FROM generate_series(1, 100) g",
+    );
+    primary.wait_for_catchup("sub");
+    // A checkpoint logs a running-xacts record; decoding it serializes a snapshot there, and
+    // each slot's restart_lsn moves to it once its consumer confirms what follows.
+    let before = primary.lsn(LsnMode::Insert).unwrap();
+    primary.safe_psql("postgres", "CHECKPOINT");
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'second' FROM generate_series(101, 120) g",
+    );
+    primary.wait_for_catchup("sub");
+    // Each checkpoint logs a running-xacts record; decoding one serializes a snapshot there,
+    // and a slot's restart_lsn moves to it once its consumer has confirmed past it. A pending
+    // older candidate can take the first confirmation, so repeat until both slots moved.
+    wait::until(
+        "restart_lsn of sub and td to move past the checkpoint",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "CHECKPOINT;
+             SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+            );
+            let moved = primary.safe_psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_catalog.pg_replication_slots
+                  WHERE slot_name IN ('sub', 'td') AND restart_lsn > '{before}'"
+                ),
+            );
+            if moved == "2" {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{moved} of 2 moved"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The copies become ready on the standby.
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name IN ('sub', 'td') AND NOT temporary",
+        "2",
+    );
+    standby.wait_for_log(r#"replication slot "sub" is ready for failover"#, 0);
+    standby.wait_for_log(r#"replication slot "td" is ready for failover"#, 0);
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "t"
+    );
+    let states = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
+    assert_eq!(standby.safe_psql("postgres", states), "sub:ready,td:ready");
+    assert_eq!(
+        primary.safe_psql("postgres", states),
+        "sub:primary,td:primary"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT bool_and(plugin IS NOT NULL AND restart_lsn IS NOT NULL AND lag_bytes >= 0
+                             AND retained_wal_bytes >= 0 AND last_sync_at IS NOT NULL)
+               FROM slot_failover.status"
+        ),
+        "t"
+    );
+
+    // Rows 121-150: the subscriber gets them; td does not consume them.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'third' FROM generate_series(121, 150) g",
+    );
+    primary.wait_for_catchup("sub");
+    primary.wait_for_catchup(&standby);
+    // The copies follow the upstream's confirmed_flush.
+    for slot in ["sub", "td"] {
+        let upstream = slot_lsn(&primary, slot, "confirmed_flush_lsn");
+        standby.poll_query_until(
+            "postgres",
+            &format!(
+                "SELECT confirmed_flush_lsn >= '{upstream}' FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+            "t",
+        );
+    }
+
+    // Fail over.
+    primary.stop(StopMode::Fast);
+    let offset = standby.log_position();
+    standby.promote();
+    standby.wait_for_log(
+        r#"replication slot "sub" was ready and is kept on this promoted server"#,
+        offset,
+    );
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
+            standby.connstr("postgres")
+        ),
+    );
+    standby.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'after' FROM generate_series(151, 200) g",
+    );
+    standby.wait_for_catchup("sub");
+
+    // Every row exactly once on the subscriber: the same set as on the new primary.
+    let expected = range(1, 200).join(",");
+    assert_eq!(ids(&standby), expected);
+    assert_eq!(ids(&subscriber), expected, "subscriber rows after failover");
+
+    // td decodes exactly what it had not confirmed: rows 121-200, nothing before.
+    let decoded = standby.safe_psql(
+        "postgres",
+        "SELECT data FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    assert_eq!(
+        decoded_ids(&decoded),
+        range(121, 200),
+        "test_decoding after failover:\n{decoded}"
+    );
+}
+
+/// A slot created before the standby's backup and left idle: the standby no longer has the WAL
+/// from its restart_lsn, so its copy waits for the upstream; at promotion it is dropped with a
+/// WARNING, never kept as if it were usable.
+#[test]
+fn a_copy_that_never_became_ready_is_dropped_loudly_at_promotion() {
+    let mut primary = Cluster::init("primary", InitOptions::logical());
+    primary.append_conf("postgresql.conf", PRELOAD);
+    primary.start();
+    primary.safe_psql(
+        "postgres",
+        "CREATE EXTENSION slot_failover;
+         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
+         SELECT pg_catalog.pg_create_logical_replication_slot('idle_slot', 'test_decoding');
+         SELECT slot_failover.enable('idle_slot');
+         CHECKPOINT;",
+    );
+    primary.backup("b1");
+    let mut standby = Cluster::init_from_backup(
+        &primary,
+        "b1",
+        "standby1",
+        BackupOptions::standby("standby1_slot"),
+    );
+    standby.append_conf(
+        "postgresql.conf",
+        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
+    );
+    standby.start();
+
+    standby.wait_for_log(
+        r#"replication slot "idle_slot" is waiting_for_upstream: "#,
+        0,
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT temporary FROM pg_catalog.pg_replication_slots WHERE slot_name = 'idle_slot'",
+        "t",
+    );
+    // A not-ready copy belongs to the worker: nobody can decode from it.
+    if standby.install().major >= 16 {
+        let out = standby.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_logical_slot_peek_changes('idle_slot', NULL, NULL)",
+        );
+        assert_eq!(out.rc, 3, "{out:?}");
+        assert!(out.stderr.contains("is active for PID"), "{out:?}");
+    }
+
+    // failover_ready() says no, and why; sync() runs a round through the worker.
+    let out = standby.psql("postgres", "SELECT slot_failover.failover_ready()");
+    assert_eq!(out.stdout, "f", "{out:?}");
+    assert!(
+        out.stderr.contains(r#"NOTICE:  1 marked slot(s) not ready for failover: "idle_slot" is waiting_for_upstream: the upstream slot needs WAL from"#),
+        "{out:?}"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_name, action, state FROM slot_failover.sync()"
+        ),
+        "idle_slot|none|waiting_for_upstream"
+    );
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT state FROM slot_failover.status"),
+        "waiting_for_upstream"
+    );
+
+    // Without the worker (slot_failover.enabled off), sync() runs the round in the session;
+    // the worker first lets go of its copy, which is not ready.
+    let offset = standby.log_position();
+    standby.append_conf("postgresql.conf", "slot_failover.enabled = off");
+    standby.reload();
+    standby.wait_for_log(r#"dropped its copy of replication slot "idle_slot", which was not ready: slot_failover.enabled is off"#, offset);
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_name, action, state FROM slot_failover.sync()"
+        ),
+        "idle_slot|created|waiting_for_upstream"
+    );
+    standby.append_conf("postgresql.conf", "slot_failover.enabled = on");
+    standby.reload();
+    standby.wait_for_log(
+        r#"replication slot "idle_slot" is waiting_for_upstream: "#,
+        offset,
+    );
+
+    primary.stop(StopMode::Fast);
+    let offset = standby.log_position();
+    standby.promote();
+    standby.wait_for_log(
+        r#"WARNING:  slot_failover dropped replication slot "idle_slot" at promotion: its copy was not ready"#,
+        offset,
+    );
+    standby.wait_for_log(
+        r"marked replication slot\(s\) with no copy on this promoted server: idle_slot",
+        offset,
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'idle_slot'"
+        ),
+        "0"
+    );
+}
+
+/// A primary with the extension and a standby streaming from it (hot_standby_feedback on,
+/// fast sync rounds).
+fn primary_and_standby() -> (Cluster, Cluster) {
+    let mut primary = Cluster::init("primary", InitOptions::logical());
+    primary.append_conf("postgresql.conf", PRELOAD);
+    primary.start();
+    primary.safe_psql(
+        "postgres",
+        "CREATE EXTENSION slot_failover;
+         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
+         CREATE TABLE t (id int PRIMARY KEY, note text);",
+    );
+    primary.backup("b1");
+    let mut standby = Cluster::init_from_backup(
+        &primary,
+        "b1",
+        "standby1",
+        BackupOptions::standby("standby1_slot"),
+    );
+    standby.append_conf(
+        "postgresql.conf",
+        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
+    );
+    standby.start();
+    (primary, standby)
+}
+
+/// Create a test_decoding slot, mark it, and consume it until its restart_lsn sits on a
+/// serialized snapshot taken after `t` was last written (see the first test).
+fn marked_decoding_slot(primary: &Cluster, slot: &str) {
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT pg_catalog.pg_create_logical_replication_slot('{slot}', 'test_decoding');
+             SELECT slot_failover.enable('{slot}');"
+        ),
+    );
+    let created = slot_lsn(primary, slot, "restart_lsn");
+    wait::until(&format!("restart_lsn of {slot} to move"), wait::default_timeout(), || {
+        primary.safe_psql(
+            "postgres",
+            &format!("CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{slot}', NULL, NULL);"),
+        );
+        let now = slot_lsn(primary, slot, "restart_lsn");
+        if now > created { Check::Done(()) } else { Check::NotYet(now.to_string()) }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Keep consuming `slots` on the primary (after a checkpoint, so that running-xacts records
+/// keep coming) until every copy is ready on the standby. A copy is ready only once its
+/// upstream slot has moved past what the standby can guarantee (WAL, catalog_xmin), which an
+/// idle consumer never does.
+fn consume_until_ready(primary: &Cluster, standby: &Cluster, slots: &[&str]) {
+    let consume: String = slots
+        .iter()
+        .map(|s| {
+            format!(
+                "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{s}', NULL, NULL);"
+            )
+        })
+        .collect();
+    let names = slots
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    wait::until(&format!("copies of {names} to be ready"), wait::default_timeout(), || {
+        primary.safe_psql("postgres", &format!("CHECKPOINT; {consume}"));
+        let ready = standby.safe_psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name IN ({names}) AND NOT temporary"),
+        );
+        if ready == slots.len().to_string() {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{ready} of {} ready", slots.len()))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Copies follow the upstream: they advance when the slot is consumed, go away when the slot
+/// is unmarked or dropped, and survive a restart and a crash (kill -9) of the standby, still
+/// recognized as copies (they keep following).
+#[test]
+fn copies_follow_the_upstream_and_survive_restarts() {
+    let (primary, mut standby) = primary_and_standby();
+    marked_decoding_slot(&primary, "keep");
+    marked_decoding_slot(&primary, "unmark_me");
+    marked_decoding_slot(&primary, "drop_me");
+    consume_until_ready(&primary, &standby, &["keep", "unmark_me", "drop_me"]);
+
+    let follow = |standby: &Cluster, note: &str| {
+        primary.safe_psql(
+            "postgres",
+            &format!(
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1, '{note}' FROM t;
+                 SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('keep', NULL, NULL);"
+            ),
+        );
+        let upstream = slot_lsn(&primary, "keep", "confirmed_flush_lsn");
+        standby.poll_query_until(
+            "postgres",
+            &format!(
+                "SELECT confirmed_flush_lsn = '{upstream}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'keep'"
+            ),
+            "t",
+        );
+    };
+    follow(&standby, "consumed");
+
+    let offset = standby.log_position();
+    primary.safe_psql("postgres", "SELECT slot_failover.disable('unmark_me')");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('drop_me')",
+    );
+    standby.wait_for_log(
+        r#"dropped its copy of replication slot "unmark_me": the slot is no longer marked"#,
+        offset,
+    );
+    standby.wait_for_log(r#"dropped its copy of replication slot "drop_me": the slot was dropped on the upstream server"#, offset);
+    standby.poll_query_until(
+        "postgres",
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_catalog.pg_replication_slots",
+        "keep",
+    );
+
+    standby.restart();
+    follow(&standby, "after restart");
+    standby.stop(StopMode::Immediate);
+    standby.start();
+    follow(&standby, "after crash");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT temporary FROM pg_catalog.pg_replication_slots WHERE slot_name = 'keep'"
+        ),
+        "f"
+    );
+}
+
+/// Transactions open while the slot is synchronized, one committed after the copy's
+/// confirmed_flush and one still open at promotion: decoding from the promoted copy yields
+/// exactly the transactions committed after confirmed_flush, whole. On 14 and 15 this rests
+/// entirely on the snapshot file copied from the upstream (they cannot decode on a standby).
+#[test]
+fn open_transactions_across_sync_and_promotion() {
+    let (mut primary, standby) = primary_and_standby();
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1, 'before the slot')");
+    marked_decoding_slot(&primary, "td");
+    // Ready first: an open transaction pins the slot's catalog_xmin.
+    consume_until_ready(&primary, &standby, &["td"]);
+
+    // x: open across the next synchronizations, commits after the copy's confirmed_flush;
+    // y: still open at promotion.
+    let mut x = primary.connect("postgres");
+    x.batch_execute("BEGIN; INSERT INTO t VALUES (1001, 'x first')")
+        .unwrap();
+    primary.safe_psql(
+        "postgres",
+        "CHECKPOINT; INSERT INTO t VALUES (1002, 'committed, consumed')",
+    );
+    primary.safe_psql(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    let confirmed = slot_lsn(&primary, "td", "confirmed_flush_lsn");
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT confirmed_flush_lsn >= '{confirmed}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'"),
+        "t",
+    );
+
+    let mut y = primary.connect("postgres");
+    y.batch_execute("BEGIN; INSERT INTO t VALUES (3001, 'y never commits')")
+        .unwrap();
+    x.batch_execute("INSERT INTO t VALUES (1003, 'x second'); COMMIT")
+        .unwrap();
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1004, 'committed after')");
+    primary.wait_for_catchup(&standby);
+
+    primary.stop(StopMode::Fast);
+    drop((x, y));
+    standby.promote();
+    standby.safe_psql("postgres", "INSERT INTO t VALUES (2001, 'after failover')");
+    let decoded = standby.safe_psql(
+        "postgres",
+        "SELECT data FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    assert_eq!(
+        decoded_ids(&decoded),
+        ["1001", "1003", "1004", "2001"],
+        "decoded after failover:\n{decoded}"
+    );
+}

@@ -1,0 +1,320 @@
+//! The standby's copies of marked slots: creating, changing and dropping them through
+//! PostgreSQL's slot API, the registry of which slots are ours, and the snapshot files.
+//!
+//! Invariants:
+//!
+//! * **Ours.** A copy is ours when its directory holds the marker file
+//!   `pg_replslot/<name>/slot_failover` (written and fsynced right after the slot is created).
+//!   PostgreSQL removes the directory, marker included, when the slot is dropped, so the
+//!   registry can never name a slot that is gone; a slot without the marker is never touched.
+//!   (Slot files before 17 have no `synced` flag to tell copies apart.)
+//! * **Not ready = not usable.** A copy is created RS_TEMPORARY. A temporary slot keeps
+//!   `active_pid` = the worker after `ReplicationSlotRelease`, so no other process can
+//!   acquire it (and decode from it); it is discarded if the server restarts, and dropped if
+//!   the worker exits. `ReplicationSlotPersist` makes it ready.
+//! * **Positions.** WAL is reserved at max(upstream restart_lsn, the redo pointer) under
+//!   ReplicationSlotAllocationLock; like `ReplicationSlotReserveWal`, which has no interlock
+//!   with a concurrent checkpoint either, we check afterwards that the WAL is still there,
+//!   and check it again before the copy becomes ready. catalog_xmin is reserved and catalog_xmin at the oldest xid that is
+//!   safe to decode from, under ReplicationSlotControlLock and ProcArrayLock (both exclusive),
+//!   as PostgreSQL's own slot creation does. Changes are saved to disk before the effective
+//!   catalog_xmin is raised, then the global horizons are recomputed.
+//! * Every function here runs in the worker (or a backend running a sync round) inside a
+//!   transaction, holding no slot on entry and none on return.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::compat;
+use crate::readiness::lsn;
+use crate::upstream::RemoteSlot;
+
+/// Name of the marker file in a copy's slot directory.
+const MARKER: &str = "slot_failover";
+
+/// A local slot, as pg_replication_slots shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSlot {
+    pub name: String,
+    pub logical: bool,
+    pub ours: bool,
+    pub persistent: bool,
+    pub invalidated: bool,
+    pub restart_lsn: u64,
+    pub confirmed_flush: u64,
+    pub catalog_xmin: u32,
+}
+
+fn marker_path(name: &str) -> String {
+    format!("pg_replslot/{name}/{MARKER}")
+}
+
+/// Every replication slot on this server, by name.
+pub fn local_slots() -> HashMap<String, LocalSlot> {
+    let sql = format!(
+        "SELECT s.slot_name::pg_catalog.text, s.slot_type, s.temporary, {inv},
+                coalesce((s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
+                coalesce((s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
+                coalesce(s.catalog_xmin::pg_catalog.text::pg_catalog.int8, 0)
+           FROM pg_catalog.pg_replication_slots AS s",
+        inv = compat::SLOT_INVALIDATED_SQL
+    );
+    Spi::connect(|client| {
+        let table = client
+            .select(&sql, None, &[])
+            .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"));
+        let mut slots = HashMap::new();
+        for row in table {
+            let name: String = row.get(1).ok().flatten().unwrap_or_default();
+            let slot_type: String = row.get(2).ok().flatten().unwrap_or_default();
+            let slot = LocalSlot {
+                logical: slot_type == "logical",
+                ours: slot_type == "logical" && fs::metadata(marker_path(&name)).is_ok(),
+                persistent: !row.get::<bool>(3).ok().flatten().unwrap_or(false),
+                invalidated: row.get::<bool>(4).ok().flatten().unwrap_or(false),
+                restart_lsn: row.get::<i64>(5).ok().flatten().unwrap_or(0) as u64,
+                confirmed_flush: row.get::<i64>(6).ok().flatten().unwrap_or(0) as u64,
+                catalog_xmin: row.get::<i64>(7).ok().flatten().unwrap_or(0) as u32,
+                name: name.clone(),
+            };
+            slots.insert(name, slot);
+        }
+        slots
+    })
+}
+
+/// The end of the WAL this standby has flushed (received and written to disk, or replayed).
+pub fn standby_flush() -> u64 {
+    // SAFETY: both read positions from shared memory under their own spinlocks; valid in
+    // any process attached to shared memory, on every supported major.
+    unsafe {
+        let received = pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut());
+        let replayed = pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut());
+        received.max(replayed)
+    }
+}
+
+fn snapshot_path(at: u64) -> String {
+    format!(
+        "pg_logical/snapshots/{:X}-{:X}.snap",
+        at >> 32,
+        at & 0xFFFF_FFFF
+    )
+}
+
+/// The upstream-relative path of the snapshot file for `at` (same layout on both sides).
+pub fn snapshot_file_name(at: u64) -> String {
+    snapshot_path(at)
+}
+
+/// Is the serialized snapshot for `at` in this server's pg_logical/snapshots?
+pub fn snapshot_here(at: u64) -> bool {
+    fs::metadata(snapshot_path(at)).is_ok_and(|m| m.is_file())
+}
+
+/// The magic number a serialized snapshot file starts with (snapbuild.c, all majors).
+const SNAPBUILD_MAGIC: u32 = 0x51A1_E001;
+
+/// Store a snapshot file fetched from the upstream, durably: written to a temporary file,
+/// fsynced, renamed into place, directory fsynced. A file that does not start with the
+/// snapshot magic number is refused.
+pub fn store_snapshot(at: u64, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 4
+        || u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) != SNAPBUILD_MAGIC
+    {
+        return Err(format!(
+            "the upstream's snapshot file for {} is not a snapshot file",
+            lsn(at)
+        ));
+    }
+    let path = snapshot_path(at);
+    let tmp = format!("{path}.slot_failover.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open("pg_logical/snapshots")?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("could not store snapshot file \"{path}\": {e}")
+    })
+}
+
+fn cname(name: &str) -> CString {
+    CString::new(name).expect("slot names have no NUL bytes (validated)")
+}
+
+/// Create the copy of `remote`: RS_TEMPORARY, WAL and catalog_xmin reserved here, marker
+/// written, then released (it stays owned by this process, see the module comment).
+pub fn create(remote: &RemoteSlot) -> Result<(), String> {
+    let database = remote
+        .database
+        .as_deref()
+        .ok_or("the upstream slot has no database")?;
+    let plugin = remote
+        .plugin
+        .as_deref()
+        .ok_or("the upstream slot has no plugin")?;
+    let restart = remote
+        .restart_lsn
+        .ok_or("the upstream slot has no restart_lsn yet")?;
+    let cdb = cname(database);
+    let cplugin = cname(plugin);
+    // SAFETY: in a transaction (the caller's), so the catalog look-up is allowed; missing_ok
+    // returns InvalidOid instead of raising an error.
+    let dboid = unsafe { pg_sys::get_database_oid(cdb.as_ptr(), true) };
+    if dboid == pg_sys::InvalidOid {
+        return Err(format!(
+            "database \"{database}\" does not exist on this standby"
+        ));
+    }
+    // SAFETY: the caller holds no slot; the functions below are the ones PostgreSQL uses to
+    // create a slot, called in the same order, with the locks named in the module comment.
+    // Spinlocks are held only for plain field stores.
+    unsafe {
+        compat::create_temporary_slot(cname(&remote.name).as_c_str(), remote.two_phase);
+        let slot = pg_sys::MyReplicationSlot;
+        let mut plugin_name: pg_sys::NameData = std::mem::zeroed();
+        pg_sys::namestrcpy(&mut plugin_name, cplugin.as_ptr());
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).data.database = dboid;
+        (*slot).data.plugin = plugin_name;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+
+        // Reserve WAL: the upstream's restart_lsn, or the oldest WAL this standby keeps.
+        let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
+        pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        // WAL from the redo pointer on is kept for crash recovery; older WAL may be gone.
+        // (17+ could also use the oldest slot's restart_lsn; before 17 that function is
+        // private to xlog.c, so every major reserves from the redo pointer.)
+        let min_safe = pg_sys::GetRedoRecPtr();
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).data.restart_lsn = restart.max(min_safe);
+        let reserved = (*slot).data.restart_lsn;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+        let segno = reserved / pg_sys::wal_segment_size as u64;
+        let removed = pg_sys::XLogGetLastRemovedSegno();
+        pg_sys::LWLockRelease(allocation_lock);
+        if removed >= segno {
+            pg_sys::ReplicationSlotRelease(); // temporary: stays ours; dropped below
+            let name = cname(&remote.name);
+            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+            return Err(format!(
+                "WAL at {} was removed from this standby while reserving it",
+                lsn(reserved)
+            ));
+        }
+
+        // Reserve catalog rows: the oldest xid still safe to decode from here.
+        let control_lock = &raw mut (*pg_sys::MainLWLockArray.add(37)).lock;
+        let procarray_lock = &raw mut (*pg_sys::MainLWLockArray.add(4)).lock;
+        pg_sys::LWLockAcquire(control_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        pg_sys::LWLockAcquire(procarray_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).effective_catalog_xmin = xmin;
+        (*slot).data.catalog_xmin = xmin;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(true);
+        pg_sys::LWLockRelease(procarray_lock);
+        pg_sys::LWLockRelease(control_lock);
+
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotSave();
+    }
+    let marked = write_marker(&remote.name);
+    // SAFETY: we hold the slot acquired above; releasing a temporary slot keeps it ours.
+    unsafe { pg_sys::ReplicationSlotRelease() };
+    if let Err(e) = marked {
+        drop_copy(&remote.name);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn write_marker(name: &str) -> Result<(), String> {
+    let path = marker_path(name);
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&path)?;
+        f.write_all(b"This replication slot is a copy kept by the slot_failover extension.\n")?;
+        f.sync_all()?;
+        fs::File::open(format!("pg_replslot/{name}"))?.sync_all()
+    };
+    write().map_err(|e| format!("could not write \"{path}\": {e}"))
+}
+
+/// Move our copy forward: `restart` is the new (restart_lsn, catalog_xmin) pair,
+/// `confirmed_flush` the new confirmed position; `persist` makes the copy ready. Positions
+/// never move backward (checked again here, on the acquired slot).
+pub fn update(
+    name: &str,
+    restart: Option<(u64, u32)>,
+    confirmed_flush: Option<u64>,
+    persist: bool,
+) -> Result<(), String> {
+    let cname = cname(name);
+    // SAFETY: the caller holds no slot; we acquire ours (a temporary copy is owned by this
+    // process already; a persistent one is free unless a consumer uses it, and then acquire
+    // raises an ERROR that the round turns into this slot's error). Fields are changed under
+    // the slot's spinlock, saved, and only then is the effective catalog_xmin raised.
+    unsafe {
+        compat::acquire_slot(&cname);
+        let slot = pg_sys::MyReplicationSlot;
+        let mut raised_xmin = None;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        if let Some((restart_lsn, xmin)) = restart
+            && restart_lsn >= (*slot).data.restart_lsn
+            && !crate::readiness::xid_precedes(xmin, (*slot).data.catalog_xmin.into_inner())
+        {
+            (*slot).data.restart_lsn = restart_lsn;
+            (*slot).data.catalog_xmin = xmin.into();
+            raised_xmin = Some(xmin);
+        }
+        if let Some(flush) = confirmed_flush
+            && flush > (*slot).data.confirmed_flush
+        {
+            (*slot).data.confirmed_flush = flush;
+        }
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotSave();
+        if let Some(xmin) = raised_xmin {
+            pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+            (*slot).effective_catalog_xmin = xmin.into();
+            pg_sys::SpinLockRelease(&mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+        }
+        let wal_gone = {
+            let segno = (*slot).data.restart_lsn / pg_sys::wal_segment_size as u64;
+            pg_sys::XLogGetLastRemovedSegno() >= segno
+        };
+        if persist && !wal_gone {
+            pg_sys::ReplicationSlotPersist();
+        }
+        pg_sys::ReplicationSlotRelease();
+        if wal_gone {
+            return Err(format!(
+                "WAL at {} was removed from this standby; the copy will be created again",
+                lsn((*slot).data.restart_lsn)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Drop our copy `name` (the caller checked that it is ours).
+pub fn drop_copy(name: &str) {
+    let cname = cname(name);
+    // SAFETY: the caller holds no slot; ReplicationSlotDrop acquires (nowait) and drops it,
+    // raising an ERROR if a consumer holds it.
+    unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };
+}

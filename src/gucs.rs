@@ -1,0 +1,86 @@
+//! The extension's configuration parameters (GUCs). All can be changed with a reload
+//! (`SELECT pg_reload_conf()`); the worker picks them up in its main loop.
+//!
+//! | name | type, default | what it does |
+//! |---|---|---|
+//! | `slot_failover.enabled` | bool, on | the standby worker synchronizes slots; off: it idles |
+//! | `slot_failover.upstream_conninfo` | string, empty | where the worker reads marked slots; empty: `primary_conninfo`. Superuser only, never logged |
+//! | `slot_failover.database` | string, `postgres` | database the extension is installed in; the worker connects to it locally, and adds it as `dbname` to a conninfo that has none |
+//! | `slot_failover.naptime` | int ms, 200 | pause between synchronization rounds |
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static UPSTREAM_CONNINFO: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NAPTIME_MS);
+
+pub const DEFAULT_NAPTIME_MS: i32 = 200;
+
+/// Define the GUCs. Called from `_PG_init` while shared_preload_libraries are loaded.
+pub fn define() {
+    GucRegistry::define_bool_guc(
+        c"slot_failover.enabled",
+        c"Whether the slot_failover worker synchronizes failover slots on this standby.",
+        c"When off, the worker stays up but does nothing.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"slot_failover.upstream_conninfo",
+        c"Connection string the slot_failover worker uses to reach its upstream server.",
+        c"Empty means primary_conninfo. Visible to superusers only, and never written to the server log.",
+        &UPSTREAM_CONNINFO,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"slot_failover.database",
+        c"Database in which the slot_failover extension is installed.",
+        c"The worker connects to it, and adds it as dbname to an upstream connection string that names no database.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"slot_failover.naptime",
+        c"Time the slot_failover worker waits between synchronization rounds.",
+        c"",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    crate::compat::reserve_guc_prefix(c"slot_failover");
+}
+
+fn string_setting(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// `slot_failover.upstream_conninfo`, when set to something non-empty.
+pub fn upstream_conninfo() -> Option<String> {
+    string_setting(&UPSTREAM_CONNINFO)
+}
+
+/// `slot_failover.database` (never empty: falls back to `postgres`).
+pub fn database() -> String {
+    string_setting(&DATABASE).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn naptime() -> std::time::Duration {
+    std::time::Duration::from_millis(NAPTIME_MS.get().max(1) as u64)
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}

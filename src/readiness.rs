@@ -1,0 +1,418 @@
+//! What to do with one marked slot in one round: a pure function of the upstream's slot, the
+//! local copy and the standby's position, so the safety rules can be tested without a server.
+//!
+//! The rules (see PostgreSQL's slotsync.c for the same reasoning on 17+):
+//!
+//! * A copy is created non-persistent and becomes persistent (**ready**) only when
+//!   1. the upstream slot's restart_lsn is not behind the copy's reservation (the WAL it needs
+//!      is on this standby),
+//!   2. the upstream slot's catalog_xmin is not behind the copy's (the catalog rows it needs are
+//!      still here),
+//!   3. its confirmed_flush is not past what this standby has flushed, and
+//!   4. the upstream's serialized snapshot at exactly that restart_lsn is in this standby's
+//!      `pg_logical/snapshots`, so decoding from restart_lsn after promotion is consistent at
+//!      once (snapshots are not replicated, and 14/15 cannot decode on a standby to find one).
+//!
+//!   It then takes the upstream's restart_lsn, catalog_xmin and confirmed_flush.
+//! * A ready copy moves its (restart_lsn, catalog_xmin) pair only together, only forward, and
+//!   only to a restart_lsn whose snapshot is here; confirmed_flush only forward and never past
+//!   what this standby has flushed (else the whole slot waits: `ahead_of_standby`).
+//! * Only copies this extension created are ever changed or dropped.
+
+/// The upstream's view of a marked slot (`None` in [`decide`]: no such slot upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub logical: bool,
+    pub invalidated: bool,
+    pub restart_lsn: u64,
+    pub confirmed_flush: u64,
+    pub catalog_xmin: u32,
+}
+
+/// The local slot of the same name, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Created by slot_failover (its marker file is there).
+    pub ours: bool,
+    pub persistent: bool,
+    pub invalidated: bool,
+    pub restart_lsn: u64,
+    pub confirmed_flush: u64,
+    pub catalog_xmin: u32,
+}
+
+/// A copy's state, as the status view and the logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Ready,
+    WaitingForUpstream,
+    AheadOfStandby,
+    Invalidated,
+    UpstreamMissing,
+    Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::WaitingForUpstream => "waiting_for_upstream",
+            State::AheadOfStandby => "ahead_of_standby",
+            State::Invalidated => "invalidated",
+            State::UpstreamMissing => "upstream_missing",
+            State::Error => "error",
+        }
+    }
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the copy (then decide again with it).
+    Create,
+    /// Drop our copy.
+    Drop,
+    /// Change our copy: `restart` is the new (restart_lsn, catalog_xmin) pair, `confirmed_flush`
+    /// the new confirmed_flush, `persist` makes it ready.
+    Update {
+        restart: Option<(u64, u32)>,
+        confirmed_flush: Option<u64>,
+        persist: bool,
+    },
+    /// Nothing to do.
+    Nothing,
+}
+
+/// The decision for one slot: an action, the resulting state and a detail for the DBA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub state: State,
+    pub detail: String,
+}
+
+fn decision(action: Action, state: State, detail: impl Into<String>) -> Decision {
+    Decision {
+        action,
+        state,
+        detail: detail.into(),
+    }
+}
+
+/// `a` precedes `b` in PostgreSQL's circular xid order (TransactionIdPrecedes for normal xids).
+pub fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+pub fn lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+/// Decide what to do with one marked slot.
+///
+/// * `standby_flush`: the end of the WAL this standby has flushed.
+/// * `snapshot_here`: the snapshot for the upstream's restart_lsn is in pg_logical/snapshots.
+pub fn decide(
+    upstream: Option<&Upstream>,
+    local: Option<&Local>,
+    standby_flush: u64,
+    snapshot_here: bool,
+) -> Decision {
+    use Action::*;
+    use State::*;
+    if let Some(l) = local
+        && !l.ours
+    {
+        return decision(
+            Nothing,
+            Error,
+            "a replication slot of this name exists on this standby and was not created by slot_failover; it is left alone",
+        );
+    }
+    let Some(up) = upstream else {
+        return match local {
+            Some(_) => decision(
+                Drop,
+                UpstreamMissing,
+                "the slot was dropped on the upstream server; dropping the copy",
+            ),
+            None => decision(
+                Nothing,
+                UpstreamMissing,
+                "the slot does not exist on the upstream server",
+            ),
+        };
+    };
+    if !up.logical {
+        return decision(Nothing, Error, "physical slots are not synchronized yet");
+    }
+    if up.invalidated {
+        return match local {
+            Some(_) => decision(
+                Drop,
+                Invalidated,
+                "the slot was invalidated on the upstream server; dropping the copy",
+            ),
+            None => decision(
+                Nothing,
+                Invalidated,
+                "the slot is invalidated on the upstream server",
+            ),
+        };
+    }
+    let Some(l) = local else {
+        return decision(Create, WaitingForUpstream, "creating the copy");
+    };
+    if l.invalidated {
+        return decision(
+            Drop,
+            Invalidated,
+            "the copy was invalidated on this standby; it will be created again",
+        );
+    }
+    if up.confirmed_flush > standby_flush {
+        return decision(
+            Nothing,
+            AheadOfStandby,
+            format!(
+                "the upstream slot has confirmed up to {}, but this standby has flushed WAL only up to {}",
+                lsn(up.confirmed_flush),
+                lsn(standby_flush)
+            ),
+        );
+    }
+    if !l.persistent {
+        if up.restart_lsn < l.restart_lsn {
+            return decision(
+                Nothing,
+                WaitingForUpstream,
+                format!(
+                    "the upstream slot needs WAL from {}, but this standby has WAL from {} only; waiting for the upstream slot to advance",
+                    lsn(up.restart_lsn),
+                    lsn(l.restart_lsn)
+                ),
+            );
+        }
+        if xid_precedes(up.catalog_xmin, l.catalog_xmin) {
+            return decision(
+                Nothing,
+                WaitingForUpstream,
+                format!(
+                    "the upstream slot needs catalog rows from xid {}, but this standby can only guarantee them from xid {}; waiting for the upstream slot to advance",
+                    up.catalog_xmin, l.catalog_xmin
+                ),
+            );
+        }
+        if !snapshot_here {
+            return decision(
+                Nothing,
+                WaitingForUpstream,
+                format!(
+                    "the upstream server has no serialized snapshot at the slot's restart_lsn {} yet; one appears when the slot's consumer advances it",
+                    lsn(up.restart_lsn)
+                ),
+            );
+        }
+        return decision(
+            Update {
+                restart: Some((up.restart_lsn, up.catalog_xmin)),
+                confirmed_flush: Some(up.confirmed_flush.max(l.confirmed_flush)),
+                persist: true,
+            },
+            Ready,
+            "the copy became ready",
+        );
+    }
+    // A ready copy: forward only.
+    let restart =
+        if up.restart_lsn > l.restart_lsn && !xid_precedes(up.catalog_xmin, l.catalog_xmin) {
+            snapshot_here.then_some((up.restart_lsn, up.catalog_xmin))
+        } else if up.restart_lsn == l.restart_lsn && xid_precedes(l.catalog_xmin, up.catalog_xmin) {
+            Some((l.restart_lsn, up.catalog_xmin))
+        } else {
+            None
+        };
+    let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
+    let detail = if up.restart_lsn > l.restart_lsn && restart.is_none() {
+        "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
+    } else {
+        "ready"
+    };
+    if restart.is_none() && confirmed_flush.is_none() {
+        return decision(Nothing, Ready, detail);
+    }
+    decision(
+        Update {
+            restart,
+            confirmed_flush,
+            persist: false,
+        },
+        Ready,
+        detail,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(restart: u64, flush: u64, xmin: u32) -> Upstream {
+        Upstream {
+            logical: true,
+            invalidated: false,
+            restart_lsn: restart,
+            confirmed_flush: flush,
+            catalog_xmin: xmin,
+        }
+    }
+
+    fn copy(persistent: bool, restart: u64, flush: u64, xmin: u32) -> Local {
+        Local {
+            ours: true,
+            persistent,
+            invalidated: false,
+            restart_lsn: restart,
+            confirmed_flush: flush,
+            catalog_xmin: xmin,
+        }
+    }
+
+    #[test]
+    fn xid_order_wraps_around() {
+        assert!(xid_precedes(3, 4));
+        assert!(!xid_precedes(4, 3));
+        assert!(!xid_precedes(5, 5));
+        assert!(xid_precedes(u32::MAX - 10, 5)); // 5 is after the wrap
+    }
+
+    #[test]
+    fn a_missing_copy_is_created() {
+        assert_eq!(
+            decide(Some(&up(100, 200, 10)), None, 1000, false).action,
+            Action::Create
+        );
+    }
+
+    #[test]
+    fn a_new_copy_waits_for_wal_xmin_and_snapshot_then_becomes_ready() {
+        let u = up(100, 200, 10);
+        // Reservation ahead of the upstream: wait.
+        let d = decide(Some(&u), Some(&copy(false, 150, 0, 5)), 1000, true);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        // Catalog horizon ahead of the upstream: wait.
+        let d = decide(Some(&u), Some(&copy(false, 100, 0, 11)), 1000, true);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        // No snapshot: wait.
+        let d = decide(Some(&u), Some(&copy(false, 90, 0, 9)), 1000, false);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        // Everything in place: take the upstream's position and persist.
+        let d = decide(Some(&u), Some(&copy(false, 90, 0, 9)), 1000, true);
+        assert_eq!(d.state, State::Ready);
+        assert_eq!(
+            d.action,
+            Action::Update {
+                restart: Some((100, 10)),
+                confirmed_flush: Some(200),
+                persist: true
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_moves_past_what_the_standby_flushed() {
+        let d = decide(
+            Some(&up(100, 2000, 10)),
+            Some(&copy(true, 100, 150, 10)),
+            1000,
+            true,
+        );
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::AheadOfStandby)
+        );
+        let d = decide(
+            Some(&up(100, 2000, 10)),
+            Some(&copy(false, 90, 0, 9)),
+            1000,
+            true,
+        );
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::AheadOfStandby)
+        );
+    }
+
+    #[test]
+    fn a_ready_copy_moves_forward_only_and_restart_only_with_a_snapshot() {
+        let l = copy(true, 100, 200, 10);
+        // Upstream behind: nothing moves back.
+        let d = decide(Some(&up(50, 150, 5)), Some(&l), 1000, true);
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
+        // Forward with a snapshot: the pair and confirmed_flush move.
+        let d = decide(Some(&up(300, 400, 20)), Some(&l), 1000, true);
+        assert_eq!(
+            d.action,
+            Action::Update {
+                restart: Some((300, 20)),
+                confirmed_flush: Some(400),
+                persist: false
+            }
+        );
+        // Forward without the snapshot: only confirmed_flush moves.
+        let d = decide(Some(&up(300, 400, 20)), Some(&l), 1000, false);
+        assert_eq!(
+            d.action,
+            Action::Update {
+                restart: None,
+                confirmed_flush: Some(400),
+                persist: false
+            }
+        );
+        // Same restart_lsn, newer catalog_xmin: the xmin moves.
+        let d = decide(Some(&up(100, 200, 12)), Some(&l), 1000, false);
+        assert_eq!(
+            d.action,
+            Action::Update {
+                restart: Some((100, 12)),
+                confirmed_flush: None,
+                persist: false
+            }
+        );
+    }
+
+    #[test]
+    fn only_our_copies_are_touched() {
+        let mut theirs = copy(true, 100, 200, 10);
+        theirs.ours = false;
+        for upstream in [None, Some(up(300, 400, 20))] {
+            let d = decide(upstream.as_ref(), Some(&theirs), 1000, true);
+            assert_eq!((d.action, d.state), (Action::Nothing, State::Error));
+        }
+    }
+
+    #[test]
+    fn gone_or_invalidated_upstream_drops_our_copy() {
+        let l = copy(true, 100, 200, 10);
+        assert_eq!(decide(None, Some(&l), 1000, true).action, Action::Drop);
+        let mut inv = up(100, 200, 10);
+        inv.invalidated = true;
+        let d = decide(Some(&inv), Some(&l), 1000, true);
+        assert_eq!((d.action, d.state), (Action::Drop, State::Invalidated));
+        assert_eq!(decide(None, None, 1000, true).state, State::UpstreamMissing);
+        let mut local_inv = l.clone();
+        local_inv.invalidated = true;
+        assert_eq!(
+            decide(Some(&up(100, 200, 10)), Some(&local_inv), 1000, true).action,
+            Action::Drop
+        );
+    }
+}

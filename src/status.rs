@@ -1,0 +1,306 @@
+//! Looking at the copies from SQL: the `slot_failover.status` view, `failover_ready()` and
+//! `sync()`.
+//!
+//! * `status`, on both sides: one row per marked slot. On a primary it shows the mark and its
+//!   slot (`state`: `primary`, `invalidated`, `slot_missing`); on a standby the local copy and
+//!   what the worker's last round said about it (see `readiness::State`; `not_synced` before
+//!   a round has looked at it).
+//! * `failover_ready()`, on a standby: true when every marked slot has a ready copy here;
+//!   otherwise false, with a NOTICE naming each slot that is not and why.
+//! * `sync()`, on a standby: one round now. With the worker synchronizing, it asks the worker
+//!   for a round and waits for it (at most a minute); without (slot_failover.enabled off),
+//!   the calling backend runs the round itself. Copies that are not ready yet then belong to
+//!   that session and go away when it ends; ready ones stay.
+
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use crate::readiness::lsn;
+use crate::shared::{self, SHARED};
+use crate::sync::{self, SlotReport};
+use crate::upstream::{self, Upstream};
+
+extension_sql!(
+    r#"
+CREATE VIEW slot_failover.status AS
+SELECT m.slot_name,
+       s.slot_type::pg_catalog.text AS slot_type,
+       s.database::pg_catalog.text AS database,
+       s.plugin::pg_catalog.text AS plugin,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
+                CASE WHEN s.slot_name IS NULL THEN 'slot_missing'
+                     WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
+                     ELSE 'primary' END
+            WHEN w.state IS NULL THEN 'not_synced'
+            WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
+                THEN 'not_synced'
+            ELSE w.state END AS state,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
+                CASE WHEN s.slot_name IS NULL THEN 'the marked slot does not exist on this server'
+                     ELSE NULL END
+            WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
+            ELSE w.detail END AS detail,
+       s.restart_lsn,
+       s.confirmed_flush_lsn,
+       s.catalog_xmin,
+       w.upstream_confirmed_flush_lsn,
+       (w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.-) s.confirmed_flush_lsn)::pg_catalog.int8
+           AS lag_bytes,
+       ((CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+              ELSE pg_catalog.pg_current_wal_lsn() END) OPERATOR(pg_catalog.-) s.restart_lsn)::pg_catalog.int8
+           AS retained_wal_bytes,
+       w.last_sync_at
+  FROM slot_failover.marked_slots AS m
+  LEFT JOIN pg_catalog.pg_replication_slots AS s
+    ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+  LEFT JOIN (SELECT r.slot_name, r.state, r.detail,
+                    r.upstream_confirmed_flush_lsn::pg_catalog.pg_lsn AS upstream_confirmed_flush_lsn,
+                    r.last_sync_at
+               FROM slot_failover.worker_state() AS r
+              WHERE pg_catalog.pg_is_in_recovery()) AS w
+    ON w.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text;
+COMMENT ON VIEW slot_failover.status IS 'One row per marked slot: its mark, its slot and, on a standby, its copy';
+GRANT SELECT ON slot_failover.status TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.failover_ready(), slot_failover.sync() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.failover_ready() TO slot_failover_admin, pg_monitor;
+GRANT EXECUTE ON FUNCTION slot_failover.sync() TO slot_failover_admin;
+"#,
+    name = "status_view",
+    requires = ["catalog", worker_state, failover_ready, sync]
+);
+
+/// The worker's last round, one row per slot (used by the `status` view).
+// pgrx reads the column names from the signature's name!() items, so no type alias here.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile)]
+fn worker_state() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(action, String),
+        name!(state, String),
+        name!(detail, String),
+        name!(upstream_confirmed_flush_lsn, Option<String>),
+        name!(last_sync_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let (rows, _) = shared::rows();
+    TableIterator::new(rows.into_iter().map(|r| {
+        let synced_at = (r.synced_at != 0).then(|| {
+            // SAFETY: a TimestampTz is an int8 datum, passed by value.
+            unsafe {
+                pgrx::datum::TimestampWithTimeZone::from_datum(
+                    pg_sys::Datum::from(r.synced_at),
+                    false,
+                )
+                .expect("timestamptz")
+            }
+        });
+        let upstream = (r.upstream_confirmed_flush != 0).then(|| lsn(r.upstream_confirmed_flush));
+        (
+            r.name,
+            r.action.to_string(),
+            r.state.as_str().to_string(),
+            r.detail,
+            upstream,
+            synced_at,
+        )
+    }))
+}
+
+fn in_recovery() -> bool {
+    // SAFETY: RecoveryInProgress() only reads shared memory; any backend may call it.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+fn require_standby(function: &str) {
+    if !in_recovery() {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("slot_failover.{function}() can only be called on a standby"),
+            "slot_failover",
+        )
+        .set_detail("This server is not in recovery: its slots are the originals, not copies.")
+        .set_hint("Run it on a standby; on the primary, see the slot_failover.status view.")
+        .report(PgLogLevel::ERROR);
+    }
+}
+
+/// True when every marked slot has a ready copy on this standby; otherwise false, with a
+/// NOTICE naming the slots that are not ready and why.
+#[pg_extern(volatile)]
+fn failover_ready() -> bool {
+    require_standby("failover_ready");
+    let not_ready: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT slot_name::pg_catalog.text, state, coalesce(detail, '')
+                   FROM slot_failover.status
+                  WHERE state OPERATOR(pg_catalog.<>) 'ready' ORDER BY slot_name",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("reading slot_failover.status: {e}"))
+            .map(|row| {
+                let name: String = row.get(1).ok().flatten().unwrap_or_default();
+                let state: String = row.get(2).ok().flatten().unwrap_or_default();
+                let detail: String = row.get(3).ok().flatten().unwrap_or_default();
+                format!("\"{name}\" is {state}: {detail}")
+            })
+            .collect()
+    });
+    if not_ready.is_empty() {
+        return true;
+    }
+    notice!(
+        "{} marked slot(s) not ready for failover: {}",
+        not_ready.len(),
+        not_ready.join("; ")
+    );
+    false
+}
+
+/// How long sync() waits for the worker's round.
+const SYNC_WAIT: Duration = Duration::from_secs(60);
+
+fn worker_round() -> Result<(), String> {
+    let (target, latch) = {
+        let mut shared = SHARED.exclusive();
+        shared.rounds_requested += 1;
+        (shared.rounds_requested, shared.worker_latch)
+    };
+    // SAFETY: worker_latch points at the worker's PGPROC latch in shared memory, published by
+    // the worker; SetLatch on a latch whose owner exited is harmless (the PGPROC stays).
+    unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    let start = Instant::now();
+    loop {
+        if SHARED.share().rounds_done >= target {
+            return Ok(());
+        }
+        if start.elapsed() > SYNC_WAIT {
+            return Err(format!(
+                "the slot_failover worker did not finish a round within {} s",
+                SYNC_WAIT.as_secs()
+            ));
+        }
+        // SAFETY: our own latch, in a backend's main loop of a SQL call; interrupts (cancel,
+        // statement_timeout) are served right after.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                20,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        check_for_interrupts!();
+    }
+}
+
+fn own_round() -> Result<Vec<SlotReport>, upstream::Problem> {
+    let conninfo = upstream::local_prerequisites()?;
+    let slot = upstream::primary_slot_name().ok_or(upstream::Problem::NoPrimarySlot)?;
+    let up = Upstream::connect(&conninfo)?;
+    up.check(&slot)?;
+    sync::round(&up)
+}
+
+/// One synchronization round now; one row per marked slot (and per copy dropped).
+#[pg_extern(volatile)]
+fn sync() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(action, String),
+        name!(state, String),
+        name!(detail, String),
+    ),
+> {
+    require_standby("sync");
+    let worker_syncing = {
+        let shared = SHARED.share();
+        shared.worker_syncing && shared.worker_latch != 0
+    };
+    let failure = |problem: String| -> ! {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("could not synchronize slots: {problem}"),
+            "slot_failover",
+        )
+        .set_hint("See the server log and the slot_failover.status view.")
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    };
+    let rows: Vec<(String, String, String, String)> = if worker_syncing {
+        worker_round().unwrap_or_else(|e| failure(e));
+        let (rows, problem) = shared::rows();
+        if let Some(problem) = problem {
+            failure(problem);
+        }
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.name,
+                    r.action.to_string(),
+                    r.state.as_str().to_string(),
+                    r.detail,
+                )
+            })
+            .collect()
+    } else {
+        let reports = own_round().unwrap_or_else(|p| failure(p.to_string()));
+        shared::publish(&reports, None);
+        reports
+            .into_iter()
+            .map(|r| {
+                (
+                    r.name,
+                    r.action.to_string(),
+                    r.state.as_str().to_string(),
+                    r.detail,
+                )
+            })
+            .collect()
+    };
+    TableIterator::new(rows)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use crate::test_sql::{error_of, install_error_of};
+
+    #[pg_test]
+    fn standby_functions_are_refused_on_a_primary() {
+        install_error_of();
+        for f in ["failover_ready", "sync"] {
+            assert_eq!(
+                error_of(&format!("SELECT * FROM slot_failover.{f}()")),
+                format!(
+                    "55000|slot_failover.{f}() can only be called on a standby|This server is not in recovery: its slots are the originals, not copies.|Run it on a standby; on the primary, see the slot_failover.status view."
+                )
+            );
+        }
+    }
+
+    /// On a primary the view shows each mark and its slot; a mark whose slot is gone says so.
+    #[pg_test]
+    fn the_view_shows_a_mark_whose_slot_is_gone() {
+        Spi::run("INSERT INTO slot_failover.marked_slots (slot_name) VALUES ('sf_t_gone')")
+            .unwrap();
+        let row = Spi::get_two::<String, String>(
+            "SELECT state, detail FROM slot_failover.status WHERE slot_name = 'sf_t_gone'",
+        )
+        .unwrap();
+        assert_eq!(row.0.as_deref(), Some("slot_missing"));
+        assert_eq!(
+            row.1.as_deref(),
+            Some("the marked slot does not exist on this server")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! One synchronization round: every marked slot of the upstream is compared with its local
+//! copy and handled as `readiness::decide` says; copies of slots no longer marked are dropped.
+//!
+//! Each slot is handled in a subtransaction of its own: an ERROR for one slot (no free slot
+//! here, a consumer holding the copy, ...) is caught, rolled back, reported in that slot's
+//! row, and the round goes on with the others. Nothing in a round waits.
+
+use std::collections::BTreeSet;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::copy::{self, LocalSlot};
+use crate::readiness::{self, Action, State};
+use crate::upstream::{Problem, RemoteSlot, Upstream};
+
+/// What happened to one slot in a round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotReport {
+    pub name: String,
+    /// created, updated, dropped, none
+    pub action: &'static str,
+    pub state: State,
+    pub detail: String,
+    /// The upstream slot's confirmed_flush (0: unknown).
+    pub upstream_confirmed_flush: u64,
+}
+
+fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
+    let slot_type = r.slot_type.as_deref()?;
+    Some(readiness::Upstream {
+        logical: slot_type == "logical",
+        invalidated: r.invalidated,
+        restart_lsn: r.restart_lsn.unwrap_or(0),
+        confirmed_flush: r.confirmed_flush.unwrap_or(0),
+        catalog_xmin: r.catalog_xmin.unwrap_or(0),
+    })
+}
+
+fn to_local(l: &LocalSlot) -> readiness::Local {
+    readiness::Local {
+        ours: l.ours,
+        persistent: l.persistent,
+        invalidated: l.invalidated,
+        restart_lsn: l.restart_lsn,
+        confirmed_flush: l.confirmed_flush,
+        catalog_xmin: l.catalog_xmin,
+    }
+}
+
+/// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
+/// any slot it held released, and the error message returned.
+fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    // SAFETY: we are inside a transaction (the round's); the subtransaction is begun here and
+    // always ended below, on success or after an ERROR was caught.
+    unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let result = f();
+        // SAFETY: ends the subtransaction begun above.
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        result
+    }))
+    .catch_others(|e| {
+        // SAFETY: after a caught ERROR: release a slot we may still hold (aborting a
+        // subtransaction does not), then roll the subtransaction back, as PL/pgSQL does.
+        unsafe {
+            if !pg_sys::MyReplicationSlot.is_null() {
+                pg_sys::ReplicationSlotRelease();
+            }
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        Err(match e {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report)
+            | pg_sys::panic::CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.message().to_string(),
+        })
+    })
+    .execute()
+}
+
+/// Fetch the upstream's snapshot for `at` if it is not here yet. Err: the upstream could not
+/// be asked (the slot reports it).
+fn ensure_snapshot(up: &Upstream, at: u64) -> Result<bool, String> {
+    if copy::snapshot_here(at) {
+        return Ok(true);
+    }
+    match up.snapshot_file(at)? {
+        None => Ok(false),
+        Some(bytes) => copy::store_snapshot(at, &bytes).map(|()| true),
+    }
+}
+
+/// Does this slot's decision hinge on the snapshot at the upstream's restart_lsn?
+fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
+    up.logical
+        && !up.invalidated
+        && up.restart_lsn >= local.restart_lsn
+        && !readiness::xid_precedes(up.catalog_xmin, local.catalog_xmin)
+        && (!local.persistent || up.restart_lsn > local.restart_lsn)
+}
+
+fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotReport {
+    let upstream_confirmed_flush = remote.confirmed_flush.unwrap_or(0);
+    let report = |action, state, detail| SlotReport {
+        name: remote.name.clone(),
+        action,
+        state,
+        detail,
+        upstream_confirmed_flush,
+    };
+    let upstream = to_upstream(remote);
+    let mut local = copy::local_slots().get(&remote.name).map(to_local);
+    let mut created = false;
+    for _ in 0..2 {
+        let mut snapshot = false;
+        if let (Some(u), Some(l)) = (&upstream, &local)
+            && l.ours
+            && wants_snapshot(u, l)
+        {
+            match ensure_snapshot(up, u.restart_lsn) {
+                Ok(here) => snapshot = here,
+                Err(e) => return report("none", State::Error, e),
+            }
+        }
+        let decision =
+            readiness::decide(upstream.as_ref(), local.as_ref(), standby_flush, snapshot);
+        let outcome = match &decision.action {
+            Action::Nothing => {
+                let action = if created { "created" } else { "none" };
+                return report(action, decision.state, decision.detail);
+            }
+            Action::Create => isolated(|| copy::create(remote)).map(|()| "created"),
+            Action::Drop => isolated(|| {
+                copy::drop_copy(&remote.name);
+                Ok(())
+            })
+            .map(|()| "dropped"),
+            Action::Update {
+                restart,
+                confirmed_flush,
+                persist,
+            } => {
+                let updated =
+                    isolated(|| copy::update(&remote.name, *restart, *confirmed_flush, *persist));
+                if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
+                    // Not ready yet and it failed (its WAL is gone, say): start over.
+                    let _ = isolated(|| {
+                        copy::drop_copy(&remote.name);
+                        Ok(())
+                    });
+                }
+                updated.map(|()| if created { "created" } else { "updated" })
+            }
+        };
+        match outcome {
+            Err(e) => return report("none", State::Error, e),
+            Ok("created") if decision.action == Action::Create => {
+                // Decide again with the new copy: it may be ready at once.
+                created = true;
+                local = copy::local_slots().get(&remote.name).map(to_local);
+            }
+            Ok(action) => return report(action, decision.state, decision.detail),
+        }
+    }
+    report("created", State::WaitingForUpstream, "created".into())
+}
+
+/// One round against an open upstream connection. Must run in a transaction.
+pub fn round(up: &Upstream) -> Result<Vec<SlotReport>, Problem> {
+    let remote = up.marked_slots()?;
+    let standby_flush = copy::standby_flush();
+    let mut reports: Vec<SlotReport> = remote
+        .iter()
+        .map(|r| handle_slot(up, r, standby_flush))
+        .collect();
+
+    // Copies of slots that are no longer marked.
+    let marked: BTreeSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();
+    for local in copy::local_slots()
+        .into_values()
+        .filter(|l| l.ours && !marked.contains(l.name.as_str()))
+    {
+        let outcome = isolated(|| {
+            copy::drop_copy(&local.name);
+            Ok(())
+        });
+        reports.push(match outcome {
+            Ok(()) => SlotReport {
+                name: local.name,
+                action: "dropped",
+                state: State::UpstreamMissing,
+                detail: "the slot is no longer marked on the upstream server; dropped the copy"
+                    .into(),
+                upstream_confirmed_flush: 0,
+            },
+            Err(e) => SlotReport {
+                name: local.name,
+                action: "none",
+                state: State::Error,
+                detail: e,
+                upstream_confirmed_flush: 0,
+            },
+        });
+    }
+    Ok(reports)
+}
+
+/// Drop every copy that is not ready. At promotion (`promotion`) each drop is a WARNING:
+/// decoding from such a copy could have lost changes, and its consumers must know. When sync
+/// is switched off it is a LOG line. Returns the names of the ready copies kept.
+pub fn drop_unready(promotion: bool) -> Vec<String> {
+    let mut kept = Vec::new();
+    for local in copy::local_slots().into_values().filter(|l| l.ours) {
+        if local.persistent && !local.invalidated {
+            kept.push(local.name);
+            continue;
+        }
+        let name = &local.name;
+        match isolated(|| {
+            copy::drop_copy(name);
+            Ok(())
+        }) {
+            Ok(()) if promotion => pgrx::warning!(
+                "slot_failover dropped replication slot \"{name}\" at promotion: its copy was not ready, so decoding from it could have lost changes"
+            ),
+            Ok(()) => pgrx::log!(
+                "slot_failover dropped its copy of replication slot \"{name}\", which was not ready: slot_failover.enabled is off"
+            ),
+            Err(e) => pgrx::warning!(
+                "slot_failover could not drop replication slot \"{name}\", whose copy is not ready: {e}; do not use it, drop it by hand"
+            ),
+        }
+    }
+    kept
+}

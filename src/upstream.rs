@@ -1,0 +1,318 @@
+//! The standby's view of its upstream: a walsender connection opened through PostgreSQL's own
+//! libpqwalreceiver (no client library of ours in the server), the prerequisite checks, and the
+//! query that reads the marked slots.
+//!
+//! Invariants:
+//!
+//! * The connection string is `slot_failover.upstream_conninfo`, else `primary_conninfo`, with
+//!   `dbname = slot_failover.database` added when it names no database and application_name
+//!   set to `slot_failover worker`. It is never logged, and neither is any message built from
+//!   it (libpq's own errors do not contain passwords).
+//! * libpqwalreceiver sets `search_path = ''` on a logical connection; every query below also
+//!   qualifies every name with its schema, compares with `OPERATOR(pg_catalog.=)` and passes
+//!   literals through `quote_literal`, so objects a user creates upstream cannot change what a
+//!   query means.
+//! * `query` must run inside a transaction: turning the text results into tuples looks up
+//!   the text type's input function.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use pgrx::spi::quote_literal;
+
+use crate::{compat, conninfo, gucs};
+
+/// Something that keeps the worker from synchronizing: said once when it appears.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("hot_standby_feedback is off")]
+    NoHotStandbyFeedback,
+    #[error("primary_slot_name is not set")]
+    NoPrimarySlot,
+    #[error(
+        "no upstream connection string: primary_conninfo and slot_failover.upstream_conninfo are empty"
+    )]
+    NoConninfo,
+    #[error("could not connect to the upstream server: {0}")]
+    Connect(String),
+    #[error("query on the upstream server failed: {0}")]
+    Query(String),
+    #[error("wal_level on the upstream server is \"{0}\", not \"logical\"")]
+    UpstreamWalLevel(String),
+    #[error(
+        "physical replication slot \"{0}\" (primary_slot_name) does not exist on the upstream server"
+    )]
+    UpstreamSlotMissing(String),
+    #[error(
+        "replication slot \"{0}\" (primary_slot_name) on the upstream server is not a physical slot"
+    )]
+    UpstreamSlotNotPhysical(String),
+    #[error("extension slot_failover is not installed in database \"{0}\" on the upstream server")]
+    ExtensionMissing(String),
+}
+
+impl Problem {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Problem::NoHotStandbyFeedback => {
+                "Set hot_standby_feedback = on on this standby and reload: without it the upstream may remove catalog rows the slot copies need.".into()
+            }
+            Problem::NoPrimarySlot => {
+                "Stream through a physical slot: create one on the upstream (pg_create_physical_replication_slot) and set primary_slot_name on this standby.".into()
+            }
+            Problem::NoConninfo => "Set primary_conninfo, or slot_failover.upstream_conninfo.".into(),
+            Problem::Connect(_) => "The worker retries; check the connection string and that the upstream server is up.".into(),
+            Problem::Query(_) => "The worker retries with a new connection.".into(),
+            Problem::UpstreamWalLevel(_) => "Set wal_level = logical on the upstream server and restart it.".into(),
+            Problem::UpstreamSlotMissing(_) | Problem::UpstreamSlotNotPhysical(_) => {
+                "Create it on the upstream with pg_create_physical_replication_slot(), or change primary_slot_name.".into()
+            }
+            Problem::ExtensionMissing(_) => {
+                "Run CREATE EXTENSION slot_failover on the primary in that database, or set slot_failover.database to the database where it is installed.".into()
+            }
+        }
+    }
+}
+
+/// A marked slot as the upstream sees it (`None` fields: the slot is gone, or not reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSlot {
+    pub name: String,
+    pub slot_type: Option<String>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    pub restart_lsn: Option<u64>,
+    pub confirmed_flush: Option<u64>,
+    pub catalog_xmin: Option<u32>,
+    pub two_phase: bool,
+    pub invalidated: bool,
+}
+
+/// An open connection to the upstream's walsender. Closed when dropped.
+pub struct Upstream {
+    conn: *mut pg_sys::WalReceiverConn,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // SAFETY: conn came from walrcv_connect and is disconnected only here, once.
+        unsafe {
+            if let Some(disconnect) = (*pg_sys::WalReceiverFunctions).walrcv_disconnect {
+                disconnect(self.conn);
+            }
+        }
+    }
+}
+
+fn string_guc(name: &CStr) -> Option<String> {
+    // SAFETY: GetConfigOption with missing_ok = true returns NULL or a pointer into the GUC
+    // table that stays valid until the next configuration change; we copy it at once.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated (see above).
+    let value = unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!value.trim().is_empty()).then_some(value)
+}
+
+/// The standby-side prerequisites, and the connection string to use.
+pub fn local_prerequisites() -> Result<String, Problem> {
+    if string_guc(c"hot_standby_feedback").as_deref() != Some("on") {
+        return Err(Problem::NoHotStandbyFeedback);
+    }
+    if string_guc(c"primary_slot_name").is_none() {
+        return Err(Problem::NoPrimarySlot);
+    }
+    let conninfo = gucs::upstream_conninfo()
+        .or_else(|| string_guc(c"primary_conninfo"))
+        .ok_or(Problem::NoConninfo)?;
+    Ok(conninfo::for_worker(&conninfo, &gucs::database()))
+}
+
+impl Upstream {
+    /// Connect to `conninfo` (a logical walsender connection).
+    pub fn connect(conninfo: &str) -> Result<Upstream, Problem> {
+        let conninfo = CString::new(conninfo)
+            .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))?;
+        // SAFETY: load_file is idempotent and raises an ERROR if the library is missing (it
+        // ships with every PostgreSQL server). We are in a backend or background worker.
+        unsafe {
+            if pg_sys::WalReceiverFunctions.is_null() {
+                pg_sys::load_file(c"libpqwalreceiver".as_ptr(), false);
+            }
+            assert!(
+                !pg_sys::WalReceiverFunctions.is_null(),
+                "libpqwalreceiver did not register its functions"
+            );
+        }
+        // The connection must outlive the transaction it is opened in.
+        // SAFETY: TopMemoryContext lives as long as the process; we switch back right after.
+        let conn = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let conn = compat::walrcv_connect(&conninfo, c"slot_failover");
+            pg_sys::MemoryContextSwitchTo(old);
+            conn
+        };
+        conn.map(|conn| Upstream { conn }).map_err(Problem::Connect)
+    }
+
+    /// Run `sql`, which returns `ncols` columns, and return every row as text.
+    pub fn query(&self, sql: &str, ncols: usize) -> Result<Vec<Vec<Option<String>>>, Problem> {
+        let sql = CString::new(sql).expect("query contains a NUL byte");
+        let types = vec![pg_sys::TEXTOID; ncols];
+        // SAFETY: conn is open; walrcv_exec copies the result into a tuplestore allocated in
+        // the current memory context (our transaction's); the caller is in a transaction, as
+        // building the tuples needs catalog access. Each tuple is read through a slot of the
+        // result's own descriptor, and every datum is text (we asked for TEXTOID).
+        unsafe {
+            let exec = (*pg_sys::WalReceiverFunctions)
+                .walrcv_exec
+                .expect("no walrcv_exec");
+            let res = exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr());
+            if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
+                let err = if (*res).err.is_null() {
+                    format!("unexpected result status {:?}", (*res).status)
+                } else {
+                    CStr::from_ptr((*res).err)
+                        .to_string_lossy()
+                        .trim_end()
+                        .to_string()
+                };
+                return Err(Problem::Query(err));
+            }
+            let slot =
+                pg_sys::MakeSingleTupleTableSlot((*res).tupledesc, &pg_sys::TTSOpsMinimalTuple);
+            let mut rows = Vec::new();
+            while pg_sys::tuplestore_gettupleslot((*res).tuplestore, true, false, slot) {
+                let mut row = Vec::with_capacity(ncols);
+                for col in 1..=ncols as i32 {
+                    let mut isnull = false;
+                    let datum = pg_sys::slot_getattr(slot, col, &mut isnull);
+                    row.push(if isnull {
+                        None
+                    } else {
+                        let text = pg_sys::text_to_cstring(datum.cast_mut_ptr());
+                        let value = CStr::from_ptr(text).to_string_lossy().into_owned();
+                        pg_sys::pfree(text.cast());
+                        Some(value)
+                    });
+                }
+                rows.push(row);
+                pg_sys::ExecClearTuple(slot);
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            Ok(rows)
+        }
+    }
+
+    /// The upstream-side prerequisites: wal_level logical, our physical slot there and
+    /// physical, the extension installed in the database we connected to.
+    pub fn check(&self, primary_slot: &str) -> Result<(), Problem> {
+        let sql = format!(
+            "SELECT pg_catalog.current_setting('wal_level'),
+                    (SELECT s.slot_type FROM pg_catalog.pg_replication_slots AS s
+                      WHERE s.slot_name OPERATOR(pg_catalog.=) {slot}),
+                    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension AS e
+                      WHERE e.extname OPERATOR(pg_catalog.=) 'slot_failover'),
+                    pg_catalog.current_database()",
+            slot = quote_literal(primary_slot)
+        );
+        let rows = self.query(&sql, 4)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Problem::Query("no row returned".into()))?;
+        let wal_level = row[0].clone().unwrap_or_default();
+        if wal_level != "logical" {
+            return Err(Problem::UpstreamWalLevel(wal_level));
+        }
+        match row[1].as_deref() {
+            None => return Err(Problem::UpstreamSlotMissing(primary_slot.into())),
+            Some("physical") => {}
+            Some(_) => return Err(Problem::UpstreamSlotNotPhysical(primary_slot.into())),
+        }
+        if row[2].as_deref() != Some("1") {
+            return Err(Problem::ExtensionMissing(
+                row[3].clone().unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every marked slot, with the upstream's view of it.
+    pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        let sql = format!(
+            "SELECT m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
+                    s.plugin::pg_catalog.text,
+                    (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+                    (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+                    s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
+                    {inv}::pg_catalog.text
+               FROM slot_failover.marked_slots AS m
+               LEFT JOIN pg_catalog.pg_replication_slots AS s
+                 ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+              ORDER BY m.slot_name",
+            inv = compat::SLOT_INVALIDATED_SQL
+        );
+        let rows = self.query(&sql, 9)?;
+        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
+        Ok(rows
+            .into_iter()
+            .map(|r| RemoteSlot {
+                name: r[0].clone().unwrap_or_default(),
+                slot_type: r[1].clone(),
+                database: r[2].clone(),
+                plugin: r[3].clone(),
+                restart_lsn: num(&r[4]),
+                confirmed_flush: num(&r[5]),
+                catalog_xmin: r[6].as_deref().and_then(|s| s.parse().ok()),
+                two_phase: r[7].as_deref() == Some("true"),
+                invalidated: r[8].as_deref() == Some("true"),
+            })
+            .collect())
+    }
+
+    /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
+    /// pg_read_binary_file on the upstream (superuser, or pg_read_server_files).
+    pub fn snapshot_file(&self, at: u64) -> Result<Option<Vec<u8>>, String> {
+        let sql = format!(
+            "SELECT pg_catalog.pg_read_binary_file({}, 0, {SNAPSHOT_FILE_MAX}, true)",
+            quote_literal(crate::copy::snapshot_file_name(at))
+        );
+        let rows = self.query(&sql, 1).map_err(|p| match p {
+            Problem::Query(e) if e.contains("permission denied") => format!(
+                "could not read the upstream's snapshot file: {e} (grant pg_read_server_files to the upstream connection's user)"
+            ),
+            Problem::Query(e) => format!("could not read the upstream's snapshot file: {e}"),
+            other => other.to_string(),
+        })?;
+        let Some(hex) = rows.first().and_then(|r| r[0].clone()) else {
+            return Ok(None);
+        };
+        decode_bytea_hex(&hex).map(Some)
+    }
+}
+
+/// Snapshot files hold a few arrays of xids: 256 MiB is far beyond any real one (a longer
+/// file would be cut short, and its checksum would then fail loudly when restored).
+const SNAPSHOT_FILE_MAX: u64 = 256 << 20;
+
+/// bytea in hex output format (`\x0a1b...`) to bytes.
+fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
+    let hex = text.strip_prefix("\\x").ok_or("bytea not in hex format")?;
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The value of primary_slot_name (checked by `local_prerequisites`).
+pub fn primary_slot_name() -> Option<String> {
+    string_guc(c"primary_slot_name")
+}
