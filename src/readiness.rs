@@ -216,7 +216,9 @@ pub fn decide(
         return decision(
             Update {
                 restart: Some((up.restart_lsn, up.catalog_xmin)),
-                confirmed_flush: Some(up.confirmed_flush.max(l.confirmed_flush)),
+                // Forward only; up.confirmed_flush is within standby_flush (checked above).
+                confirmed_flush: (up.confirmed_flush > l.confirmed_flush)
+                    .then_some(up.confirmed_flush),
                 persist: true,
             },
             Ready,
@@ -399,6 +401,27 @@ mod tests {
         }
     }
 
+    /// Found by the property test: a copy that is not ready yet but already has a
+    /// confirmed_flush beyond both the upstream's and the standby's flushed WAL must not keep
+    /// it when it becomes ready (it used to take the larger of the two).
+    #[test]
+    fn becoming_ready_never_claims_more_than_the_standby_flushed() {
+        let d = decide(
+            Some(&up(288, 288, 15)),
+            Some(&copy(false, 0, 764, 0)),
+            288,
+            true,
+        );
+        assert_eq!(
+            d.action,
+            Action::Update {
+                restart: Some((288, 15)),
+                confirmed_flush: None,
+                persist: true
+            }
+        );
+    }
+
     #[test]
     fn gone_or_invalidated_upstream_drops_our_copy() {
         let l = copy(true, 100, 200, 10);
@@ -414,5 +437,112 @@ mod tests {
             decide(Some(&up(100, 200, 10)), Some(&local_inv), 1000, true).action,
             Action::Drop
         );
+    }
+}
+
+/// The safety rules as properties over generated upstream slots, local copies and standby
+/// positions (issue: "never backward, never past standby flush, never drops a slot it does
+/// not own").
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn upstream() -> impl Strategy<Value = Option<Upstream>> {
+        prop::option::of(
+            (
+                any::<bool>(),
+                any::<bool>(),
+                0u64..1000,
+                0u64..1000,
+                0u32..100,
+            )
+                .prop_map(
+                    |(logical, invalidated, restart_lsn, flush, catalog_xmin)| Upstream {
+                        logical,
+                        invalidated,
+                        restart_lsn,
+                        confirmed_flush: restart_lsn + flush,
+                        catalog_xmin,
+                    },
+                ),
+        )
+    }
+
+    fn local() -> impl Strategy<Value = Option<Local>> {
+        prop::option::of(
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                0u64..1000,
+                0u64..1000,
+                0u32..100,
+            )
+                .prop_map(
+                    |(ours, persistent, invalidated, restart_lsn, flush, catalog_xmin)| Local {
+                        ours,
+                        persistent,
+                        invalidated,
+                        restart_lsn,
+                        confirmed_flush: restart_lsn + flush,
+                        catalog_xmin,
+                    },
+                ),
+        )
+    }
+
+    proptest! {
+        // Failures are kept as named tests below, not in a regressions file.
+        #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn safety_rules_hold(
+            up in upstream(),
+            l in local(),
+            standby_flush in 0u64..2000,
+            snapshot in any::<bool>(),
+        ) {
+            let d = decide(up.as_ref(), l.as_ref(), standby_flush, snapshot);
+            match (&d.action, &l) {
+                // Never touches a slot it does not own (nor creates over it).
+                (Action::Create, Some(_)) => prop_assert!(false, "create over an existing slot: {d:?}"),
+                (Action::Drop | Action::Update { .. }, Some(local)) => prop_assert!(local.ours, "{d:?}"),
+                (Action::Drop | Action::Update { .. }, None) => prop_assert!(false, "change without a copy: {d:?}"),
+                _ => {}
+            }
+            if let (Action::Update { restart, confirmed_flush, persist }, Some(local)) = (&d.action, &l) {
+                let up = up.as_ref().expect("an update follows the upstream");
+                // Never backward.
+                if let Some((r, x)) = restart {
+                    prop_assert!(*r >= local.restart_lsn, "{d:?}");
+                    prop_assert!(!xid_precedes(*x, local.catalog_xmin), "{d:?}");
+                }
+                if let Some(f) = confirmed_flush {
+                    prop_assert!(*f >= local.confirmed_flush, "{d:?}");
+                    // Never past what the standby flushed.
+                    prop_assert!(*f <= standby_flush, "{d:?}");
+                }
+                // restart_lsn moves only to a position whose snapshot is here.
+                if let Some((r, _)) = restart {
+                    prop_assert!(*r == local.restart_lsn || snapshot, "{d:?}");
+                }
+                // Ready only with WAL, catalog rows and the snapshot in place.
+                if *persist {
+                    prop_assert!(!local.persistent);
+                    prop_assert!(snapshot && up.restart_lsn >= local.restart_lsn, "{d:?}");
+                    prop_assert!(!xid_precedes(up.catalog_xmin, local.catalog_xmin), "{d:?}");
+                    prop_assert_eq!(d.state, State::Ready);
+                }
+            }
+            // A copy that is not ready never reports ready.
+            if let Some(local) = &l
+                && !local.persistent
+                && !matches!(d.action, Action::Update { persist: true, .. })
+            {
+                prop_assert_ne!(d.state, State::Ready, "{:?}", d);
+            }
+        }
     }
 }

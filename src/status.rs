@@ -48,7 +48,8 @@ SELECT m.slot_name,
        w.upstream_confirmed_flush_lsn,
        (w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.-) s.confirmed_flush_lsn)::pg_catalog.int8
            AS lag_bytes,
-       ((CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+       ((CASE WHEN pg_catalog.pg_is_in_recovery()
+              THEN GREATEST(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())
               ELSE pg_catalog.pg_current_wal_lsn() END) OPERATOR(pg_catalog.-) s.restart_lsn)::pg_catalog.int8
            AS retained_wal_bytes,
        w.last_sync_at
@@ -179,6 +180,9 @@ fn worker_round() -> Result<(), String> {
         if SHARED.share().rounds_done >= target {
             return Ok(());
         }
+        if !in_recovery() {
+            return Err("this server was promoted while waiting for the round".into());
+        }
         if start.elapsed() > SYNC_WAIT {
             return Err(format!(
                 "the slot_failover worker did not finish a round within {} s",
@@ -209,6 +213,8 @@ fn own_round() -> Result<Vec<SlotReport>, upstream::Problem> {
 }
 
 /// One synchronization round now; one row per marked slot (and per copy dropped).
+/// (`slot_name` is text: pgrx has no `name` type, and a SQL wrapper casting it would run the
+/// round inside a SQL function's snapshot, which its subtransactions must not.)
 #[pg_extern(volatile)]
 fn sync() -> TableIterator<
     'static,
@@ -234,38 +240,24 @@ fn sync() -> TableIterator<
         .report(PgLogLevel::ERROR);
         unreachable!()
     };
-    let rows: Vec<(String, String, String, String)> = if worker_syncing {
+    if worker_syncing {
         worker_round().unwrap_or_else(|e| failure(e));
-        let (rows, problem) = shared::rows();
-        if let Some(problem) = problem {
-            failure(problem);
-        }
-        rows.into_iter()
-            .map(|r| {
-                (
-                    r.name,
-                    r.action.to_string(),
-                    r.state.as_str().to_string(),
-                    r.detail,
-                )
-            })
-            .collect()
     } else {
         let reports = own_round().unwrap_or_else(|p| failure(p.to_string()));
         shared::publish(&reports, None);
-        reports
-            .into_iter()
-            .map(|r| {
-                (
-                    r.name,
-                    r.action.to_string(),
-                    r.state.as_str().to_string(),
-                    r.detail,
-                )
-            })
-            .collect()
-    };
-    TableIterator::new(rows)
+    }
+    let (rows, problem) = shared::rows();
+    if let Some(problem) = problem {
+        failure(problem);
+    }
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.name,
+            r.action.to_string(),
+            r.state.as_str().to_string(),
+            r.detail,
+        )
+    }))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

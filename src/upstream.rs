@@ -276,7 +276,8 @@ impl Upstream {
     }
 
     /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
-    /// pg_read_binary_file on the upstream (superuser, or pg_read_server_files).
+    /// EXECUTE on pg_read_binary_file on the upstream (superusers have it); the file is inside
+    /// the data directory, so pg_read_server_files is not needed.
     pub fn snapshot_file(&self, at: u64) -> Result<Option<Vec<u8>>, String> {
         let sql = format!(
             "SELECT pg_catalog.pg_read_binary_file({}, 0, {SNAPSHOT_FILE_MAX}, true)",
@@ -284,7 +285,7 @@ impl Upstream {
         );
         let rows = self.query(&sql, 1).map_err(|p| match p {
             Problem::Query(e) if e.contains("permission denied") => format!(
-                "could not read the upstream's snapshot file: {e} (grant pg_read_server_files to the upstream connection's user)"
+                "could not read the upstream's snapshot file: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
             ),
             Problem::Query(e) => format!("could not read the upstream's snapshot file: {e}"),
             other => other.to_string(),

@@ -626,6 +626,20 @@ impl Cluster {
         self.poll_query_until("postgres", &sql, "t");
     }
 
+    /// On a subscriber: wait until every table of every subscription is synchronized
+    /// (pg_subscription_rel all `r` or `s`), then until `publisher` has sent everything to
+    /// the subscription `application_name`. Right after CREATE SUBSCRIPTION the apply worker
+    /// can be caught up while a table-sync worker still copies, so catch-up alone is not
+    /// enough (PostgreSQL's TAP tests have the same helper).
+    pub fn wait_for_subscription_sync(&self, publisher: &Cluster, application_name: &str) {
+        self.poll_query_until(
+            "postgres",
+            "SELECT count(1) = 0 FROM pg_catalog.pg_subscription_rel WHERE srsubstate NOT IN ('r', 's')",
+            "t",
+        );
+        publisher.wait_for_catchup(application_name);
+    }
+
     /// Wait until the server log, read from byte `offset` on, matches `pattern`. Returns the
     /// offset just past the match, for the next wait. Panics on timeout.
     pub fn wait_for_log(&self, pattern: &str, offset: u64) -> u64 {

@@ -27,6 +27,7 @@ pub mod lsn;
 pub mod port;
 pub mod process;
 pub mod statements;
+pub mod topology;
 pub mod wait;
 
 pub use cluster::{BackupOptions, Cluster, InitOptions, LsnMode, PsqlOutput, StopMode, Streaming};

@@ -2,10 +2,12 @@
 //! the promoted standby with nothing lost and nothing repeated; a copy that never became ready
 //! is dropped, loudly, at promotion.
 
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
-use pg_test::{BackupOptions, Cluster, InitOptions, Lsn, LsnMode, StopMode};
+use pg_test::{Cluster, Lsn, LsnMode, StopMode};
 
-const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
+/// Standby settings of these tests: feedback on, and quick rounds.
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 
 fn ids(cluster: &Cluster) -> String {
     cluster.safe_psql(
@@ -41,38 +43,19 @@ fn decoded_ids(output: &str) -> Vec<String> {
 
 #[test]
 fn subscriber_and_decoder_continue_after_failover() {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let mut primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
-         CREATE TABLE t (id int PRIMARY KEY, note text);
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
          CREATE PUBLICATION pub FOR TABLE t;",
     );
-    primary.backup("b1");
-    let mut standby = Cluster::init_from_backup(
-        &primary,
-        "b1",
-        "standby1",
-        BackupOptions::standby("standby1_slot"),
-    );
-    standby.append_conf(
-        "postgresql.conf",
-        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
-    );
-    standby.start();
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
 
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
     );
     primary.safe_psql(
         "postgres",
@@ -213,29 +196,14 @@ fn subscriber_and_decoder_continue_after_failover() {
 /// WARNING, never kept as if it were usable.
 #[test]
 fn a_copy_that_never_became_ready_is_dropped_loudly_at_promotion() {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let mut primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
-         SELECT pg_catalog.pg_create_logical_replication_slot('idle_slot', 'test_decoding');
+        "SELECT pg_catalog.pg_create_logical_replication_slot('idle_slot', 'test_decoding');
          SELECT slot_failover.enable('idle_slot');
          CHECKPOINT;",
     );
-    primary.backup("b1");
-    let mut standby = Cluster::init_from_backup(
-        &primary,
-        "b1",
-        "standby1",
-        BackupOptions::standby("standby1_slot"),
-    );
-    standby.append_conf(
-        "postgresql.conf",
-        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
-    );
-    standby.start();
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
 
     standby.wait_for_log(
         r#"replication slot "idle_slot" is waiting_for_upstream: "#,
@@ -318,27 +286,12 @@ fn a_copy_that_never_became_ready_is_dropped_loudly_at_promotion() {
 /// A primary with the extension and a standby streaming from it (hot_standby_feedback on,
 /// fast sync rounds).
 fn primary_and_standby() -> (Cluster, Cluster) {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
-         CREATE TABLE t (id int PRIMARY KEY, note text);",
+        "CREATE TABLE t (id int PRIMARY KEY, note text);",
     );
-    primary.backup("b1");
-    let mut standby = Cluster::init_from_backup(
-        &primary,
-        "b1",
-        "standby1",
-        BackupOptions::standby("standby1_slot"),
-    );
-    standby.append_conf(
-        "postgresql.conf",
-        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
-    );
-    standby.start();
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
     (primary, standby)
 }
 
@@ -510,5 +463,129 @@ fn open_transactions_across_sync_and_promotion() {
         decoded_ids(&decoded),
         ["1001", "1003", "1004", "2001"],
         "decoded after failover:\n{decoded}"
+    );
+}
+
+/// A slot on the standby that has the name of a marked slot but was not made by slot_failover
+/// (here a physical slot someone created there) is reported as an error for that slot and
+/// left alone, through unmarking too; the other marked slots are synchronized as usual.
+#[test]
+fn a_same_named_slot_we_did_not_create_is_left_alone() {
+    let primary = primary_with_extension();
+    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    standby.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('app')",
+    );
+    marked_decoding_slot(&primary, "app");
+    marked_decoding_slot(&primary, "other");
+    consume_until_ready(&primary, &standby, &["other"]);
+
+    standby.wait_for_log(
+        r#"WARNING:  slot_failover worker: replication slot "app" cannot be synchronized: a replication slot of this name exists on this standby and was not created by slot_failover; it is left alone"#,
+        0,
+    );
+    let states = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
+    standby.poll_query_until("postgres", states, "app:error,other:ready");
+
+    primary.safe_psql("postgres", "SELECT slot_failover.disable('app')");
+    primary.wait_for_catchup(&standby);
+    standby.poll_query_until("postgres", states, "other:ready");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_type FROM pg_catalog.pg_replication_slots WHERE slot_name = 'app'"
+        ),
+        "physical",
+        "the slot slot_failover did not create must be untouched"
+    );
+}
+
+/// A ready copy invalidated on the standby (its WAL removed: max_slot_wal_keep_size) while the
+/// upstream slot is still valid is dropped and created again, and becomes ready again once
+/// the upstream slot moves on.
+#[test]
+fn a_copy_invalidated_here_is_created_again() {
+    let primary = primary_with_extension();
+    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nmax_slot_wal_keep_size = 1MB"),
+    );
+    marked_decoding_slot(&primary, "td");
+    consume_until_ready(&primary, &standby, &["td"]);
+
+    // WAL moves on, td's consumer does not: at the standby's next restartpoint the copy
+    // retains more than 1MB and is invalidated.
+    let offset = standby.log_position();
+    wait::until("the copy of td to be invalidated on the standby", wait::default_timeout(), || {
+        primary.safe_psql(
+            "postgres",
+            "INSERT INTO t SELECT coalesce(max(id), 0) + 1, 'filler' FROM t;
+             SELECT pg_catalog.pg_switch_wal(); CHECKPOINT;",
+        );
+        primary.wait_for_catchup(&standby);
+        standby.safe_psql("postgres", "CHECKPOINT");
+        let log = standby.log_from(offset);
+        if log.contains(r#"dropped its copy of replication slot "td": the copy was invalidated on this standby"#) {
+            Check::Done(())
+        } else {
+            Check::NotYet("not yet".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        primary.safe_psql("postgres", "SELECT wal_status <> 'lost' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'"),
+        "t",
+        "the upstream slot stays valid"
+    );
+    consume_until_ready(&primary, &standby, &["td"]);
+}
+
+/// The upstream connection's role is not a superuser: it has REPLICATION and the documented
+/// grants (EXECUTE on pg_read_binary_file for the snapshot files, pg_monitor for the marks), and its
+/// search_path puts a schema first that defines an `=` on names that is always true. The
+/// worker's queries must not be fooled: exactly the marked slot is copied and made ready.
+#[test]
+fn a_hostile_upstream_search_path_does_not_fool_the_worker() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
+         CREATE ROLE repl LOGIN REPLICATION IN ROLE pg_monitor;
+         GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO repl;
+         CREATE FUNCTION public.always(name, name) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+         CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.always);
+         ALTER ROLE repl SET search_path = public, pg_catalog;
+         SELECT pg_catalog.pg_create_logical_replication_slot('not_marked', 'test_decoding');",
+    );
+    let conninfo = format!(
+        "host={} port={} user=repl",
+        primary.base_dir().display(),
+        primary.port()
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.upstream_conninfo = '{conninfo}'"),
+    );
+    marked_decoding_slot(&primary, "td");
+    consume_until_ready(&primary, &standby, &["td"]);
+    standby.wait_for_log(r"1 marked slot\(s\) on the upstream server: td", 0);
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_catalog.pg_replication_slots"),
+        "td",
+        "only the marked slot is copied"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT string_agg(slot_name || ':' || state, ',') FROM slot_failover.status"
+        ),
+        "td:ready"
     );
 }

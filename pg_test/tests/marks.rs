@@ -2,9 +2,8 @@
 //! real logical slots and sessions, and the marks' journey to a standby and through promotion.
 //! (Errors that need no logical slot are #[pg_test]s in src/marks.rs.)
 
-use pg_test::{BackupOptions, Cluster, InitOptions};
-
-const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
+use pg_test::Cluster;
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
 
 fn marks(node: &Cluster) -> String {
     node.safe_psql(
@@ -15,14 +14,10 @@ fn marks(node: &Cluster) -> String {
 }
 
 fn primary_with_slots() -> Cluster {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
-         SELECT pg_catalog.pg_create_logical_replication_slot('app_decoding', 'test_decoding');
+        "SELECT pg_catalog.pg_create_logical_replication_slot('app_decoding', 'test_decoding');
          SELECT pg_catalog.pg_create_logical_replication_slot('app_pgoutput', 'pgoutput');",
     );
     primary
@@ -118,15 +113,12 @@ fn marks_replicate_to_the_standby_and_survive_promotion() {
         "postgres",
         "SELECT slot_failover.enable('app_decoding'); SELECT slot_failover.enable('app_pgoutput');",
     );
-    primary.backup("b1");
-    let mut standby = Cluster::init_from_backup(
+    let standby = standby_of(
         &primary,
-        "b1",
         "standby1",
-        BackupOptions::standby("standby1_slot"),
+        STANDBY_SLOT,
+        "hot_standby_feedback = on",
     );
-    standby.append_conf("postgresql.conf", "hot_standby_feedback = on");
-    standby.start();
 
     // A mark made after the backup streams over too.
     primary.safe_psql("postgres", "SELECT slot_failover.disable('app_pgoutput')");

@@ -3,10 +3,10 @@
 //! They run against the PostgreSQL installation named by `SLOT_FAILOVER_PG_CONFIG`, into
 //! which the extension has been installed (`./run test` does both, once per major).
 
+use pg_test::topology::{PRELOAD, STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
-use pg_test::{BackupOptions, Cluster, InitOptions, StopMode, process};
+use pg_test::{Cluster, InitOptions, StopMode, process};
 
-const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
 const WORKER_RUNNING: &str = "SELECT count(*) FROM pg_catalog.pg_stat_activity
                                WHERE backend_type = 'slot_failover worker'";
 
@@ -19,36 +19,24 @@ struct Topology {
 }
 
 fn build_topology() -> Topology {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
-         CREATE TABLE t (id int PRIMARY KEY, note text);
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
          CREATE PUBLICATION pub FOR TABLE t;",
     );
-    primary.backup("b1");
-
-    let mut standby = Cluster::init_from_backup(
+    let standby = standby_of(
         &primary,
-        "b1",
         "standby1",
-        BackupOptions::standby("standby1_slot"),
+        STANDBY_SLOT,
+        "hot_standby_feedback = on",
     );
-    standby.append_conf("postgresql.conf", "hot_standby_feedback = on");
-    standby.start();
 
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
     );
     Topology {
         primary,

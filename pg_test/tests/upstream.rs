@@ -2,9 +2,9 @@
 //! a connection string without dbname completed, a password never logged, an upstream that
 //! goes away reported once and picked up again when it returns.
 
-use pg_test::{BackupOptions, Cluster, InitOptions, StopMode};
+use pg_test::StopMode;
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
 
-const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
 const PASSWORD: &str = "s3cr3t_pw_do_not_log";
 
 fn count(haystack: &str, needle: &str) -> usize {
@@ -13,31 +13,21 @@ fn count(haystack: &str, needle: &str) -> usize {
 
 #[test]
 fn prerequisites_connection_and_upstream_outage() {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let mut primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
-        "CREATE EXTENSION slot_failover;
-         CREATE DATABASE other;
-         SELECT pg_catalog.pg_create_physical_replication_slot('standby1_slot');
+        "CREATE DATABASE other;
          SELECT pg_catalog.pg_create_logical_replication_slot('app_slot', 'test_decoding');
          SELECT slot_failover.enable('app_slot');",
     );
-    primary.backup("b1");
 
     // hot_standby_feedback is off (the default): one WARNING with a hint, however many rounds.
-    let mut standby = Cluster::init_from_backup(
+    let standby = standby_of(
         &primary,
-        "b1",
         "standby1",
-        BackupOptions::standby("standby1_slot"),
-    );
-    standby.append_conf(
-        "postgresql.conf",
+        STANDBY_SLOT,
         "slot_failover.naptime = 10ms\nlog_min_messages = debug1",
     );
-    standby.start();
     let offset = standby.wait_for_log(
         r"WARNING:  slot_failover worker cannot synchronize slots: hot_standby_feedback is off\n.*HINT:  Set hot_standby_feedback = on",
         0,
@@ -152,22 +142,13 @@ fn prerequisites_connection_and_upstream_outage() {
 /// misspelt): the worker says which slot is missing.
 #[test]
 fn missing_upstream_physical_slot_is_named() {
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
-    primary.safe_psql("postgres", "CREATE EXTENSION slot_failover");
-    primary.backup("b1");
-    let mut standby = Cluster::init_from_backup(
+    let primary = primary_with_extension();
+    let standby = standby_of(
         &primary,
-        "b1",
         "standby1",
-        BackupOptions::standby("no_such_slot"),
-    );
-    standby.append_conf(
-        "postgresql.conf",
+        "no_such_slot",
         "hot_standby_feedback = on\nslot_failover.naptime = 10ms",
     );
-    standby.start();
     standby.wait_for_log(
         r#"cannot synchronize slots: physical replication slot "no_such_slot" \(primary_slot_name\) does not exist on the upstream server\n.*HINT:  Create it on the upstream"#,
         0,
