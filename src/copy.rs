@@ -31,31 +31,19 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::compat;
-use crate::readiness::lsn;
+use crate::readiness::{Local, lsn};
 use crate::upstream::RemoteSlot;
 
 /// Name of the marker file in a copy's slot directory.
 const MARKER: &str = "slot_failover";
 
-/// A local slot, as pg_replication_slots shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalSlot {
-    pub name: String,
-    pub logical: bool,
-    pub ours: bool,
-    pub persistent: bool,
-    pub invalidated: bool,
-    pub restart_lsn: u64,
-    pub confirmed_flush: u64,
-    pub catalog_xmin: u32,
-}
-
 fn marker_path(name: &str) -> String {
     format!("pg_replslot/{name}/{MARKER}")
 }
 
-/// Every replication slot on this server, by name.
-pub fn local_slots() -> HashMap<String, LocalSlot> {
+/// Every replication slot on this server, by name, as the readiness rules see it. A slot is
+/// ours only if it is logical and carries our marker file.
+pub fn local_slots() -> HashMap<String, Local> {
     let sql = format!(
         "SELECT s.slot_name::pg_catalog.text, s.slot_type, s.temporary, {inv},
                 coalesce((s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
@@ -71,16 +59,14 @@ pub fn local_slots() -> HashMap<String, LocalSlot> {
         let mut slots = HashMap::new();
         for row in table {
             let name: String = row.get(1).ok().flatten().unwrap_or_default();
-            let slot_type: String = row.get(2).ok().flatten().unwrap_or_default();
-            let slot = LocalSlot {
-                logical: slot_type == "logical",
-                ours: slot_type == "logical" && fs::metadata(marker_path(&name)).is_ok(),
+            let logical = row.get::<String>(2).ok().flatten().as_deref() == Some("logical");
+            let slot = Local {
+                ours: logical && fs::metadata(marker_path(&name)).is_ok(),
                 persistent: !row.get::<bool>(3).ok().flatten().unwrap_or(false),
                 invalidated: row.get::<bool>(4).ok().flatten().unwrap_or(false),
                 restart_lsn: row.get::<i64>(5).ok().flatten().unwrap_or(0) as u64,
                 confirmed_flush: row.get::<i64>(6).ok().flatten().unwrap_or(0) as u64,
                 catalog_xmin: row.get::<i64>(7).ok().flatten().unwrap_or(0) as u32,
-                name: name.clone(),
             };
             slots.insert(name, slot);
         }

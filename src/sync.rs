@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::copy::{self, LocalSlot};
+use crate::copy;
 use crate::readiness::{self, Action, State};
 use crate::upstream::{Problem, RemoteSlot, Upstream};
 
@@ -35,17 +35,6 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
         confirmed_flush: r.confirmed_flush.unwrap_or(0),
         catalog_xmin: r.catalog_xmin.unwrap_or(0),
     })
-}
-
-fn to_local(l: &LocalSlot) -> readiness::Local {
-    readiness::Local {
-        ours: l.ours,
-        persistent: l.persistent,
-        invalidated: l.invalidated,
-        restart_lsn: l.restart_lsn,
-        confirmed_flush: l.confirmed_flush,
-        catalog_xmin: l.catalog_xmin,
-    }
 }
 
 /// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
@@ -111,7 +100,7 @@ fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotRe
         upstream_confirmed_flush,
     };
     let upstream = to_upstream(remote);
-    let mut local = copy::local_slots().get(&remote.name).map(to_local);
+    let mut local = copy::local_slots().remove(&remote.name);
     let mut created = false;
     for _ in 0..2 {
         let mut snapshot = false;
@@ -159,7 +148,7 @@ fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotRe
             Ok("created") if decision.action == Action::Create => {
                 // Decide again with the new copy: it may be ready at once.
                 created = true;
-                local = copy::local_slots().get(&remote.name).map(to_local);
+                local = copy::local_slots().remove(&remote.name);
             }
             Ok(action) => return report(action, decision.state, decision.detail),
         }
@@ -178,30 +167,28 @@ pub fn round(up: &Upstream) -> Result<Vec<SlotReport>, Problem> {
 
     // Copies of slots that are no longer marked.
     let marked: BTreeSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();
-    for local in copy::local_slots()
-        .into_values()
-        .filter(|l| l.ours && !marked.contains(l.name.as_str()))
+    for (name, _) in copy::local_slots()
+        .into_iter()
+        .filter(|(name, l)| l.ours && !marked.contains(name.as_str()))
     {
         let outcome = isolated(|| {
-            copy::drop_copy(&local.name);
+            copy::drop_copy(&name);
             Ok(())
         });
-        reports.push(match outcome {
-            Ok(()) => SlotReport {
-                name: local.name,
-                action: "dropped",
-                state: State::UpstreamMissing,
-                detail: "the slot is no longer marked on the upstream server; dropped the copy"
-                    .into(),
-                upstream_confirmed_flush: 0,
-            },
-            Err(e) => SlotReport {
-                name: local.name,
-                action: "none",
-                state: State::Error,
-                detail: e,
-                upstream_confirmed_flush: 0,
-            },
+        let (action, state, detail) = match outcome {
+            Ok(()) => (
+                "dropped",
+                State::UpstreamMissing,
+                "the slot is no longer marked on the upstream server; dropped the copy".to_string(),
+            ),
+            Err(e) => ("none", State::Error, e),
+        };
+        reports.push(SlotReport {
+            name,
+            action,
+            state,
+            detail,
+            upstream_confirmed_flush: 0,
         });
     }
     Ok(reports)
@@ -212,14 +199,13 @@ pub fn round(up: &Upstream) -> Result<Vec<SlotReport>, Problem> {
 /// is switched off it is a LOG line. Returns the names of the ready copies kept.
 pub fn drop_unready(promotion: bool) -> Vec<String> {
     let mut kept = Vec::new();
-    for local in copy::local_slots().into_values().filter(|l| l.ours) {
+    for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
         if local.persistent && !local.invalidated {
-            kept.push(local.name);
+            kept.push(name);
             continue;
         }
-        let name = &local.name;
         match isolated(|| {
-            copy::drop_copy(name);
+            copy::drop_copy(&name);
             Ok(())
         }) {
             Ok(()) if promotion => pgrx::warning!(
