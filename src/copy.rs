@@ -42,13 +42,15 @@ fn marker_path(name: &str) -> String {
 }
 
 /// Every replication slot on this server, by name, as the readiness rules see it. A slot is
-/// ours only if it is logical and carries our marker file.
+/// ours if it is logical and carries our marker file, or is a temporary slot held by this
+/// process (only its creator holds a temporary slot).
 pub fn local_slots() -> HashMap<String, Local> {
     let sql = format!(
         "SELECT s.slot_name::pg_catalog.text, s.slot_type, s.temporary, {inv},
                 coalesce((s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
                 coalesce((s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
-                coalesce(s.catalog_xmin::pg_catalog.text::pg_catalog.int8, 0)
+                coalesce(s.catalog_xmin::pg_catalog.text::pg_catalog.int8, 0),
+                coalesce(s.temporary AND s.active_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid(), false)
            FROM pg_catalog.pg_replication_slots AS s",
         inv = compat::SLOT_INVALIDATED_SQL
     );
@@ -61,7 +63,11 @@ pub fn local_slots() -> HashMap<String, Local> {
             let name: String = row.get(1).ok().flatten().unwrap_or_default();
             let logical = row.get::<String>(2).ok().flatten().as_deref() == Some("logical");
             let slot = Local {
-                ours: logical && fs::metadata(marker_path(&name)).is_ok(),
+                // A temporary slot held by this very process was created by it: ours even
+                // if an error came between creating it and writing its marker.
+                ours: logical
+                    && (fs::metadata(marker_path(&name)).is_ok()
+                        || row.get::<bool>(8).ok().flatten().unwrap_or(false)),
                 persistent: !row.get::<bool>(3).ok().flatten().unwrap_or(false),
                 invalidated: row.get::<bool>(4).ok().flatten().unwrap_or(false),
                 restart_lsn: row.get::<i64>(5).ok().flatten().unwrap_or(0) as u64,
@@ -283,10 +289,17 @@ pub fn update(
             let segno = (*slot).data.restart_lsn / pg_sys::wal_segment_size as u64;
             pg_sys::XLogGetLastRemovedSegno() >= segno
         };
-        if persist && !wal_gone {
+        // The marker must be on disk before the copy outlives this process.
+        let marked = if persist && !wal_gone {
+            write_marker(name)
+        } else {
+            Ok(())
+        };
+        if persist && !wal_gone && marked.is_ok() {
             pg_sys::ReplicationSlotPersist();
         }
         pg_sys::ReplicationSlotRelease();
+        marked?;
         if wal_gone {
             return Err(format!(
                 "WAL at {} was removed from this standby; the copy will be created again",

@@ -114,12 +114,11 @@ fn subscriber_and_decoder_continue_after_failover() {
     );
     standby.wait_for_log(r#"replication slot "sub" is ready for failover"#, 0);
     standby.wait_for_log(r#"replication slot "td" is ready for failover"#, 0);
-    assert_eq!(
-        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
-        "t"
-    );
+    // The subscriber keeps confirming: a round can briefly see the upstream ahead of this
+    // standby (ahead_of_standby), so wait for the condition rather than sample it once.
+    standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
     let states = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
-    assert_eq!(standby.safe_psql("postgres", states), "sub:ready,td:ready");
+    standby.poll_query_until("postgres", states, "sub:ready,td:ready");
     assert_eq!(
         primary.safe_psql("postgres", states),
         "sub:primary,td:primary"
@@ -581,11 +580,67 @@ fn a_hostile_upstream_search_path_does_not_fool_the_worker() {
         "td",
         "only the marked slot is copied"
     );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT string_agg(slot_name || ':' || state, ',') FROM slot_failover.status",
+        "td:ready",
+    );
+}
+
+/// A copy created by a sync() session (worker off) whose marker file is lost before it is
+/// ready (as if an error came between creating the slot and writing the marker) is still
+/// known as ours, because this very session holds it; it becomes ready and gets its marker.
+#[test]
+fn a_copy_held_by_its_creator_is_ours_even_without_its_marker() {
+    let primary = primary_with_extension();
+    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.enabled = off"),
+    );
+    // Marked before its consumer ever moved it: no snapshot at its restart_lsn yet, so the
+    // copy cannot be ready in the first round.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('td');",
+    );
+    primary.wait_for_catchup(&standby); // else the first round says ahead_of_standby
+    let mut session = standby.connect("postgres");
+    let sync = |session: &mut postgres::Client| -> String {
+        let row = session
+            .query_one(
+                "SELECT action || ':' || state FROM slot_failover.sync() WHERE slot_name = 'td'",
+                &[],
+            )
+            .unwrap();
+        row.get(0)
+    };
+    assert_eq!(sync(&mut session), "created:waiting_for_upstream");
+    let marker = standby.data_dir().join("pg_replslot/td/slot_failover");
+    std::fs::remove_file(&marker).expect("remove the marker");
+    wait::until("the session's copy of td to be ready", wait::default_timeout(), || {
+        primary.safe_psql(
+            "postgres",
+            "CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+        );
+        let state = sync(&mut session);
+        if state.ends_with(":ready") { Check::Done(()) } else { Check::NotYet(state) }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        marker.exists(),
+        "the marker is written when the copy becomes ready"
+    );
+    drop(session);
     assert_eq!(
         standby.safe_psql(
             "postgres",
-            "SELECT string_agg(slot_name || ':' || state, ',') FROM slot_failover.status"
+            "SELECT temporary FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'"
         ),
-        "td:ready"
+        "f",
+        "the ready copy outlives the session"
     );
 }
