@@ -282,15 +282,16 @@ fn a_copy_that_never_became_ready_is_dropped_loudly_at_promotion() {
     );
 }
 
-/// A primary with the extension and a standby streaming from it (hot_standby_feedback on,
-/// fast sync rounds).
-fn primary_and_standby() -> (Cluster, Cluster) {
+/// A primary with the extension and table t, and a standby streaming from it
+/// (hot_standby_feedback on, fast sync rounds, then `extra_standby_conf`).
+fn primary_and_standby(extra_standby_conf: &str) -> (Cluster, Cluster) {
     let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
         "CREATE TABLE t (id int PRIMARY KEY, note text);",
     );
-    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let conf = format!("{SYNCING}\n{extra_standby_conf}");
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, &conf);
     (primary, standby)
 }
 
@@ -354,7 +355,7 @@ fn consume_until_ready(primary: &Cluster, standby: &Cluster, slots: &[&str]) {
 /// recognized as copies (they keep following).
 #[test]
 fn copies_follow_the_upstream_and_survive_restarts() {
-    let (primary, mut standby) = primary_and_standby();
+    let (primary, mut standby) = primary_and_standby("");
     marked_decoding_slot(&primary, "keep");
     marked_decoding_slot(&primary, "unmark_me");
     marked_decoding_slot(&primary, "drop_me");
@@ -416,7 +417,7 @@ fn copies_follow_the_upstream_and_survive_restarts() {
 /// entirely on the snapshot file copied from the upstream (they cannot decode on a standby).
 #[test]
 fn open_transactions_across_sync_and_promotion() {
-    let (mut primary, standby) = primary_and_standby();
+    let (mut primary, standby) = primary_and_standby("");
     primary.safe_psql("postgres", "INSERT INTO t VALUES (1, 'before the slot')");
     marked_decoding_slot(&primary, "td");
     // Ready first: an open transaction pins the slot's catalog_xmin.
@@ -470,9 +471,7 @@ fn open_transactions_across_sync_and_promotion() {
 /// left alone, through unmarking too; the other marked slots are synchronized as usual.
 #[test]
 fn a_same_named_slot_we_did_not_create_is_left_alone() {
-    let primary = primary_with_extension();
-    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
-    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let (primary, standby) = primary_and_standby("");
     standby.safe_psql(
         "postgres",
         "SELECT pg_catalog.pg_create_physical_replication_slot('app')",
@@ -506,14 +505,7 @@ fn a_same_named_slot_we_did_not_create_is_left_alone() {
 /// the upstream slot moves on.
 #[test]
 fn a_copy_invalidated_here_is_created_again() {
-    let primary = primary_with_extension();
-    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nmax_slot_wal_keep_size = 1MB"),
-    );
+    let (primary, standby) = primary_and_standby("max_slot_wal_keep_size = 1MB");
     marked_decoding_slot(&primary, "td");
     consume_until_ready(&primary, &standby, &["td"]);
 
@@ -592,14 +584,7 @@ fn a_hostile_upstream_search_path_does_not_fool_the_worker() {
 /// known as ours, because this very session holds it; it becomes ready and gets its marker.
 #[test]
 fn a_copy_held_by_its_creator_is_ours_even_without_its_marker() {
-    let primary = primary_with_extension();
-    primary.safe_psql("postgres", "CREATE TABLE t (id int PRIMARY KEY, note text)");
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nslot_failover.enabled = off"),
-    );
+    let (primary, standby) = primary_and_standby("slot_failover.enabled = off");
     // Marked before its consumer ever moved it: no snapshot at its restart_lsn yet, so the
     // copy cannot be ready in the first round.
     primary.safe_psql(
