@@ -29,6 +29,7 @@
 //! * At promotion the worker keeps the ready copies, drops the others with a WARNING each,
 //!   and names every marked slot left without a copy.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use pgrx::bgworkers::{
@@ -38,8 +39,6 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use crate::gucs;
-use std::collections::HashMap;
-
 use crate::readiness::State;
 use crate::shared::{self, SHARED};
 use crate::sync::{self, SlotReport};
