@@ -91,17 +91,14 @@ pub fn standby_flush() -> u64 {
     }
 }
 
-fn snapshot_path(at: u64) -> String {
+/// The path of the snapshot file for `at`, relative to the data directory (the same on the
+/// upstream and here).
+pub fn snapshot_path(at: u64) -> String {
     format!(
         "pg_logical/snapshots/{:X}-{:X}.snap",
         at >> 32,
         at & 0xFFFF_FFFF
     )
-}
-
-/// The upstream-relative path of the snapshot file for `at` (same layout on both sides).
-pub fn snapshot_file_name(at: u64) -> String {
-    snapshot_path(at)
 }
 
 /// Is the serialized snapshot for `at` in this server's pg_logical/snapshots?

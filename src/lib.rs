@@ -71,6 +71,13 @@ pub extern "C-unwind" fn _PG_init() {
     worker::register();
 }
 
+/// Is this server a standby (in recovery)?
+pub(crate) fn in_recovery() -> bool {
+    // SAFETY: RecoveryInProgress() reads shared memory (XLogCtl) under its spinlock; every
+    // caller (backends and the worker) has shared memory attached. Same on every major.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
 /// The version of the loaded library and the PostgreSQL major it was built for, e.g.
 /// `slot_failover 0.1.0 (PostgreSQL 17)`.
 #[pg_extern(stable, parallel_safe)]

@@ -53,11 +53,6 @@ GRANT EXECUTE ON FUNCTION slot_failover.enable(text), slot_failover.disable(text
     finalize
 );
 
-fn in_recovery() -> bool {
-    // SAFETY: RecoveryInProgress() only reads shared memory; any backend may call it.
-    unsafe { pg_sys::RecoveryInProgress() }
-}
-
 /// Superuser, or has the privileges of the admin role.
 fn may_mark() -> bool {
     // SAFETY: plain catalog look-ups in a backend inside a transaction (we are in a SQL
@@ -76,7 +71,7 @@ fn may_mark() -> bool {
 fn precheck<'a>(slot_name: Option<&'a str>, action: &'static str) -> Result<&'a str, ApiError> {
     let name = slot_name.ok_or(ApiError::NullSlotName)?;
     let name = slot_name::validate(name).map_err(ApiError::BadSlotName)?;
-    if in_recovery() {
+    if crate::in_recovery() {
         return Err(ApiError::OnStandby { action });
     }
     if !may_mark() {

@@ -111,13 +111,8 @@ fn worker_state() -> TableIterator<
     }))
 }
 
-fn in_recovery() -> bool {
-    // SAFETY: RecoveryInProgress() only reads shared memory; any backend may call it.
-    unsafe { pg_sys::RecoveryInProgress() }
-}
-
 fn require_standby(function: &str) {
-    if !in_recovery() {
+    if !crate::in_recovery() {
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("slot_failover.{function}() can only be called on a standby"),
@@ -180,7 +175,7 @@ fn worker_round() -> Result<(), String> {
         if SHARED.share().rounds_done >= target {
             return Ok(());
         }
-        if !in_recovery() {
+        if !crate::in_recovery() {
             return Err("this server was promoted while waiting for the round".into());
         }
         if start.elapsed() > SYNC_WAIT {
@@ -205,11 +200,9 @@ fn worker_round() -> Result<(), String> {
 }
 
 fn own_round() -> Result<Vec<SlotReport>, upstream::Problem> {
-    let conninfo = upstream::local_prerequisites()?;
-    let slot = upstream::primary_slot_name().ok_or(upstream::Problem::NoPrimarySlot)?;
-    let up = Upstream::connect(&conninfo)?;
-    up.check(&slot)?;
-    sync::round(&up)
+    let prerequisites = upstream::local_prerequisites()?;
+    let up = Upstream::connect(&prerequisites.conninfo)?;
+    sync::round(&up, &prerequisites.primary_slot)
 }
 
 /// One synchronization round now; one row per marked slot (and per copy dropped).

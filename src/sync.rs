@@ -90,7 +90,12 @@ fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
         && (!local.persistent || up.restart_lsn > local.restart_lsn)
 }
 
-fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotReport {
+fn handle_slot(
+    up: &Upstream,
+    remote: &RemoteSlot,
+    mut local: Option<readiness::Local>,
+    standby_flush: u64,
+) -> SlotReport {
     let upstream_confirmed_flush = remote.confirmed_flush.unwrap_or(0);
     let report = |action, state, detail| SlotReport {
         name: remote.name.clone(),
@@ -100,7 +105,6 @@ fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotRe
         upstream_confirmed_flush,
     };
     let upstream = to_upstream(remote);
-    let mut local = copy::local_slots().remove(&remote.name);
     let mut created = false;
     for _ in 0..2 {
         let mut snapshot = false;
@@ -156,18 +160,22 @@ fn handle_slot(up: &Upstream, remote: &RemoteSlot, standby_flush: u64) -> SlotRe
     report("created", State::WaitingForUpstream, "created".into())
 }
 
-/// One round against an open upstream connection. Must run in a transaction.
-pub fn round(up: &Upstream) -> Result<Vec<SlotReport>, Problem> {
+/// One round against an open upstream connection: check the upstream (wal_level, our
+/// physical slot `primary_slot`, the extension), then every marked slot. Local slots are read
+/// once per round. Must run in a transaction.
+pub fn round(up: &Upstream, primary_slot: &str) -> Result<Vec<SlotReport>, Problem> {
+    up.check(primary_slot)?;
     let remote = up.marked_slots()?;
     let standby_flush = copy::standby_flush();
+    let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote
         .iter()
-        .map(|r| handle_slot(up, r, standby_flush))
+        .map(|r| handle_slot(up, r, locals.remove(&r.name), standby_flush))
         .collect();
 
-    // Copies of slots that are no longer marked.
+    // Copies of slots that are no longer marked (what is left of the scan).
     let marked: BTreeSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();
-    for (name, _) in copy::local_slots()
+    for (name, _) in locals
         .into_iter()
         .filter(|(name, l)| l.ours && !marked.contains(name.as_str()))
     {

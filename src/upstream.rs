@@ -119,18 +119,27 @@ fn string_guc(name: &CStr) -> Option<String> {
     (!value.trim().is_empty()).then_some(value)
 }
 
-/// The standby-side prerequisites, and the connection string to use.
-pub fn local_prerequisites() -> Result<String, Problem> {
+/// What the standby-side checks yield.
+pub struct Prerequisites {
+    /// The connection string to use (never logged).
+    pub conninfo: String,
+    /// primary_slot_name: the physical slot this standby streams through upstream.
+    pub primary_slot: String,
+}
+
+/// The standby-side prerequisites, the connection string and the physical slot.
+pub fn local_prerequisites() -> Result<Prerequisites, Problem> {
     if string_guc(c"hot_standby_feedback").as_deref() != Some("on") {
         return Err(Problem::NoHotStandbyFeedback);
     }
-    if string_guc(c"primary_slot_name").is_none() {
-        return Err(Problem::NoPrimarySlot);
-    }
+    let primary_slot = string_guc(c"primary_slot_name").ok_or(Problem::NoPrimarySlot)?;
     let conninfo = gucs::upstream_conninfo()
         .or_else(|| string_guc(c"primary_conninfo"))
         .ok_or(Problem::NoConninfo)?;
-    Ok(conninfo::for_worker(&conninfo, &gucs::database()))
+    Ok(Prerequisites {
+        conninfo: conninfo::for_worker(&conninfo, &gucs::database()),
+        primary_slot,
+    })
 }
 
 impl Upstream {
@@ -281,7 +290,7 @@ impl Upstream {
     pub fn snapshot_file(&self, at: u64) -> Result<Option<Vec<u8>>, String> {
         let sql = format!(
             "SELECT pg_catalog.pg_read_binary_file({}, 0, {SNAPSHOT_FILE_MAX}, true)",
-            quote_literal(crate::copy::snapshot_file_name(at))
+            quote_literal(crate::copy::snapshot_path(at))
         );
         let rows = self.query(&sql, 1).map_err(|p| match p {
             Problem::Query(e) if e.contains("permission denied") => format!(
@@ -311,9 +320,4 @@ fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
         .collect()
-}
-
-/// The value of primary_slot_name (checked by `local_prerequisites`).
-pub fn primary_slot_name() -> Option<String> {
-    string_guc(c"primary_slot_name")
 }

@@ -68,12 +68,6 @@ pub fn register() {
         .load();
 }
 
-fn in_recovery() -> bool {
-    // SAFETY: RecoveryInProgress() reads shared memory (XLogCtl) under its spinlock; the worker
-    // has BGWORKER_SHMEM_ACCESS, so shared memory is attached. Valid on every supported major.
-    unsafe { pg_sys::RecoveryInProgress() }
-}
-
 fn role_name(standby: bool) -> &'static str {
     if standby { "a standby" } else { "a primary" }
 }
@@ -116,8 +110,10 @@ impl SyncState {
     /// an existing connection (the upstream restarted, say) is retried once on a new one, so
     /// that an upstream that went away is reported as unreachable, once.
     fn round(&mut self) -> Result<Vec<SlotReport>, Problem> {
-        let conninfo = upstream::local_prerequisites()?;
-        let slot = upstream::primary_slot_name().ok_or(Problem::NoPrimarySlot)?;
+        let upstream::Prerequisites {
+            conninfo,
+            primary_slot,
+        } = upstream::local_prerequisites()?;
         if conninfo != self.conninfo {
             self.upstream = None;
         }
@@ -127,7 +123,7 @@ impl SyncState {
             self.conninfo = conninfo;
         }
         let up = self.upstream.as_ref().expect("connected above");
-        match up.check(&slot).and_then(|()| sync::round(up)) {
+        match sync::round(up, &primary_slot) {
             Err(Problem::Query(_)) if !fresh => {
                 self.upstream = None;
                 self.round()
@@ -282,7 +278,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
-    let mut standby = in_recovery();
+    let mut standby = crate::in_recovery();
     log!("{WORKER_TYPE} started (server is {})", role_name(standby));
     // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
     // valid in every server process; on_shmem_exit runs our callback when this process exits.
@@ -339,7 +335,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             state.backoff = gucs::naptime(); // a fix may have been reloaded: retry at once
         }
 
-        let now_standby = in_recovery();
+        let now_standby = crate::in_recovery();
         if standby && !now_standby {
             log!("{WORKER_TYPE}: this server was promoted and is now a primary");
             state.reset();
