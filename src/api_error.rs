@@ -25,6 +25,10 @@ pub enum ApiError {
     TemporarySlot(String),
     #[error("failover of physical replication slot \"{0}\" is not supported yet")]
     PhysicalSlot(String),
+    #[error("replication slot \"{0}\" is not a physical replication slot")]
+    NotPhysical(String),
+    #[error("physical replication slot \"{0}\" does not exist")]
+    NoSuchPhysicalSlot(String),
 }
 
 impl ApiError {
@@ -39,6 +43,8 @@ impl ApiError {
             ApiError::NoSuchSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             ApiError::TemporarySlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ApiError::PhysicalSlot(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            ApiError::NotPhysical(_) => ERRCODE_WRONG_OBJECT_TYPE,
+            ApiError::NoSuchPhysicalSlot(_) => ERRCODE_UNDEFINED_OBJECT,
         }
     }
 
@@ -61,13 +67,16 @@ impl ApiError {
             ApiError::PhysicalSlot(_) => {
                 Some("Only logical replication slots can be marked in this version.".into())
             }
-            ApiError::NullSlotName | ApiError::NoSuchSlot(_) => None,
+            ApiError::NotPhysical(_) => Some(
+                "A failover standby is named by the physical slot it streams from (its primary_slot_name).".into(),
+            ),
+            ApiError::NullSlotName | ApiError::NoSuchSlot(_) | ApiError::NoSuchPhysicalSlot(_) => None,
         }
     }
 
     fn hint(&self) -> Option<String> {
         match self {
-            ApiError::NullSlotName => Some("Pass the name of a logical replication slot.".into()),
+            ApiError::NullSlotName => Some("Pass the name of a replication slot.".into()),
             ApiError::BadSlotName(_) => None,
             ApiError::OnStandby { .. } => Some(
                 "Run it on the primary; marks are stored in a table and replicate to the standbys.".into(),
@@ -78,6 +87,10 @@ impl ApiError {
             ),
             ApiError::TemporarySlot(_) => Some("Create a permanent slot instead.".into()),
             ApiError::PhysicalSlot(_) => None,
+            ApiError::NotPhysical(_) => Some("See pg_replication_slots for the physical slots of your standbys.".into()),
+            ApiError::NoSuchPhysicalSlot(_) => Some(
+                "Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby.".into(),
+            ),
         }
     }
 

@@ -130,3 +130,96 @@ pub unsafe fn acquire_slot(name: &CStr) {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true, false);
     }
 }
+
+/// The table of functions the backend sends protocol messages through (`PQcommMethods` in
+/// libpq/libpq.h). Same six members, in this order, on 14 to 18 (13 still had
+/// `startcopyout`/`endcopyout`; 13 is not supported). pgrx does not bind it.
+#[repr(C)]
+pub struct CommMethods {
+    pub comm_reset: unsafe extern "C-unwind" fn(),
+    pub flush: unsafe extern "C-unwind" fn() -> std::ffi::c_int,
+    pub flush_if_writable: unsafe extern "C-unwind" fn() -> std::ffi::c_int,
+    pub is_send_pending: unsafe extern "C-unwind" fn() -> bool,
+    pub putmessage: unsafe extern "C-unwind" fn(
+        std::ffi::c_char,
+        *const std::ffi::c_char,
+        usize,
+    ) -> std::ffi::c_int,
+    pub putmessage_noblock:
+        unsafe extern "C-unwind" fn(std::ffi::c_char, *const std::ffi::c_char, usize),
+}
+
+/// `ClientAuthentication_hook` (libpq/auth.h), same type on 14 to 18.
+pub type ClientAuthenticationHook =
+    Option<unsafe extern "C-unwind" fn(*mut pg_sys::Port, std::ffi::c_int)>;
+
+unsafe extern "C-unwind" {
+    /// `const PQcommMethods *PqCommMethods` (libpq/pqcomm.c), PGDLLIMPORT on 14 to 18.
+    pub static mut PqCommMethods: *const CommMethods;
+    /// Called after a client's authentication, before its first command (libpq/auth.c).
+    pub static mut ClientAuthentication_hook: ClientAuthenticationHook;
+}
+
+/// This server's WAL flush position. 14: `GetFlushRecPtr(void)`; 15+ take an optional
+/// out-parameter for the timeline.
+pub fn flush_position() -> u64 {
+    // SAFETY: reads XLogCtl under its spinlock; valid in any process attached to shared memory.
+    unsafe {
+        #[cfg(feature = "pg14")]
+        {
+            pg_sys::GetFlushRecPtr()
+        }
+        #[cfg(not(feature = "pg14"))]
+        {
+            pg_sys::GetFlushRecPtr(std::ptr::null_mut())
+        }
+    }
+}
+
+/// Is this slot invalidated? 14-15 have no `invalidated` field: an invalidated slot has lost
+/// its restart_lsn and has `invalidated_at` set. 16+ record the cause in `invalidated`.
+///
+/// # Safety
+/// `data` must be a slot's persistent data read under the slot's spinlock.
+pub unsafe fn slot_data_invalidated(data: &pg_sys::ReplicationSlotPersistentData) -> bool {
+    #[cfg(any(feature = "pg14", feature = "pg15"))]
+    {
+        data.restart_lsn == 0 && data.invalidated_at != 0
+    }
+    #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+    {
+        data.invalidated != pg_sys::ReplicationSlotInvalidationCause::RS_INVAL_NONE
+    }
+}
+
+/// `ReplicationSlotControlLock`: entry 37 of the main LWLock array on 14 to 18
+/// (lwlocknames.txt up to 16, lwlocklist.h from 17).
+pub fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
+    // SAFETY: MainLWLockArray is set up in shared memory before any backend runs; entry 37 is
+    // ReplicationSlotControlLock on every supported major (checked against their sources).
+    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(37)).lock }
+}
+
+/// The wait event a held sender shows in pg_stat_activity. 17+: a custom event
+/// `SlotFailoverWaitForStandbys` (registered once per process); 14-16 cannot name custom
+/// events, so `SyncRep` ("waiting for confirmation from a remote server"), the nearest built-in.
+pub fn standby_wait_event() -> u32 {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static EVENT: AtomicU32 = AtomicU32::new(0);
+        let mut event = EVENT.load(Ordering::Relaxed);
+        if event == 0 {
+            // SAFETY: registers (or finds) the name in shared memory under its own LWLock;
+            // callable in any backend with shared memory attached.
+            event =
+                unsafe { pg_sys::WaitEventExtensionNew(c"SlotFailoverWaitForStandbys".as_ptr()) };
+            EVENT.store(event, Ordering::Relaxed);
+        }
+        event
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        pg_sys::WaitEventIPC::WAIT_EVENT_SYNC_REP
+    }
+}

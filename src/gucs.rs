@@ -7,6 +7,9 @@
 //! | `slot_failover.upstream_conninfo` | string, empty | where the worker reads marked slots; empty: `primary_conninfo`. Superuser only, never logged |
 //! | `slot_failover.database` | string, `postgres` | database the extension is installed in; the worker connects to it locally, and adds it as `dbname` to a conninfo that has none |
 //! | `slot_failover.naptime` | int ms, 200 | pause between synchronization rounds |
+//! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
+//! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
+//! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 
 use std::ffi::CString;
 
@@ -18,6 +21,11 @@ pub static UPSTREAM_CONNINFO: GucSetting<Option<CString>> =
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NAPTIME_MS);
+
+pub static WAIT_FOR_STANDBYS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
 pub const DEFAULT_NAPTIME_MS: i32 = 200;
 
@@ -57,6 +65,32 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_bool_guc(
+        c"slot_failover.wait_for_standbys",
+        c"Whether logical senders of marked slots wait until the failover standbys have flushed what they send.",
+        c"On a primary. Off lets subscribers get ahead of the standbys, so that a failover can lose or duplicate changes for them.",
+        &WAIT_FOR_STANDBYS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"slot_failover.standby_slot_names",
+        c"Physical replication slots of the failover standbys, comma-separated.",
+        c"Empty means the slots named with slot_failover.enable_standby(), which replicate with the data.",
+        &STANDBY_SLOT_NAMES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"slot_failover.standbys_min_confirmed",
+        c"How many failover standbys must have flushed a change before a logical sender of a marked slot sends it.",
+        c"-1 means all of them; a number above their count also means all of them; 0 means none.",
+        &STANDBYS_MIN_CONFIRMED,
+        -1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     crate::compat::reserve_guc_prefix(c"slot_failover");
 }
 
@@ -83,4 +117,22 @@ pub fn naptime() -> std::time::Duration {
 
 pub fn enabled() -> bool {
     ENABLED.get()
+}
+
+pub fn wait_for_standbys() -> bool {
+    WAIT_FOR_STANDBYS.get()
+}
+
+/// `slot_failover.standby_slot_names` as a list, when set (it then overrides the catalog).
+pub fn standby_slot_names() -> Option<Vec<String>> {
+    string_setting(&STANDBY_SLOT_NAMES).map(|s| {
+        s.split(',')
+            .map(|n| n.trim().trim_matches('"').to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    })
+}
+
+pub fn standbys_min_confirmed() -> i32 {
+    STANDBYS_MIN_CONFIRMED.get()
 }

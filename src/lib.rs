@@ -16,6 +16,7 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+use crate::hold::HOLD;
 use crate::shared::SHARED;
 
 mod api_error;
@@ -23,11 +24,14 @@ mod compat;
 mod conninfo;
 mod copy;
 mod gucs;
+mod hold;
 mod log_redaction;
 mod marks;
+mod quorum;
 mod readiness;
 mod shared;
 mod slot_name;
+mod standbys;
 mod status;
 mod sync;
 mod upstream;
@@ -67,7 +71,9 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::define();
     pgrx::pg_shmem_init!(SHARED);
+    pgrx::pg_shmem_init!(HOLD);
     log_redaction::install();
+    hold::install();
     worker::register();
 }
 

@@ -54,7 +54,7 @@ GRANT EXECUTE ON FUNCTION slot_failover.enable(text), slot_failover.disable(text
 );
 
 /// Superuser, or has the privileges of the admin role.
-fn may_mark() -> bool {
+pub(crate) fn may_mark() -> bool {
     // SAFETY: plain catalog look-ups in a backend inside a transaction (we are in a SQL
     // function call); get_role_oid with missing_ok = true returns InvalidOid instead of
     // raising an error when the role was dropped.
@@ -68,7 +68,10 @@ fn may_mark() -> bool {
 }
 
 /// The checks every marking function makes, in the order a DBA would want to hear of them.
-fn precheck<'a>(slot_name: Option<&'a str>, action: &'static str) -> Result<&'a str, ApiError> {
+pub(crate) fn precheck<'a>(
+    slot_name: Option<&'a str>,
+    action: &'static str,
+) -> Result<&'a str, ApiError> {
     let name = slot_name.ok_or(ApiError::NullSlotName)?;
     let name = slot_name::validate(name).map_err(ApiError::BadSlotName)?;
     if crate::in_recovery() {
@@ -108,6 +111,7 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     if inserted == Some(0) {
         notice!("replication slot \"{name}\" is already marked for failover");
     }
+    crate::worker::wake_at_commit();
     Ok(())
 }
 
@@ -123,6 +127,7 @@ fn disable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     if deleted == Some(0) {
         notice!("replication slot \"{name}\" was not marked for failover");
     }
+    crate::worker::wake_at_commit();
     Ok(())
 }
 
@@ -171,11 +176,11 @@ mod tests {
         let before = marks();
         assert_eq!(
             error_of("SELECT slot_failover.enable(NULL)"),
-            "22004|slot name must not be NULL||Pass the name of a logical replication slot."
+            "22004|slot name must not be NULL||Pass the name of a replication slot."
         );
         assert_eq!(
             error_of("SELECT slot_failover.disable(NULL)"),
-            "22004|slot name must not be NULL||Pass the name of a logical replication slot."
+            "22004|slot name must not be NULL||Pass the name of a replication slot."
         );
         assert_eq!(
             error_of("SELECT slot_failover.enable('')"),

@@ -59,7 +59,7 @@ impl Default for Shared {
 // SAFETY: the name is unique to this extension; the lock is created by pg_shmem_init!.
 pub static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"slot_failover_status") };
 
-fn put(dst: &mut [u8], s: &str) {
+pub(crate) fn put(dst: &mut [u8], s: &str) {
     dst.fill(0);
     let mut n = s.len().min(dst.len() - 1);
     while !s.is_char_boundary(n) {
@@ -68,7 +68,7 @@ fn put(dst: &mut [u8], s: &str) {
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
-fn get(src: &[u8]) -> String {
+pub(crate) fn get(src: &[u8]) -> String {
     let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
     String::from_utf8_lossy(&src[..end]).into_owned()
 }

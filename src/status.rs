@@ -46,14 +46,26 @@ SELECT m.slot_name,
        s.confirmed_flush_lsn,
        s.catalog_xmin,
        w.upstream_confirmed_flush_lsn,
-       (w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.-) s.confirmed_flush_lsn)::pg_catalog.int8
-           AS lag_bytes,
+       -- The copy's position is read now, the upstream's at the worker's last round: a round
+       -- that just moved the copy can put it past the published value; that is no lag.
+       CASE WHEN w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.>=) s.confirmed_flush_lsn
+            THEN (w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.-) s.confirmed_flush_lsn)::pg_catalog.int8
+            WHEN w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.<) s.confirmed_flush_lsn THEN 0
+       END AS lag_bytes,
        ((CASE WHEN pg_catalog.pg_is_in_recovery()
               THEN GREATEST(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())
               ELSE pg_catalog.pg_current_wal_lsn() END) OPERATOR(pg_catalog.-) s.restart_lsn)::pg_catalog.int8
            AS retained_wal_bytes,
-       w.last_sync_at
+       w.last_sync_at,
+       h.held_since,
+       (h.held_lsn OPERATOR(pg_catalog.-) h.confirmed_lsn)::pg_catalog.int8 AS held_back_bytes,
+       h.held_by
   FROM slot_failover.marked_slots AS m
+  LEFT JOIN LATERAL (SELECT x.held_since, x.held_lsn::pg_catalog.pg_lsn AS held_lsn,
+                            x.confirmed_lsn::pg_catalog.pg_lsn AS confirmed_lsn, x.held_by
+                       FROM slot_failover.holds() AS x
+                      WHERE x.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text
+                      ORDER BY x.held_since LIMIT 1) AS h ON true
   LEFT JOIN pg_catalog.pg_replication_slots AS s
     ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
   LEFT JOIN (SELECT r.slot_name, r.state, r.detail,
@@ -65,11 +77,13 @@ SELECT m.slot_name,
 COMMENT ON VIEW slot_failover.status IS 'One row per marked slot: its mark, its slot and, on a standby, its copy';
 GRANT SELECT ON slot_failover.status TO slot_failover_admin, pg_monitor;
 REVOKE ALL ON FUNCTION slot_failover.failover_ready(), slot_failover.sync() FROM PUBLIC;
+REVOKE ALL ON FUNCTION slot_failover.holds() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.holds() TO slot_failover_admin, pg_monitor;
 GRANT EXECUTE ON FUNCTION slot_failover.failover_ready() TO slot_failover_admin, pg_monitor;
 GRANT EXECUTE ON FUNCTION slot_failover.sync() TO slot_failover_admin;
 "#,
     name = "status_view",
-    requires = ["catalog", worker_state, failover_ready, sync]
+    requires = ["catalog", worker_state, failover_ready, sync, holds]
 );
 
 /// The worker's last round, one row per slot (used by the `status` view).
@@ -107,6 +121,36 @@ fn worker_state() -> TableIterator<
             r.detail,
             upstream,
             synced_at,
+        )
+    }))
+}
+
+/// The logical senders that are waiting for the failover standbys right now (primary).
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile)]
+fn holds() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(pid, i32),
+        name!(held_lsn, String),
+        name!(confirmed_lsn, Option<String>),
+        name!(held_since, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(held_by, String),
+    ),
+> {
+    TableIterator::new(crate::hold::held_rows().into_iter().map(|h| {
+        // SAFETY: a TimestampTz is an int8 datum, passed by value.
+        let since = unsafe {
+            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(h.since), false)
+        };
+        (
+            h.slot,
+            h.pid,
+            lsn(h.target),
+            (h.confirmed != 0).then(|| lsn(h.confirmed)),
+            since,
+            h.by,
         )
     }))
 }

@@ -39,6 +39,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 use crate::gucs;
+use crate::hold;
 use crate::readiness::State;
 use crate::shared::{self, SHARED};
 use crate::sync::{self, SlotReport};
@@ -50,8 +51,62 @@ pub const WORKER_TYPE: &str = "slot_failover worker";
 /// How long the postmaster waits before restarting a worker that exited with an error.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
-/// How often the loop wakes up, when not synchronizing, to look at the server's role.
-const IDLE_WAKEUP: Duration = Duration::from_secs(1);
+/// Wake the worker when the current transaction commits (a mark or a failover standby
+/// changed: the worker publishes them to the logical senders at once).
+pub fn wake_at_commit() {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        let latch = SHARED.share().worker_latch;
+        if latch != 0 {
+            // SAFETY: worker_latch points at the worker's PGPROC latch in shared memory;
+            // SetLatch on a latch whose owner exited is harmless (the PGPROC stays).
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    });
+}
+
+/// Read the marks and the failover standbys from the catalog and publish them to the logical
+/// senders (`hold.rs`). In the worker's database; where the extension is not installed there
+/// can be no marks, which is published too (with one WARNING), so that senders do not wait.
+fn publish_hold_config(warned_missing: &mut bool) {
+    let installed = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regclass('slot_failover.failover_standbys') IS NOT NULL",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !installed {
+        if !*warned_missing {
+            *warned_missing = true;
+            warning!(
+                "{WORKER_TYPE}: extension slot_failover is not installed in database \"{}\": no slot is marked",
+                gucs::database()
+            );
+        }
+        hold::publish_config(&[], &[]);
+        return;
+    }
+    *warned_missing = false;
+    let names = |sql: &str| -> Vec<String> {
+        Spi::connect(|client| {
+            client
+                .select(sql, None, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .filter_map(|row| row.get::<String>(1).ok().flatten())
+                .collect()
+        })
+    };
+    let marked =
+        names("SELECT slot_name::pg_catalog.text FROM slot_failover.marked_slots ORDER BY 1");
+    let standbys =
+        names("SELECT slot_name::pg_catalog.text FROM slot_failover.failover_standbys ORDER BY 1");
+    if hold::publish_config(&marked, &standbys) {
+        debug1!(
+            "{WORKER_TYPE}: published {} marked slot(s) and {} failover standby slot(s)",
+            marked.len(),
+            standbys.len()
+        );
+    }
+}
 
 /// Register the worker with the postmaster. Only valid while shared_preload_libraries are
 /// being loaded (checked by the caller).
@@ -287,10 +342,17 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         pg_sys::on_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0));
     }
     let mut state = SyncState::new();
+    let mut warned_missing = false;
+    // The logical senders wait until the marks are known: publish them before anything else.
+    in_transaction(|| publish_hold_config(&mut warned_missing));
 
     loop {
         let syncing = standby && gucs::enabled();
-        let timeout = if syncing { state.backoff } else { IDLE_WAKEUP };
+        let timeout = if syncing {
+            state.backoff
+        } else {
+            gucs::naptime()
+        };
         // SAFETY: MyLatch is this process's own latch, set up before a background worker's
         // main function is called; WaitLatch may be called from the main loop of any process.
         let events = unsafe {
@@ -343,6 +405,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             in_transaction(promote);
         }
         standby = now_standby;
+        in_transaction(|| publish_hold_config(&mut warned_missing));
 
         let syncing = standby && gucs::enabled();
         let requested = {

@@ -1,0 +1,846 @@
+//! Holding logical senders back on the primary: a walsender (or SQL decoding function) serving
+//! a **marked** slot sends nothing that the failover standbys have not flushed. Without this a
+//! subscriber can commit a transaction that the standby never got; after a failover it holds
+//! rows the new primary lacks, and its replication origin, ahead of the copied slot, makes it
+//! skip the new primary's own changes.
+//!
+//! ## Where the hold sits, and why there
+//!
+//! PostgreSQL 17 waits inside the walsender (`synchronized_standby_slots`); before 17 there is
+//! no hook in the walsender's loop. What every major has is the table of functions the backend
+//! sends protocol messages through (`PqCommMethods`) and `ClientAuthentication_hook`, which
+//! runs in every new connection after it is known to be a walsender (`am_db_walsender`) and
+//! before its first command. There we swap `PqCommMethods` for ours, which pass everything
+//! through except a logical `XLogData` message (`CopyData` starting with `w`) of a marked slot
+//! whose position the standbys have not flushed: that one is queued, and the walsender is told
+//! that output is pending. The walsender then runs its own wait-for-writable loop
+//! (`ProcessPendingWrites`): it reads the client's replies, answers with keepalives (ours pass
+//! through, they carry the position of the last fully sent record, never beyond), enforces
+//! `wal_sender_timeout`, handles SIGTERM and reloads, and calls `pq_flush_if_writable()` each
+//! turn. Ours checks the standbys there, sleeps at most [`POLL_MS`] on the process latch (with
+//! a wait event naming the wait) and releases the queue once the quorum has flushed far
+//! enough. The walsender never decodes further while a message is queued, so nothing later
+//! overtakes it; a reconnecting client can take the slot over once the old connection is gone
+//! (timeout or end of the socket), as without the hold. pg_failover_slots hooks in the same
+//! place; unlike it we do not block inside `putmessage`, so the walsender keeps its loop.
+//!
+//! SQL decoding functions (`pg_logical_slot_get_changes()` and friends) produce no protocol
+//! messages. They replay each decoded transaction inside an internal subtransaction, and a
+//! subtransaction callback sees its start while the slot is acquired (`MyReplicationSlot`),
+//! before the transaction's output exists. There the backend waits until the quorum has flushed
+//! this server's flush position, which bounds everything the call decodes (the functions stop at
+//! the flush position read when they started). Non-transactional logical messages are output
+//! without a subtransaction and are not held on this path.
+//!
+//! ## What is waited for
+//!
+//! `quorum.rs` says which position a message needs and which position the named standbys have
+//! flushed (their physical slots' `restart_lsn`, k of n). The standbys are named in the
+//! extension's catalog (`enable_standby()`), which replicates, or by the GUC
+//! `slot_failover.standby_slot_names`. A server never waits for its own `primary_slot_name`:
+//! after a promotion the inherited list names the slot this server streamed from, which does
+//! not exist here. Any other missing, logical, invalidated or inactive slot that holds a sender
+//! back is named in one WARNING per sender (again only after it was fixed and broke again).
+//!
+//! ## Invariants
+//!
+//! * Only on a primary (not in recovery), only for marked logical slots, only with
+//!   `slot_failover.wait_for_standbys` on. Marks and the catalog's standby list reach the
+//!   walsenders through shared memory, published by the worker ([`publish_config`]); until the
+//!   worker has published once after start, every logical sender waits (the marks are unknown).
+//! * A queued message is released whole and in order, or never (the process exits). At
+//!   shutdown (`postmaster.pid` says `stopping`) a sender still waiting exits with FATAL instead
+//!   of sending: otherwise the checkpointer would wait for it forever.
+//! * The hook functions run in the walsender's own process, single-threaded; the process-local
+//!   state lives in a `thread_local` and is never borrowed across a call that can send a
+//!   message (an ereport would re-enter the hooks).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{CStr, c_char, c_int, c_long, c_void};
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+use crate::compat::{self, CommMethods};
+use crate::gucs;
+use crate::quorum::{self, Lsn, Problem, Standby, WalLayout};
+use crate::readiness::lsn;
+use crate::shared::{get, put};
+
+/// Longest sleep of a held sender between two looks at the standbys' slots. Before 17 nothing
+/// wakes a sender when a standby confirms, so this bounds the added latency.
+pub const POLL_MS: c_long = 5;
+pub const MAX_MARKED: usize = crate::shared::MAX_SLOTS;
+pub const MAX_STANDBYS: usize = 64;
+const MAX_HOLDS: usize = 128;
+const NAME_LEN: usize = 64;
+const TEXT_LEN: usize = 200;
+
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct HoldEntry {
+    pid: i32,
+    slot: [u8; NAME_LEN],
+    target: u64,
+    confirmed: u64,
+    since: i64,
+    by: [u8; TEXT_LEN],
+}
+
+/// Shared by the worker (writer of the configuration) and every sender.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct HoldShared {
+    /// The worker has published the marks at least once since the server started.
+    loaded: bool,
+    /// Bumped by every publication that changed something.
+    generation: u64,
+    marked_count: u32,
+    marked: [[u8; NAME_LEN]; MAX_MARKED],
+    standby_count: u32,
+    standbys: [[u8; NAME_LEN]; MAX_STANDBYS],
+    /// One entry per process that is holding a slot back right now (pid 0: free).
+    holds: [HoldEntry; MAX_HOLDS],
+}
+
+// SAFETY: plain old data: integers, bools and byte arrays.
+unsafe impl PGRXSharedMemory for HoldShared {}
+
+impl Default for HoldShared {
+    fn default() -> Self {
+        // SAFETY: every field is an integer, bool or byte array: all-zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+// SAFETY: the name is unique to this extension; the lock is created by pg_shmem_init!.
+pub static HOLD: PgLwLock<HoldShared> = unsafe { PgLwLock::new(c"slot_failover_hold") };
+
+/// Publish the marks and the catalog's standby list (worker). Returns whether they changed.
+pub fn publish_config(marked: &[String], standbys: &[String]) -> bool {
+    if marked.len() > MAX_MARKED || standbys.len() > MAX_STANDBYS {
+        pgrx::warning!(
+            "slot_failover: only {MAX_MARKED} marked slots and {MAX_STANDBYS} failover standbys are supported; the rest are ignored"
+        );
+    }
+    let marked = &marked[..marked.len().min(MAX_MARKED)];
+    let standbys = &standbys[..standbys.len().min(MAX_STANDBYS)];
+    let mut shared = HOLD.exclusive();
+    let same = shared.loaded
+        && shared.marked_count as usize == marked.len()
+        && shared.standby_count as usize == standbys.len()
+        && marked
+            .iter()
+            .zip(shared.marked.iter())
+            .all(|(m, e)| get(e) == *m)
+        && standbys
+            .iter()
+            .zip(shared.standbys.iter())
+            .all(|(m, e)| get(e) == *m);
+    if same {
+        return false;
+    }
+    for (entry, name) in shared.marked.iter_mut().zip(marked) {
+        put(entry, name);
+    }
+    shared.marked_count = marked.len() as u32;
+    for (entry, name) in shared.standbys.iter_mut().zip(standbys) {
+        put(entry, name);
+    }
+    shared.standby_count = standbys.len() as u32;
+    shared.generation += 1;
+    shared.loaded = true;
+    true
+}
+
+/// A held slot, as the status view shows it.
+pub struct HeldRow {
+    pub slot: String,
+    pub pid: i32,
+    pub target: u64,
+    pub confirmed: u64,
+    pub since: i64,
+    pub by: String,
+}
+
+pub fn held_rows() -> Vec<HeldRow> {
+    let shared = HOLD.share();
+    shared
+        .holds
+        .iter()
+        .filter(|h| h.pid != 0)
+        .map(|h| HeldRow {
+            slot: get(&h.slot),
+            pid: h.pid,
+            target: h.target,
+            confirmed: h.confirmed,
+            since: h.since,
+            by: get(&h.by),
+        })
+        .collect()
+}
+
+fn my_pid() -> i32 {
+    // SAFETY: MyProcPid is set at process start and never changes.
+    unsafe { pg_sys::MyProcPid }
+}
+
+fn publish_hold(slot: &str, target: Lsn, confirmed: Lsn, since: i64, by: &str) {
+    let pid = my_pid();
+    let mut shared = HOLD.exclusive();
+    let index = shared
+        .holds
+        .iter()
+        .position(|h| h.pid == pid)
+        .or_else(|| shared.holds.iter().position(|h| h.pid == 0));
+    if let Some(i) = index {
+        let entry = &mut shared.holds[i];
+        entry.pid = pid;
+        put(&mut entry.slot, slot);
+        entry.target = target;
+        entry.confirmed = if confirmed == Lsn::MAX { 0 } else { confirmed };
+        entry.since = since;
+        put(&mut entry.by, by);
+    }
+}
+
+fn clear_hold() {
+    let pid = my_pid();
+    let mut shared = HOLD.exclusive();
+    for entry in shared.holds.iter_mut().filter(|h| h.pid == pid) {
+        entry.pid = 0;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn clear_hold_at_exit(_code: c_int, _arg: pg_sys::Datum) {
+    clear_hold();
+}
+
+/// What a process knows of the configuration, refreshed when the generation moves.
+#[derive(Default)]
+struct Config {
+    generation: u64,
+    loaded: bool,
+    /// Whether the slot named first is marked.
+    slot: String,
+    marked: bool,
+    catalog_standbys: Vec<String>,
+}
+
+/// A message being held, and since when.
+struct Held {
+    slot: String,
+    target: Lsn,
+    since: i64,
+    messages: VecDeque<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Local {
+    original: Option<&'static CommMethods>,
+    held: Option<Held>,
+    config: Config,
+    /// The last quorum position computed (a cache for the fast path).
+    confirmed: Lsn,
+    /// Standbys already warned about, and for what.
+    warned: HashMap<String, Problem>,
+    warned_unloaded: bool,
+    exit_callback: bool,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// Refresh the cached configuration for `slot` if the worker published since.
+fn refresh_config(slot: &str) {
+    let current = LOCAL.with(|l| {
+        let l = l.borrow();
+        (l.config.generation, l.config.slot == slot)
+    });
+    let shared = HOLD.share();
+    if shared.generation == current.0 && current.1 && current.0 != 0 {
+        return;
+    }
+    let marked = shared.marked[..shared.marked_count as usize]
+        .iter()
+        .any(|e| get(e) == slot);
+    let standbys = shared.standbys[..shared.standby_count as usize]
+        .iter()
+        .map(|e| get(e))
+        .collect();
+    let config = Config {
+        generation: shared.generation,
+        loaded: shared.loaded,
+        slot: slot.to_string(),
+        marked,
+        catalog_standbys: standbys,
+    };
+    drop(shared);
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        l.config = config;
+        l.confirmed = 0;
+    });
+}
+
+/// The named failover standbys: the GUC when set, else the catalog.
+fn named_standbys() -> Vec<String> {
+    gucs::standby_slot_names()
+        .unwrap_or_else(|| LOCAL.with(|l| l.borrow().config.catalog_standbys.clone()))
+}
+
+/// `primary_slot_name`, when set.
+pub fn own_upstream_slot() -> Option<String> {
+    // SAFETY: PrimarySlotName is the GUC's string (or NULL), only changed by a config reload in
+    // this same process.
+    unsafe {
+        let p = pg_sys::PrimarySlotName;
+        if p.is_null() {
+            return None;
+        }
+        let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// Read the named slots from this server's slot array.
+pub fn read_standbys(names: &[String]) -> Vec<(String, Standby)> {
+    let mut found: Vec<(String, Standby)> = names
+        .iter()
+        .map(|n| (n.clone(), Standby::Missing))
+        .collect();
+    // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots from
+    // being created or dropped while we look, and each slot's spinlock makes its fields
+    // consistent. Nothing between acquire and release can raise an ERROR.
+    unsafe {
+        let lock = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots as usize {
+            let slot = slots.add(i);
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            let seen = if (*slot).in_use {
+                let data = &(*slot).data;
+                let name = CStr::from_ptr(data.name.data.as_ptr());
+                let state = if data.database != pg_sys::InvalidOid {
+                    Standby::Logical
+                } else if compat::slot_data_invalidated(data) {
+                    Standby::Invalidated
+                } else {
+                    Standby::Physical {
+                        restart_lsn: data.restart_lsn,
+                        active: (*slot).active_pid != 0,
+                    }
+                };
+                Some((name.to_bytes().to_vec(), state))
+            } else {
+                None
+            };
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            if let Some((name, state)) = seen {
+                for entry in found.iter_mut() {
+                    if entry.0.as_bytes() == name.as_slice() {
+                        entry.1 = state;
+                    }
+                }
+            }
+        }
+        pg_sys::LWLockRelease(lock);
+    }
+    found
+}
+
+/// The quorum position now, and the standbys that are behind `target`.
+fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
+    let named = read_standbys(&named_standbys());
+    let own = own_upstream_slot();
+    let q = quorum::quorum(&named, gucs::standbys_min_confirmed(), own.as_deref());
+    let behind = quorum::laggards(&named, own.as_deref(), target)
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p))
+        .collect();
+    LOCAL.with(|l| l.borrow_mut().confirmed = q.confirmed);
+    (q.confirmed, behind)
+}
+
+/// Name of the logical slot this process has acquired, if it should be held at all.
+fn held_slot_candidate() -> Option<String> {
+    if !gucs::wait_for_standbys() || crate::in_recovery() {
+        return None;
+    }
+    // SAFETY: MyReplicationSlot is this process's acquired slot (or NULL); its name and
+    // database do not change while it is acquired.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() || (*slot).data.database == pg_sys::InvalidOid {
+            return None;
+        }
+        Some(
+            CStr::from_ptr((*slot).data.name.data.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+/// Whether `slot` must be held at all: marked, or the marks are not known yet.
+fn slot_is_held(slot: &str) -> bool {
+    refresh_config(slot);
+    LOCAL.with(|l| {
+        let c = &l.borrow().config;
+        !c.loaded || c.marked
+    })
+}
+
+fn wal_layout() -> WalLayout {
+    let align = |n: usize| (n as u64).div_ceil(8) * 8;
+    WalLayout {
+        page_size: pg_sys::XLOG_BLCKSZ as u64,
+        // SAFETY: wal_segment_size is set from the control file at startup, before any backend.
+        segment_size: unsafe { pg_sys::wal_segment_size } as u64,
+        short_page_header: align(std::mem::size_of::<pg_sys::XLogPageHeaderData>()),
+        long_page_header: align(std::mem::size_of::<pg_sys::XLogLongPageHeaderData>()),
+    }
+}
+
+/// For a walsender's `XLogData` message at `data_start`: the position to wait for, if the
+/// standbys have not flushed it yet.
+fn walsender_target(slot: &str, data_start: Lsn) -> Option<Lsn> {
+    if !slot_is_held(slot) {
+        return None;
+    }
+    // SAFETY: MyWalSnd is this walsender's own slot in shared memory; only this process
+    // writes sentPtr, so reading it here without the spinlock sees our own last write.
+    let sent = unsafe { (*pg_sys::MyWalSnd).sentPtr };
+    let target = quorum::target(data_start, sent, compat::flush_position(), &wal_layout());
+    let (loaded, cached) = LOCAL.with(|l| {
+        let l = l.borrow();
+        (l.config.loaded, l.confirmed)
+    });
+    if loaded && target <= cached {
+        return None;
+    }
+    let (confirmed, _) = evaluate(target);
+    (!loaded || target > confirmed).then_some(target)
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Warn once per standby problem; forget problems that went away.
+fn warn_about(slot: &str, behind: &[(String, Option<Problem>)], loaded: bool) {
+    let mut to_warn: Vec<(String, Problem)> = Vec::new();
+    let mut warn_unloaded = false;
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        if !loaded {
+            if !l.warned_unloaded {
+                l.warned_unloaded = true;
+                warn_unloaded = true;
+            }
+            return;
+        }
+        l.warned
+            .retain(|name, p| behind.iter().any(|(n, q)| n == name && *q == Some(*p)));
+        for (name, problem) in behind {
+            if let Some(p) = problem
+                && l.warned.get(name) != Some(p)
+            {
+                l.warned.insert(name.clone(), *p);
+                to_warn.push((name.clone(), *p));
+            }
+        }
+    });
+    if warn_unloaded {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("replication slot \"{slot}\" is held back: slot_failover has not loaded the failover marks yet"),
+            "slot_failover",
+        )
+        .set_detail("Until the slot_failover worker has read the marks after the server started, every logical sender waits.")
+        .set_hint("Check that the slot_failover worker is running and that slot_failover.database names the database the extension is installed in.")
+        .report(PgLogLevel::WARNING);
+    }
+    for (name, problem) in to_warn {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "replication slot \"{slot}\" is held back: failover standby slot \"{name}\" {}",
+                problem.describe()
+            ),
+            "slot_failover",
+        )
+        .set_detail(format!(
+            "Changes of marked slots are sent only after the failover standbys have flushed them (slot_failover.standbys_min_confirmed = {}).",
+            gucs::standbys_min_confirmed()
+        ))
+        .set_hint(format!(
+            "Bring the standby that streams from slot \"{name}\" back, or remove it from the failover standbys with slot_failover.disable_standby('{name}')."
+        ))
+        .report(PgLogLevel::WARNING);
+    }
+}
+
+fn describe_laggards(behind: &[(String, Option<Problem>)], loaded: bool) -> String {
+    if !loaded {
+        return "marks not loaded yet".into();
+    }
+    behind
+        .iter()
+        .map(|(n, p)| match p {
+            Some(p) => format!("{n} ({})", p.describe()),
+            None => n.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Does `postmaster.pid` say the server is stopping? (Line 8, written by the postmaster when
+/// a shutdown is requested, on every supported major; the backend's working directory is the
+/// data directory.)
+fn server_stopping() -> bool {
+    std::fs::read_to_string("postmaster.pid")
+        .ok()
+        .and_then(|s| s.lines().nth(7).map(|l| l.trim() == "stopping"))
+        .unwrap_or(false)
+}
+
+/// Sleep until the latch is set or [`POLL_MS`] passed, showing the wait in pg_stat_activity.
+fn sleep_a_little() {
+    // SAFETY: MyLatch is this process's latch; WaitLatch may be called from any backend
+    // outside a signal handler. WL_EXIT_ON_PM_DEATH ends the process if the postmaster died.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as c_int,
+            POLL_MS,
+            compat::standby_wait_event(),
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    check_for_interrupts!();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Walsenders: the PqCommMethods wrapper.
+
+static WRAPPED: CommMethods = CommMethods {
+    comm_reset: wrapped_comm_reset,
+    flush: wrapped_flush,
+    flush_if_writable: wrapped_flush_if_writable,
+    is_send_pending: wrapped_is_send_pending,
+    putmessage: wrapped_putmessage,
+    putmessage_noblock: wrapped_putmessage_noblock,
+};
+
+static mut PREVIOUS_AUTH_HOOK: compat::ClientAuthenticationHook = None;
+static mut SUBXACT_CALLBACK_REGISTERED: bool = false;
+
+/// Install the hooks (from `_PG_init`, in the postmaster).
+pub fn install() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster while shared_preload_libraries
+    // are loaded; both hooks are plain globals inherited by every backend it forks.
+    unsafe {
+        PREVIOUS_AUTH_HOOK = compat::ClientAuthentication_hook;
+        compat::ClientAuthentication_hook = Some(on_client_authentication);
+        if !SUBXACT_CALLBACK_REGISTERED {
+            pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+            SUBXACT_CALLBACK_REGISTERED = true;
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, status: c_int) {
+    // SAFETY: the previous hook (if any) was installed before us and expects these arguments.
+    unsafe {
+        if let Some(previous) = PREVIOUS_AUTH_HOOK {
+            previous(port, status);
+        }
+    }
+    // SAFETY: am_walsender/am_db_walsender are set from the startup packet, before
+    // authentication; PqCommMethods is this process's own pointer, used only by this process.
+    unsafe {
+        if status != pg_sys::STATUS_OK as c_int || !pg_sys::am_walsender || !pg_sys::am_db_walsender
+        {
+            return;
+        }
+        let original: &'static CommMethods = &*compat::PqCommMethods;
+        LOCAL.with(|l| l.borrow_mut().original = Some(original));
+        compat::PqCommMethods = &WRAPPED;
+    }
+}
+
+fn original() -> &'static CommMethods {
+    LOCAL.with(|l| {
+        l.borrow()
+            .original
+            .expect("PqCommMethods wrapped without the original")
+    })
+}
+
+fn holding() -> bool {
+    LOCAL.with(|l| l.borrow().held.is_some())
+}
+
+/// Try to release the held messages; with `wait`, sleep a little first if they must stay.
+fn try_release(wait: bool) {
+    let Some((slot, target, since)) = LOCAL.with(|l| {
+        l.borrow()
+            .held
+            .as_ref()
+            .map(|h| (h.slot.clone(), h.target, h.since))
+    }) else {
+        return;
+    };
+    let released = || -> bool {
+        if !gucs::wait_for_standbys() || !slot_is_held(&slot) {
+            return true;
+        }
+        let loaded = LOCAL.with(|l| l.borrow().config.loaded);
+        let (confirmed, behind) = evaluate(target);
+        if loaded && confirmed >= target {
+            return true;
+        }
+        publish_hold(
+            &slot,
+            target,
+            confirmed,
+            since,
+            &describe_laggards(&behind, loaded),
+        );
+        warn_about(&slot, &behind, loaded);
+        false
+    };
+    if !released() {
+        if server_stopping() {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+                format!("terminating walsender for replication slot \"{slot}\": the server is shutting down"),
+                "slot_failover",
+            )
+            .set_detail(format!(
+                "The failover standbys have not flushed WAL up to {}; sending it could put the subscriber ahead of them.",
+                lsn(target)
+            ))
+            .report(PgLogLevel::FATAL);
+        }
+        if !wait {
+            return;
+        }
+        sleep_a_little();
+        if !released() {
+            return;
+        }
+    }
+    let held = LOCAL.with(|l| l.borrow_mut().held.take());
+    clear_hold();
+    if let Some(held) = held {
+        let original = original();
+        for message in held.messages {
+            // SAFETY: the original putmessage_noblock of this process, with a buffer we own;
+            // it copies the bytes into the output buffer.
+            unsafe {
+                (original.putmessage_noblock)(
+                    b'd' as c_char,
+                    message.as_ptr().cast::<c_char>(),
+                    message.len(),
+                )
+            };
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
+    msgtype: c_char,
+    s: *const c_char,
+    len: usize,
+) {
+    let original = original();
+    // An XLogData message: 'w', dataStart, walEnd, sendTime (8 bytes each), then data.
+    if msgtype as u8 == b'd' && len >= 25 && !s.is_null() {
+        // SAFETY: s points at len readable bytes (the caller's message buffer).
+        let bytes = unsafe { std::slice::from_raw_parts(s.cast::<u8>(), len) };
+        if bytes[0] == b'w' {
+            let queued = LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                match l.held.as_mut() {
+                    Some(held) => {
+                        held.messages.push_back(bytes.to_vec());
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if queued {
+                return;
+            }
+            if let Some(slot) = held_slot_candidate() {
+                let data_start = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+                if let Some(target) = walsender_target(&slot, data_start) {
+                    let first_hold = LOCAL.with(|l| {
+                        let mut l = l.borrow_mut();
+                        l.held = Some(Held {
+                            slot: slot.clone(),
+                            target,
+                            since: now(),
+                            messages: VecDeque::from([bytes.to_vec()]),
+                        });
+                        !std::mem::replace(&mut l.exit_callback, true)
+                    });
+                    if first_hold {
+                        // SAFETY: registers a callback run at this process's exit.
+                        unsafe {
+                            pg_sys::on_shmem_exit(Some(clear_hold_at_exit), pg_sys::Datum::from(0))
+                        };
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    // SAFETY: the original function with the caller's arguments.
+    unsafe { (original.putmessage_noblock)(msgtype, s, len) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_flush_if_writable() -> c_int {
+    if holding() {
+        try_release(true);
+    }
+    // SAFETY: the original function of this process.
+    unsafe { (original().flush_if_writable)() }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_flush() -> c_int {
+    if holding() {
+        try_release(false);
+    }
+    // SAFETY: the original function of this process.
+    unsafe { (original().flush)() }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_is_send_pending() -> bool {
+    // SAFETY: the original function of this process.
+    holding() || unsafe { (original().is_send_pending)() }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_putmessage(
+    msgtype: c_char,
+    s: *const c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: the original function with the caller's arguments.
+    unsafe { (original().putmessage)(msgtype, s, len) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn wrapped_comm_reset() {
+    if LOCAL.with(|l| l.borrow_mut().held.take()).is_some() {
+        clear_hold();
+    }
+    // SAFETY: the original function of this process.
+    unsafe { (original().comm_reset)() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL decoding functions: the subtransaction callback.
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB {
+        return;
+    }
+    let Some(slot) = held_slot_candidate() else {
+        return;
+    };
+    if !slot_is_held(&slot) {
+        return;
+    }
+    let target = compat::flush_position();
+    let since = now();
+    let mut registered = false;
+    loop {
+        let loaded = LOCAL.with(|l| l.borrow().config.loaded);
+        let cached = LOCAL.with(|l| l.borrow().confirmed);
+        if loaded && target <= cached {
+            break;
+        }
+        let (confirmed, behind) = evaluate(target);
+        if loaded && confirmed >= target {
+            break;
+        }
+        if !registered {
+            registered = true;
+            let first = LOCAL.with(|l| !std::mem::replace(&mut l.borrow_mut().exit_callback, true));
+            if first {
+                // SAFETY: registers a callback run at this process's exit.
+                unsafe { pg_sys::on_shmem_exit(Some(clear_hold_at_exit), pg_sys::Datum::from(0)) };
+            }
+        }
+        publish_hold(
+            &slot,
+            target,
+            confirmed,
+            since,
+            &describe_laggards(&behind, loaded),
+        );
+        warn_about(&slot, &behind, loaded);
+        // An ERROR here (cancel, terminate) leaves the hold entry; clear it first.
+        let guard = ClearOnDrop;
+        sleep_a_little();
+        std::mem::forget(guard);
+        if !slot_is_held(&slot) || !gucs::wait_for_standbys() {
+            break;
+        }
+    }
+    if registered {
+        clear_hold();
+    }
+}
+
+/// Clears this process's hold entry when dropped (on unwinding out of a wait).
+struct ClearOnDrop;
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        clear_hold();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn the_wal_layout_matches_the_server() {
+        let layout = super::wal_layout();
+        assert_eq!(layout.page_size, 8192);
+        assert_eq!(layout.short_page_header, 24);
+        assert_eq!(layout.long_page_header, 40);
+        let segment = Spi::get_one::<i64>(
+            "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size'",
+        )
+        .expect("wal_segment_size")
+        .expect("not null");
+        assert_eq!(layout.segment_size as i64, segment);
+    }
+}

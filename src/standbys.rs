@@ -1,0 +1,170 @@
+//! Naming the failover standbys: `slot_failover.enable_standby()` and `disable_standby()`, and
+//! the view `slot_failover.standbys`.
+//!
+//! A failover standby is named by its physical slot on the primary (its `primary_slot_name`).
+//! The names are rows of `slot_failover.failover_standbys`, an ordinary table, so they replicate
+//! and a promoted standby inherits them: its logical senders then wait for its own standbys
+//! without a config edit (the slot it streamed from itself is ignored there, see `quorum.rs`).
+//! The GUC `slot_failover.standby_slot_names`, when set, overrides the table.
+
+use pgrx::prelude::*;
+
+use crate::api_error::ApiError;
+use crate::gucs;
+use crate::marks::precheck;
+
+extension_sql!(
+    r#"
+CREATE TABLE slot_failover.failover_standbys (
+    slot_name name PRIMARY KEY,
+    added_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    added_by name NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE slot_failover.failover_standbys IS
+    'Physical slots of the failover standbys, named with slot_failover.enable_standby(); replicated to standbys';
+SELECT pg_catalog.pg_extension_config_dump('slot_failover.failover_standbys', '');
+GRANT SELECT, INSERT, DELETE ON slot_failover.failover_standbys TO slot_failover_admin;
+GRANT SELECT ON slot_failover.failover_standbys TO pg_monitor;
+"#,
+    name = "standbys_catalog",
+    requires = ["catalog"]
+);
+
+extension_sql!(
+    r#"
+CREATE VIEW slot_failover.standbys AS
+SELECT n.slot_name,
+       n.source,
+       CASE WHEN n.ignored THEN 'ignored'
+            WHEN s.slot_name IS NULL THEN 'missing'
+            WHEN s.slot_type OPERATOR(pg_catalog.<>) 'physical' THEN 'not_physical'
+            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
+            WHEN NOT s.active THEN 'inactive'
+            ELSE 'streaming' END AS state,
+       CASE WHEN n.ignored THEN 'this server''s own primary_slot_name: never waited for'
+            WHEN s.slot_name IS NULL THEN 'no such slot on this server: marked slots wait for it'
+            WHEN s.slot_type OPERATOR(pg_catalog.<>) 'physical' THEN 'a logical slot cannot confirm anything: marked slots wait for it'
+            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated: marked slots wait for it'
+            WHEN NOT s.active THEN 'no standby is streaming from it'
+            END AS detail,
+       s.restart_lsn AS flushed_lsn,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() AND s.restart_lsn IS NOT NULL
+            THEN (pg_catalog.pg_current_wal_lsn() OPERATOR(pg_catalog.-) s.restart_lsn)::pg_catalog.int8
+            END AS behind_bytes
+  FROM slot_failover.standby_names() AS n
+  LEFT JOIN pg_catalog.pg_replication_slots AS s
+    ON s.slot_name OPERATOR(pg_catalog.=) n.slot_name::pg_catalog.name;
+COMMENT ON VIEW slot_failover.standbys IS 'The failover standbys that logical senders of marked slots wait for';
+GRANT SELECT ON slot_failover.standbys TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.enable_standby(text), slot_failover.disable_standby(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.enable_standby(text), slot_failover.disable_standby(text)
+    TO slot_failover_admin;
+"#,
+    name = "standbys_view",
+    requires = [
+        "standbys_catalog",
+        standby_names,
+        enable_standby,
+        disable_standby
+    ]
+);
+
+fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
+    let name = precheck(slot_name, "name failover standbys")?;
+    let (slot_type, temporary) = Spi::get_two_with_args::<String, bool>(
+        "SELECT s.slot_type, s.temporary
+           FROM (SELECT) AS one
+           LEFT JOIN pg_catalog.pg_replication_slots AS s
+             ON s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"));
+    match (slot_type.as_deref(), temporary) {
+        (None, _) => return Err(ApiError::NoSuchPhysicalSlot(name.into())),
+        (Some("physical"), Some(true)) => return Err(ApiError::TemporarySlot(name.into())),
+        (Some("physical"), _) => {}
+        _ => return Err(ApiError::NotPhysical(name.into())),
+    }
+    let inserted = Spi::get_one_with_args::<i64>(
+        "WITH ins AS (INSERT INTO slot_failover.failover_standbys (slot_name)
+                      VALUES ($1::pg_catalog.name)
+                      ON CONFLICT (slot_name) DO NOTHING RETURNING 1)
+         SELECT pg_catalog.count(*) FROM ins",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("inserting into slot_failover.failover_standbys: {e}"));
+    if inserted == Some(0) {
+        notice!("replication slot \"{name}\" is already a failover standby");
+    }
+    if gucs::standby_slot_names().is_some() {
+        warning!(
+            "slot_failover.standby_slot_names is set, so it is used instead of the failover standbys named with enable_standby()"
+        );
+    }
+    crate::worker::wake_at_commit();
+    Ok(())
+}
+
+fn disable_standby_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
+    let name = precheck(slot_name, "name failover standbys")?;
+    let deleted = Spi::get_one_with_args::<i64>(
+        "WITH del AS (DELETE FROM slot_failover.failover_standbys
+                       WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING 1)
+         SELECT pg_catalog.count(*) FROM del",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("deleting from slot_failover.failover_standbys: {e}"));
+    if deleted == Some(0) {
+        notice!("replication slot \"{name}\" was not a failover standby");
+    }
+    crate::worker::wake_at_commit();
+    Ok(())
+}
+
+/// Name an existing physical slot as a failover standby: logical senders of marked slots send
+/// nothing its standby has not flushed. Idempotent.
+#[pg_extern(volatile)]
+fn enable_standby(slot_name: Option<&str>) {
+    enable_standby_slot(slot_name).unwrap_or_else(|e| e.report())
+}
+
+/// Stop waiting for a failover standby. Idempotent.
+#[pg_extern(volatile)]
+fn disable_standby(slot_name: Option<&str>) {
+    disable_standby_slot(slot_name).unwrap_or_else(|e| e.report())
+}
+
+/// The failover standbys in effect here: the GUC when set, else the catalog; `ignored` for this
+/// server's own `primary_slot_name`.
+#[pg_extern(volatile)]
+fn standby_names() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(source, String),
+        name!(ignored, bool),
+    ),
+> {
+    let (names, source) = match gucs::standby_slot_names() {
+        Some(names) => (names, "slot_failover.standby_slot_names"),
+        None => (
+            Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT slot_name::pg_catalog.text FROM slot_failover.failover_standbys ORDER BY slot_name",
+                        None,
+                        &[],
+                    )
+                    .unwrap_or_else(|e| panic!("reading slot_failover.failover_standbys: {e}"))
+                    .filter_map(|row| row.get::<String>(1).ok().flatten())
+                    .collect::<Vec<_>>()
+            }),
+            "catalog",
+        ),
+    };
+    let own = crate::hold::own_upstream_slot();
+    TableIterator::new(names.into_iter().map(move |n| {
+        let ignored = own.as_deref() == Some(n.as_str());
+        (n, source.to_string(), ignored)
+    }))
+}
