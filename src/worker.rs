@@ -68,9 +68,16 @@ pub fn wake_at_commit() {
 /// senders (`hold.rs`). In the worker's database; where the extension is not installed there
 /// can be no marks, which is published too (with one WARNING), so that senders do not wait.
 fn publish_hold_config(warned_missing: &mut bool) {
-    let installed = Spi::get_one::<bool>(
-        "SELECT pg_catalog.to_regclass('slot_failover.failover_standbys') IS NOT NULL",
-    )
+    // Read-only SPI (Spi::get_one would ask for an xid, which a standby cannot assign).
+    let installed = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.to_regclass('slot_failover.failover_standbys') IS NOT NULL",
+                None,
+                &[],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+    })
     .ok()
     .flatten()
     .unwrap_or(false);

@@ -461,77 +461,15 @@ impl Cluster {
     /// statement in its own transaction unless the script says BEGIN, all in one session.
     /// Never panics.
     pub fn psql(&self, db: &str, sql: &str) -> PsqlOutput {
-        let notices: Arc<Mutex<String>> = Arc::default();
-        let sink = Arc::clone(&notices);
-        let mut config = self.config(db);
-        config.notice_callback(move |notice| {
-            let mut out = sink.lock().unwrap();
-            let _ = writeln!(out, "{}:  {}", notice.severity(), notice.message());
-        });
-        let mut client = match config.connect(NoTls) {
-            Ok(client) => client,
-            Err(e) => {
-                return PsqlOutput {
-                    rc: 2,
-                    stdout: String::new(),
-                    stderr: e.to_string(),
-                    sqlstate: None,
-                };
-            }
-        };
-        // Like `psql -f -`: each statement on its own (autocommit), stopping at the first error.
-        let mut rows: Vec<String> = Vec::new();
-        let mut failure = None;
-        for statement in crate::statements::split(sql) {
-            match client.simple_query(statement) {
-                Ok(messages) => rows.extend(messages.iter().filter_map(|m| {
-                    match m {
-                        SimpleQueryMessage::Row(row) => Some(
-                            (0..row.len())
-                                .map(|i| row.get(i).unwrap_or(""))
-                                .collect::<Vec<_>>()
-                                .join("|"),
-                        ),
-                        _ => None,
-                    }
-                })),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(client);
-        let mut stderr = notices.lock().unwrap().clone();
-        let Some(e) = failure else {
-            return PsqlOutput {
-                rc: 0,
-                stdout: rows.join("\n"),
-                stderr,
-                sqlstate: None,
-            };
-        };
-        let sqlstate = e.code().map(|c| c.code().to_string());
-        match e.as_db_error() {
-            Some(db) => {
-                let _ = writeln!(stderr, "{}:  {}", db.severity(), db.message());
-                if let Some(detail) = db.detail() {
-                    let _ = writeln!(stderr, "DETAIL:  {detail}");
-                }
-                if let Some(hint) = db.hint() {
-                    let _ = writeln!(stderr, "HINT:  {hint}");
-                }
-            }
-            None => {
-                let _ = writeln!(stderr, "{e}");
-            }
-        }
-        PsqlOutput {
-            rc: 3,
-            stdout: rows.join("\n"),
-            stderr,
-            sqlstate,
-        }
+        run_script(self.config(db), sql)
+    }
+
+    /// [`psql`](Cluster::psql) in a thread of its own, for a statement that is expected to
+    /// block; join the handle for its output.
+    pub fn background_psql(&self, db: &str, sql: &str) -> std::thread::JoinHandle<PsqlOutput> {
+        let config = self.config(db);
+        let sql = sql.to_string();
+        std::thread::spawn(move || run_script(config, &sql))
     }
 
     /// Run `sql` and return its output; panic (failing the test) if anything fails.
@@ -733,5 +671,79 @@ impl Drop for Cluster {
                 self.name
             );
         }
+    }
+}
+
+/// The body of [`Cluster::psql`]: the statements of `sql`, one by one, in one session.
+fn run_script(mut config: Config, sql: &str) -> PsqlOutput {
+    let notices: Arc<Mutex<String>> = Arc::default();
+    let sink = Arc::clone(&notices);
+    config.notice_callback(move |notice| {
+        let mut out = sink.lock().unwrap();
+        let _ = writeln!(out, "{}:  {}", notice.severity(), notice.message());
+    });
+    let mut client = match config.connect(NoTls) {
+        Ok(client) => client,
+        Err(e) => {
+            return PsqlOutput {
+                rc: 2,
+                stdout: String::new(),
+                stderr: e.to_string(),
+                sqlstate: None,
+            };
+        }
+    };
+    // Like `psql -f -`: each statement on its own (autocommit), stopping at the first error.
+    let mut rows: Vec<String> = Vec::new();
+    let mut failure = None;
+    for statement in crate::statements::split(sql) {
+        match client.simple_query(statement) {
+            Ok(messages) => rows.extend(messages.iter().filter_map(|m| {
+                match m {
+                    SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).unwrap_or(""))
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    _ => None,
+                }
+            })),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(client);
+    let mut stderr = notices.lock().unwrap().clone();
+    let Some(e) = failure else {
+        return PsqlOutput {
+            rc: 0,
+            stdout: rows.join("\n"),
+            stderr,
+            sqlstate: None,
+        };
+    };
+    let sqlstate = e.code().map(|c| c.code().to_string());
+    match e.as_db_error() {
+        Some(db) => {
+            let _ = writeln!(stderr, "{}:  {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                let _ = writeln!(stderr, "DETAIL:  {detail}");
+            }
+            if let Some(hint) = db.hint() {
+                let _ = writeln!(stderr, "HINT:  {hint}");
+            }
+        }
+        None => {
+            let _ = writeln!(stderr, "{e}");
+        }
+    }
+    PsqlOutput {
+        rc: 3,
+        stdout: rows.join("\n"),
+        stderr,
+        sqlstate,
     }
 }

@@ -1,0 +1,548 @@
+//! Never ahead of the standby: on the primary, logical senders of marked slots (walsenders and
+//! SQL decoding functions) send nothing the failover standbys have not flushed, and that holds
+//! across a failover without config edits.
+//!
+//! Every test runs on every built major with real walsenders; nothing here waits on a fixed
+//! sleep: "nothing arrived" is asserted once the sender is seen holding the change back (its
+//! hold is published in `slot_failover.status` and its wait event is set), which it can only be
+//! after it decoded that change.
+
+use std::collections::BTreeSet;
+
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
+use pg_test::wait::{self, Check};
+use pg_test::{Cluster, InitOptions, StopMode};
+
+/// Standby settings: feedback on, quick rounds.
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+const SECOND_SLOT: &str = "standby2_slot";
+const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY, note text)";
+
+fn count(node: &Cluster, db: &str) -> i64 {
+    node.safe_psql(db, "SELECT count(*) FROM t")
+        .parse()
+        .expect("count")
+}
+
+fn ids(node: &Cluster, db: &str) -> BTreeSet<i32> {
+    node.safe_psql(db, "SELECT id FROM t ORDER BY id")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().expect("id"))
+        .collect()
+}
+
+/// Insert ids `from..=to`, one row per transaction.
+fn insert_one_by_one(node: &Cluster, from: i32, to: i32) {
+    node.safe_psql(
+        "postgres",
+        &format!(
+            "DO $$ BEGIN FOR i IN {from}..{to} LOOP
+                 INSERT INTO t VALUES (i, 'row ' || i); COMMIT;
+             END LOOP; END $$;"
+        ),
+    );
+}
+
+/// The wait event a held sender shows: its own on 17+, `SyncRep` before (see compat.rs).
+fn hold_wait_event(node: &Cluster) -> &'static str {
+    let version: i32 = node
+        .safe_psql("postgres", "SHOW server_version_num")
+        .parse()
+        .expect("server_version_num");
+    if version >= 170000 {
+        "SlotFailoverWaitForStandbys"
+    } else {
+        "SyncRep"
+    }
+}
+
+/// Wait until the walsender of subscription `app` is seen holding slot `slot` back, waiting
+/// for `by` (the status view names it).
+fn wait_until_held(primary: &Cluster, slot: &str, by: &str) {
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT held_by LIKE '%{by}%' AND held_back_bytes IS DISTINCT FROM 0
+               FROM slot_failover.status WHERE slot_name = '{slot}'"
+        ),
+        "t",
+    );
+}
+
+/// A subscriber cluster with table t in databases `postgres` (subscription `held`, whose slot
+/// gets marked) and `free` (subscription `free`, unmarked), both on publication pub.
+fn subscriber_with_two_subscriptions(primary: &Cluster) -> Cluster {
+    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
+    subscriber.start();
+    subscriber.safe_psql("postgres", &format!("CREATE DATABASE free; {TABLE}"));
+    subscriber.safe_psql("free", TABLE);
+    for (db, name) in [("postgres", "held"), ("free", "free")] {
+        subscriber.safe_psql(
+            db,
+            &format!(
+                "CREATE SUBSCRIPTION {name} CONNECTION '{}' PUBLICATION pub",
+                primary.connstr("postgres")
+            ),
+        );
+        subscriber.wait_for_subscription_sync(primary, name);
+    }
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('held')");
+    subscriber
+}
+
+/// The primary with table t, publication pub, and `standbys` failover standbys (slots
+/// standby1_slot, standby2_slot, ...), each named with enable_standby().
+fn primary_with_failover_standbys(standbys: usize) -> (Cluster, Vec<Cluster>) {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!("{TABLE}; CREATE PUBLICATION pub FOR TABLE t;"),
+    );
+    let mut nodes = Vec::new();
+    for i in 1..=standbys {
+        let slot = format!("standby{i}_slot");
+        if slot != STANDBY_SLOT {
+            primary.safe_psql(
+                "postgres",
+                &format!("SELECT pg_catalog.pg_create_physical_replication_slot('{slot}')"),
+            );
+        }
+        primary.safe_psql(
+            "postgres",
+            &format!("SELECT slot_failover.enable_standby('{slot}')"),
+        );
+        nodes.push(standby_of(&primary, &format!("standby{i}"), &slot, SYNCING));
+    }
+    (primary, nodes)
+}
+
+fn decoded_inserts(sql_output: &str) -> usize {
+    sql_output
+        .lines()
+        .filter(|l| l.starts_with("table public.t: INSERT:"))
+        .count()
+}
+
+/// Test 1. With the failover standby stopped, the subscriber of a marked slot gets nothing
+/// new while the one of an unmarked slot keeps receiving; SQL decoding of a marked slot waits
+/// the same way (and shows the wait), of an unmarked one does not. Starting the standby
+/// releases everything. Without the hold the marked subscriber would receive rows 11-20 while
+/// the standby is down.
+#[test]
+fn a_stopped_failover_standby_holds_marked_slots_only() {
+    let (primary, mut standbys) = primary_with_failover_standbys(1);
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td_held', 'test_decoding');
+         SELECT pg_catalog.pg_create_logical_replication_slot('td_free', 'test_decoding');
+         SELECT slot_failover.enable('td_held');",
+    );
+
+    // A healthy standby: everything flows.
+    insert_one_by_one(&primary, 1, 10);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "10");
+
+    standbys[0].stop(StopMode::Fast);
+    let log_at = primary.log_position();
+    insert_one_by_one(&primary, 11, 20);
+
+    // The unmarked subscription keeps receiving.
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "20");
+    // The marked one is held back, waiting for standby1_slot, with one WARNING naming it.
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity
+              WHERE backend_type = 'walsender' AND application_name = 'held'
+                AND wait_event = '{}'",
+            hold_wait_event(&primary)
+        ),
+        "1",
+    );
+    primary.wait_for_log(
+        r#"replication slot "held" is held back: failover standby slot "standby1_slot" has no active walsender"#,
+        log_at,
+    );
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        10,
+        "a held subscriber got rows"
+    );
+
+    // SQL decoding: the unmarked slot returns at once, the marked one waits.
+    let free = primary.safe_psql(
+        "postgres",
+        "SELECT data FROM pg_catalog.pg_logical_slot_get_changes('td_free', NULL, NULL)",
+    );
+    assert_eq!(decoded_inserts(&free), 20);
+    let held_sql = primary.background_psql(
+        "postgres",
+        "SELECT data FROM pg_catalog.pg_logical_slot_get_changes('td_held', NULL, NULL)",
+    );
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity
+              WHERE query LIKE '%get_changes(''td_held''%' AND wait_event = '{}'
+                AND pid <> pg_backend_pid()",
+            hold_wait_event(&primary)
+        ),
+        "1",
+    );
+    wait_until_held(&primary, "td_held", STANDBY_SLOT);
+    assert!(
+        !held_sql.is_finished(),
+        "SQL decoding of a marked slot was not held"
+    );
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        10,
+        "a held subscriber got rows"
+    );
+    // Each holding process warns once, however long it waits.
+    let warnings = primary
+        .log_from(log_at)
+        .matches(r#"failover standby slot "standby1_slot" has no active walsender"#)
+        .count();
+    assert_eq!(
+        warnings,
+        2,
+        "one WARNING per held sender:\n{}",
+        primary.log_from(log_at)
+    );
+
+    // The standby comes back: everything is released.
+    standbys[0].start();
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
+    let out = held_sql.join().expect("background psql");
+    assert_eq!(out.rc, 0, "{}", out.stderr);
+    assert_eq!(decoded_inserts(&out.stdout), 20);
+    primary.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM slot_failover.status WHERE held_since IS NOT NULL",
+        "0",
+    );
+    assert_eq!(ids(&subscriber, "postgres"), ids(&primary, "postgres"));
+}
+
+/// Test 2. Quorum: two failover standbys, standbys_min_confirmed = 1. One down: changes still
+/// flow. Both down: they stop. One back: they flow again.
+#[test]
+fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
+    let (primary, mut standbys) = primary_with_failover_standbys(2);
+    primary.append_conf(
+        "postgresql.conf",
+        "slot_failover.standbys_min_confirmed = 1",
+    );
+    primary.reload();
+    primary.poll_query_until("postgres", "SHOW slot_failover.standbys_min_confirmed", "1");
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+
+    standbys[0].stop(StopMode::Fast);
+    insert_one_by_one(&primary, 1, 10);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
+
+    standbys[1].stop(StopMode::Fast);
+    insert_one_by_one(&primary, 11, 20);
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "20");
+    wait_until_held(&primary, "held", SECOND_SLOT);
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        10,
+        "held with both standbys down"
+    );
+
+    standbys[1].start();
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
+
+    // The default (-1) needs all of them: with standby1 still down, nothing flows.
+    primary.append_conf(
+        "postgresql.conf",
+        "slot_failover.standbys_min_confirmed = -1",
+    );
+    primary.reload();
+    primary.poll_query_until(
+        "postgres",
+        "SHOW slot_failover.standbys_min_confirmed",
+        "-1",
+    );
+    insert_one_by_one(&primary, 21, 30);
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "30");
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        20,
+        "all must confirm by default"
+    );
+    standbys[0].start();
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "30");
+}
+
+/// One round of test 3: one-row transactions stream to a subscriber of a marked slot; the
+/// failover standby is stopped while the writes go on; the primary crashes; the standby, which
+/// has only what it got before it stopped, is started and promoted; the subscription is
+/// repointed. Returns (subscriber ids, new primary ids) once the subscriber has caught up with
+/// the new primary, or, with the hold off, right after the repoint.
+fn lagging_standby_then_crash(hold: bool) -> (BTreeSet<i32>, BTreeSet<i32>) {
+    let (mut primary, mut standbys) = primary_with_failover_standbys(1);
+    if !hold {
+        primary.append_conf("postgresql.conf", "slot_failover.wait_for_standbys = off");
+        primary.reload();
+        primary.poll_query_until("postgres", "SHOW slot_failover.wait_for_standbys", "off");
+    }
+    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
+    subscriber.start();
+    subscriber.safe_psql("postgres", TABLE);
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+            primary.connstr("postgres")
+        ),
+    );
+    subscriber.wait_for_subscription_sync(&primary, "sub");
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+
+    insert_one_by_one(&primary, 1, 50);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "50");
+    // The copy of sub must be ready on the standby before it falls behind.
+    let standby = &mut standbys[0];
+    wait::until(
+        "the copy of sub to be ready",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql("postgres", "CHECKPOINT");
+            let ready = standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM slot_failover.status WHERE slot_name = 'sub' AND state = 'ready'",
+        );
+            if ready == "1" {
+                Check::Done(())
+            } else {
+                Check::NotYet(ready)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The writes go on while the standby stops.
+    let writer = primary.background_psql(
+        "postgres",
+        "DO $$ BEGIN FOR i IN 51..250 LOOP
+             INSERT INTO t VALUES (i, 'late ' || i); COMMIT;
+         END LOOP; END $$;",
+    );
+    standby.stop(StopMode::Fast);
+    let out = writer.join().expect("writer");
+    assert_eq!(out.rc, 0, "{}", out.stderr);
+    // However far the standby got before it stopped, these it cannot have.
+    insert_one_by_one(&primary, 251, 300);
+    if hold {
+        wait_until_held(&primary, "sub", STANDBY_SLOT);
+    } else {
+        subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "300");
+    }
+    primary.stop(StopMode::Immediate);
+
+    // The standby has only what it flushed before it stopped; it becomes the primary.
+    standby.start();
+    standby.promote();
+    standby.poll_query_until("postgres", "SELECT pg_catalog.pg_is_in_recovery()", "f");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub' AND NOT temporary",
+        "1",
+    );
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
+            standby.connstr("postgres")
+        ),
+    );
+    if !hold {
+        return (ids(&subscriber, "postgres"), ids(standby, "postgres"));
+    }
+    // New writes on the new primary reach the subscriber: it resumed, skipping nothing.
+    standby.safe_psql(
+        "postgres",
+        "INSERT INTO t VALUES (100000, 'after failover')",
+    );
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t WHERE id = 100000", "1");
+    standby.wait_for_catchup("sub");
+    (ids(&subscriber, "postgres"), ids(standby, "postgres"))
+}
+
+/// Test 3, five times: after the crash of a primary whose failover standby had fallen behind,
+/// the subscriber's rows equal the new primary's rows exactly. (The control test below shows
+/// that the same steps without the hold leave the subscriber with rows the new primary lacks.)
+#[test]
+fn a_lagging_standby_then_a_crash_loses_and_duplicates_nothing() {
+    for round in 1..=5 {
+        let (subscriber, new_primary) = lagging_standby_then_crash(true);
+        assert_eq!(
+            subscriber, new_primary,
+            "round {round}: the subscriber and the new primary differ"
+        );
+        assert!(new_primary.contains(&100000), "round {round}");
+    }
+}
+
+/// Control for test 3: with `slot_failover.wait_for_standbys = off` the same steps diverge
+/// (the subscriber received rows 251-300, which the stopped standby never got). This is what
+/// makes test 3 a test of the hold and not of a lucky crash.
+#[test]
+fn without_the_hold_the_same_crash_diverges() {
+    let (subscriber, new_primary) = lagging_standby_then_crash(false);
+    let extra: Vec<i32> = subscriber.difference(&new_primary).copied().collect();
+    assert!(
+        !extra.is_empty(),
+        "without the hold the subscriber should have rows the new primary lacks"
+    );
+    assert!(extra.iter().all(|&id| id > 50), "{extra:?}");
+}
+
+/// Test 4. A held walsender ends on SIGTERM and its subscriber takes the slot over from a new
+/// walsender (held again); a fast shutdown of the primary completes with the standby down.
+#[test]
+fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
+    let (mut primary, mut standbys) = primary_with_failover_standbys(1);
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    standbys[0].stop(StopMode::Fast);
+    insert_one_by_one(&primary, 1, 5);
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+
+    let pid = primary.safe_psql(
+        "postgres",
+        "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'",
+    );
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            &format!("SELECT pg_catalog.pg_terminate_backend({pid})")
+        ),
+        "t"
+    );
+    primary.poll_query_until(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = {pid}"),
+        "0",
+    );
+    // The subscriber reconnects; its new walsender takes the slot and is held again.
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT active_pid IS NOT NULL AND active_pid <> {pid}
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
+        ),
+        "t",
+    );
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    assert_eq!(count(&subscriber, "postgres"), 0);
+
+    let log_at = primary.log_position();
+    primary.stop(StopMode::Fast);
+    let tail = primary.log_from(log_at);
+    assert!(
+        tail.contains(
+            r#"terminating walsender for replication slot "held": the server is shutting down"#
+        ),
+        "{tail}"
+    );
+    assert!(tail.contains("database system is shut down"), "{tail}");
+}
+
+/// Test 5. The failover standbys are named in a replicated catalog: after a promotion the new
+/// primary holds its marked slots back for its own standbys without any config edit. The slot
+/// the promoted standby streamed from itself is ignored (and shown so); the other standby's
+/// slot, missing until that standby follows the new primary, holds with a WARNING.
+#[test]
+fn the_failover_standby_list_survives_a_failover() {
+    let (mut primary, standbys) = primary_with_failover_standbys(2);
+    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
+    subscriber.start();
+    subscriber.safe_psql("postgres", TABLE);
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+            primary.connstr("postgres")
+        ),
+    );
+    subscriber.wait_for_subscription_sync(&primary, "sub");
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    insert_one_by_one(&primary, 1, 10);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
+    let mut nodes = standbys.into_iter();
+    let new_primary = nodes.next().expect("standby1");
+    let mut follower = nodes.next().expect("standby2");
+    wait::until(
+        "the copy of sub to be ready",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql("postgres", "CHECKPOINT");
+            let ready = new_primary.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM slot_failover.status WHERE slot_name = 'sub' AND state = 'ready'",
+        );
+            if ready == "1" {
+                Check::Done(())
+            } else {
+                Check::NotYet(ready)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    primary.wait_for_catchup("standby2");
+
+    primary.stop(StopMode::Fast);
+    new_primary.promote();
+    new_primary.poll_query_until("postgres", "SELECT pg_catalog.pg_is_in_recovery()", "f");
+    assert_eq!(
+        new_primary.safe_psql(
+            "postgres",
+            "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.standbys"
+        ),
+        "standby1_slot:ignored,standby2_slot:missing"
+    );
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
+            new_primary.connstr("postgres")
+        ),
+    );
+    let log_at = new_primary.log_position();
+    insert_one_by_one(&new_primary, 11, 20);
+    wait_until_held(&new_primary, "sub", SECOND_SLOT);
+    new_primary.wait_for_log(
+        r#"replication slot "sub" is held back: failover standby slot "standby2_slot" does not exist"#,
+        log_at,
+    );
+    assert_eq!(count(&subscriber, "postgres"), 10);
+
+    // standby2 follows the new primary through its own slot there: the flow resumes.
+    new_primary.safe_psql(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_create_physical_replication_slot('{SECOND_SLOT}')"),
+    );
+    follower.append_conf(
+        "postgresql.conf",
+        &format!(
+            "primary_conninfo = '{} application_name=standby2'",
+            new_primary.connstr("postgres")
+        ),
+    );
+    follower.restart();
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
+
+    // And the new primary holds back for it when it stops.
+    follower.stop(StopMode::Fast);
+    insert_one_by_one(&new_primary, 21, 30);
+    wait_until_held(&new_primary, "sub", SECOND_SLOT);
+    assert_eq!(count(&subscriber, "postgres"), 20);
+}
