@@ -17,7 +17,7 @@
 //! (`ProcessPendingWrites`): it reads the client's replies, answers with keepalives (ours pass
 //! through, they carry the position of the last fully sent record, never beyond), enforces
 //! `wal_sender_timeout`, handles SIGTERM and reloads, and calls `pq_flush_if_writable()` each
-//! turn. Ours checks the standbys there, sleeps at most [`POLL_MS`] on the process latch (with
+//! turn. Ours checks the standbys there, sleeps a few milliseconds on the process latch (with
 //! a wait event naming the wait) and releases the queue once the quorum has flushed far
 //! enough. The walsender never decodes further while a message is queued, so nothing later
 //! overtakes it; a reconnecting client can take the slot over once the old connection is gone
@@ -59,6 +59,9 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, c_char, c_int, c_long, c_void};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pgrx::atomics::PgAtomic;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -71,9 +74,13 @@ use crate::quorum::{self, Lsn, Problem, Standby, WalLayout};
 use crate::readiness::lsn;
 use crate::shared::{get, put};
 
-/// Longest sleep of a held sender between two looks at the standbys' slots. Before 17 nothing
-/// wakes a sender when a standby confirms, so this bounds the added latency.
-pub const POLL_MS: c_long = 5;
+/// Sleep of a held sender between two looks at the standbys' slots: nothing wakes a sender
+/// when a standby confirms (17 only wakes senders of its own failover slots), so this bounds
+/// the latency a healthy standby adds. It starts at [`POLL_MIN_MS`] and grows with the time
+/// held (a tenth of it) up to [`POLL_MAX_MS`], so a sender waiting for a standby that is down
+/// costs little.
+pub const POLL_MIN_MS: i64 = 1;
+pub const POLL_MAX_MS: i64 = 10;
 pub const MAX_MARKED: usize = crate::shared::MAX_SLOTS;
 pub const MAX_STANDBYS: usize = 64;
 const MAX_HOLDS: usize = 128;
@@ -120,6 +127,12 @@ impl Default for HoldShared {
 // SAFETY: the name is unique to this extension; the lock is created by pg_shmem_init!.
 pub static HOLD: PgLwLock<HoldShared> = unsafe { PgLwLock::new(c"slot_failover_hold") };
 
+/// `HoldShared::generation`, readable without the lock: a sender checks it before every
+/// message and takes the lock only when it moved.
+// SAFETY: the name is unique to this extension; created by pg_shmem_init!.
+pub static GENERATION: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"slot_failover_hold_generation") };
+
 /// Publish the marks and the catalog's standby list (worker). Returns whether they changed.
 pub fn publish_config(marked: &[String], standbys: &[String]) -> bool {
     if marked.len() > MAX_MARKED || standbys.len() > MAX_STANDBYS {
@@ -154,6 +167,7 @@ pub fn publish_config(marked: &[String], standbys: &[String]) -> bool {
     shared.standby_count = standbys.len() as u32;
     shared.generation += 1;
     shared.loaded = true;
+    GENERATION.get().store(shared.generation, Ordering::Release);
     true
 }
 
@@ -226,8 +240,8 @@ unsafe extern "C-unwind" fn clear_hold_at_exit(_code: c_int, _arg: pg_sys::Datum
 struct Config {
     generation: u64,
     loaded: bool,
-    /// Whether the slot named first is marked.
-    slot: String,
+    /// The slot `marked` is about.
+    slot: Vec<u8>,
     marked: bool,
     catalog_standbys: Vec<String>,
 }
@@ -258,18 +272,19 @@ thread_local! {
 }
 
 /// Refresh the cached configuration for `slot` if the worker published since.
-fn refresh_config(slot: &str) {
+fn refresh_config(slot: &[u8]) {
+    let generation = GENERATION.get().load(Ordering::Acquire);
     let current = LOCAL.with(|l| {
         let l = l.borrow();
-        (l.config.generation, l.config.slot == slot)
+        l.config.loaded && l.config.generation == generation && l.config.slot == slot
     });
-    let shared = HOLD.share();
-    if shared.generation == current.0 && current.1 && current.0 != 0 {
+    if current {
         return;
     }
+    let shared = HOLD.share();
     let marked = shared.marked[..shared.marked_count as usize]
         .iter()
-        .any(|e| get(e) == slot);
+        .any(|e| e.split(|&b| b == 0).next() == Some(slot));
     let standbys = shared.standbys[..shared.standby_count as usize]
         .iter()
         .map(|e| get(e))
@@ -277,7 +292,7 @@ fn refresh_config(slot: &str) {
     let config = Config {
         generation: shared.generation,
         loaded: shared.loaded,
-        slot: slot.to_string(),
+        slot: slot.to_vec(),
         marked,
         catalog_standbys: standbys,
     };
@@ -370,27 +385,24 @@ fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
 }
 
 /// Name of the logical slot this process has acquired, if it should be held at all.
-fn held_slot_candidate() -> Option<String> {
+fn held_slot_candidate() -> Option<&'static CStr> {
     if !gucs::wait_for_standbys() || crate::in_recovery() {
         return None;
     }
     // SAFETY: MyReplicationSlot is this process's acquired slot (or NULL); its name and
-    // database do not change while it is acquired.
+    // database do not change while it is acquired, and callers use the name only until they
+    // return (the slot stays acquired meanwhile).
     unsafe {
         let slot = pg_sys::MyReplicationSlot;
         if slot.is_null() || (*slot).data.database == pg_sys::InvalidOid {
             return None;
         }
-        Some(
-            CStr::from_ptr((*slot).data.name.data.as_ptr())
-                .to_string_lossy()
-                .into_owned(),
-        )
+        Some(CStr::from_ptr((*slot).data.name.data.as_ptr()))
     }
 }
 
 /// Whether `slot` must be held at all: marked, or the marks are not known yet.
-fn slot_is_held(slot: &str) -> bool {
+fn slot_is_held(slot: &[u8]) -> bool {
     refresh_config(slot);
     LOCAL.with(|l| {
         let c = &l.borrow().config;
@@ -411,18 +423,24 @@ fn wal_layout() -> WalLayout {
 
 /// For a walsender's `XLogData` message at `data_start`: the position to wait for, if the
 /// standbys have not flushed it yet.
-fn walsender_target(slot: &str, data_start: Lsn) -> Option<Lsn> {
+fn walsender_target(slot: &[u8], data_start: Lsn) -> Option<Lsn> {
     if !slot_is_held(slot) {
         return None;
     }
-    // SAFETY: MyWalSnd is this walsender's own slot in shared memory; only this process
-    // writes sentPtr, so reading it here without the spinlock sees our own last write.
-    let sent = unsafe { (*pg_sys::MyWalSnd).sentPtr };
-    let target = quorum::target(data_start, sent, compat::flush_position(), &wal_layout());
     let (loaded, cached) = LOCAL.with(|l| {
         let l = l.borrow();
         (l.config.loaded, l.confirmed)
     });
+    // SAFETY: MyWalSnd is this walsender's own slot in shared memory; only this process
+    // writes sentPtr, so reading it here without the spinlock sees our own last write.
+    let sent = unsafe { (*pg_sys::MyWalSnd).sentPtr };
+    // The flush position is read only when the target needs it (a spinlock on XLogCtl).
+    let wal = wal_layout();
+    let target = if data_start > wal.next_record_start(sent) || data_start < sent {
+        quorum::target(data_start, sent, 0, &wal)
+    } else {
+        quorum::target(data_start, sent, compat::flush_position(), &wal)
+    };
     if loaded && target <= cached {
         return None;
     }
@@ -513,15 +531,21 @@ fn server_stopping() -> bool {
         .unwrap_or(false)
 }
 
-/// Sleep until the latch is set or [`POLL_MS`] passed, showing the wait in pg_stat_activity.
-fn sleep_a_little() {
+/// How long to sleep after having been held since `since` (a TimestampTz).
+fn poll_ms(since: i64) -> c_long {
+    let held_ms = (now() - since) / 1000;
+    (held_ms / 10).clamp(POLL_MIN_MS, POLL_MAX_MS) as c_long
+}
+
+/// Sleep until the latch is set or `ms` passed, showing the wait in pg_stat_activity.
+fn sleep_a_little(ms: c_long) {
     // SAFETY: MyLatch is this process's latch; WaitLatch may be called from any backend
     // outside a signal handler. WL_EXIT_ON_PM_DEATH ends the process if the postmaster died.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as c_int,
-            POLL_MS,
+            ms,
             compat::standby_wait_event(),
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -602,7 +626,7 @@ fn try_release(wait: bool) {
         return;
     };
     let released = || -> bool {
-        if !gucs::wait_for_standbys() || !slot_is_held(&slot) {
+        if !gucs::wait_for_standbys() || !slot_is_held(slot.as_bytes()) {
             return true;
         }
         let loaded = LOCAL.with(|l| l.borrow().config.loaded);
@@ -636,7 +660,7 @@ fn try_release(wait: bool) {
         if !wait {
             return;
         }
-        sleep_a_little();
+        sleep_a_little(poll_ms(since));
         if !released() {
             return;
         }
@@ -686,11 +710,11 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
             }
             if let Some(slot) = held_slot_candidate() {
                 let data_start = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-                if let Some(target) = walsender_target(&slot, data_start) {
+                if let Some(target) = walsender_target(slot.to_bytes(), data_start) {
                     let first_hold = LOCAL.with(|l| {
                         let mut l = l.borrow_mut();
                         l.held = Some(Held {
-                            slot: slot.clone(),
+                            slot: slot.to_string_lossy().into_owned(),
                             target,
                             since: now(),
                             messages: VecDeque::from([bytes.to_vec()]),
@@ -771,9 +795,10 @@ unsafe extern "C-unwind" fn on_subxact(
     let Some(slot) = held_slot_candidate() else {
         return;
     };
-    if !slot_is_held(&slot) {
+    if !slot_is_held(slot.to_bytes()) {
         return;
     }
+    let slot = slot.to_string_lossy().into_owned();
     let target = compat::flush_position();
     let since = now();
     let mut registered = false;
@@ -805,9 +830,9 @@ unsafe extern "C-unwind" fn on_subxact(
         warn_about(&slot, &behind, loaded);
         // An ERROR here (cancel, terminate) leaves the hold entry; clear it first.
         let guard = ClearOnDrop;
-        sleep_a_little();
+        sleep_a_little(poll_ms(since));
         std::mem::forget(guard);
-        if !slot_is_held(&slot) || !gucs::wait_for_standbys() {
+        if !slot_is_held(slot.as_bytes()) || !gucs::wait_for_standbys() {
             break;
         }
     }

@@ -16,7 +16,7 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
-use crate::hold::HOLD;
+use crate::hold::{GENERATION, HOLD};
 use crate::shared::SHARED;
 
 mod api_error;
@@ -72,6 +72,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::define();
     pgrx::pg_shmem_init!(SHARED);
     pgrx::pg_shmem_init!(HOLD);
+    pgrx::pg_shmem_init!(GENERATION);
     log_redaction::install();
     hold::install();
     worker::register();

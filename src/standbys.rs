@@ -168,3 +168,88 @@ fn standby_names() -> TableIterator<
         (n, source.to_string(), ignored)
     }))
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use crate::test_sql::{error_of, install_error_of};
+
+    fn named() -> String {
+        Spi::get_one::<String>(
+            "SELECT coalesce(string_agg(slot_name || ':' || state, ',' ORDER BY slot_name), '')
+               FROM slot_failover.standbys",
+        )
+        .expect("read standbys")
+        .unwrap_or_default()
+    }
+
+    #[pg_test]
+    fn physical_slots_are_named_and_unnamed() {
+        install_error_of();
+        Spi::run(
+            "SELECT pg_catalog.pg_create_physical_replication_slot('sf_t_sb1');
+             SELECT slot_failover.enable_standby('sf_t_sb1');
+             SELECT slot_failover.enable_standby('sf_t_sb1');",
+        )
+        .unwrap();
+        // No standby streams from it: it counts with what it flushed, and says so.
+        assert_eq!(named(), "sf_t_sb1:inactive");
+        // Dropping the slot does not unname it: the view shows it missing.
+        Spi::run("SELECT pg_catalog.pg_drop_replication_slot('sf_t_sb1')").unwrap();
+        assert_eq!(named(), "sf_t_sb1:missing");
+        Spi::run("SELECT slot_failover.disable_standby('sf_t_sb1')").unwrap();
+        assert_eq!(named(), "");
+        // The GUC overrides the catalog.
+        Spi::run("SET slot_failover.standby_slot_names = 'sf_t_a, sf_t_b'").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(slot_name || '/' || source || '/' || state, ',' ORDER BY slot_name)
+                   FROM slot_failover.standbys"
+            )
+            .unwrap()
+            .unwrap(),
+            "sf_t_a/slot_failover.standby_slot_names/missing,sf_t_b/slot_failover.standby_slot_names/missing"
+        );
+        Spi::run("RESET slot_failover.standby_slot_names").unwrap();
+    }
+
+    #[pg_test]
+    fn what_cannot_be_a_failover_standby_is_refused() {
+        install_error_of();
+        assert_eq!(
+            error_of("SELECT slot_failover.enable_standby(NULL)"),
+            "22004|slot name must not be NULL||Pass the name of a replication slot."
+        );
+        assert_eq!(
+            error_of("SELECT slot_failover.enable_standby('sf_t_nosuch')"),
+            "42704|physical replication slot \"sf_t_nosuch\" does not exist||Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby."
+        );
+        Spi::run("SELECT pg_catalog.pg_create_physical_replication_slot('sf_t_tmp', false, true)")
+            .unwrap();
+        assert_eq!(
+            error_of("SELECT slot_failover.enable_standby('sf_t_tmp')"),
+            "55000|replication slot \"sf_t_tmp\" is temporary|A temporary slot is dropped when its session ends, so it cannot fail over.|Create a permanent slot instead."
+        );
+        assert_eq!(
+            error_of("SELECT slot_failover.enable_standby('Bad-Name')"),
+            "42602|invalid replication slot name|Replication slot name \"Bad-Name\" contains a character other than lower-case letters, digits and underscores.|"
+        );
+        assert_eq!(named(), "", "a refused call must not name anything");
+    }
+
+    #[pg_test]
+    fn only_superusers_and_admins_may_name_standbys() {
+        install_error_of();
+        Spi::run("CREATE ROLE sf_t_nobody2; GRANT USAGE ON SCHEMA slot_failover TO sf_t_nobody2;")
+            .unwrap();
+        Spi::run("SET ROLE sf_t_nobody2").unwrap();
+        let refused = error_of("SELECT slot_failover.enable_standby('sf_t_x')");
+        Spi::run("RESET ROLE").unwrap();
+        assert!(
+            refused.starts_with("42501|permission denied for function enable_standby"),
+            "{refused}"
+        );
+    }
+}

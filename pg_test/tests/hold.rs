@@ -406,11 +406,16 @@ fn without_the_hold_the_same_crash_diverges() {
     assert!(extra.iter().all(|&id| id > 50), "{extra:?}");
 }
 
-/// Test 4. A held walsender ends on SIGTERM and its subscriber takes the slot over from a new
-/// walsender (held again); a fast shutdown of the primary completes with the standby down.
+/// Test 4. A held walsender keeps talking to its client: with wal_sender_timeout = 2s it is
+/// still the same walsender, with fresh replies from the subscriber, long after three timeouts.
+/// It ends on SIGTERM and its subscriber takes the slot over from a new walsender (held
+/// again); a fast shutdown of the primary completes with the standby down.
 #[test]
 fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
     let (mut primary, mut standbys) = primary_with_failover_standbys(1);
+    primary.append_conf("postgresql.conf", "wal_sender_timeout = 2s");
+    primary.reload();
+    primary.poll_query_until("postgres", "SHOW wal_sender_timeout", "2s");
     let subscriber = subscriber_with_two_subscriptions(&primary);
     standbys[0].stop(StopMode::Fast);
     insert_one_by_one(&primary, 1, 5);
@@ -420,6 +425,24 @@ fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
         "postgres",
         "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'",
     );
+    // Keepalives and replies go on while it is held: no replication timeout.
+    primary.poll_query_until(
+        "postgres",
+        "SELECT r.reply_time > s.held_since + interval '6 s'
+           FROM pg_catalog.pg_stat_replication AS r, slot_failover.status AS s
+          WHERE r.application_name = 'held' AND s.slot_name = 'held'",
+        "t",
+    );
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'",
+        ),
+        pid,
+        "the held walsender was replaced:\n{}",
+        primary.log_tail(40)
+    );
+    assert_eq!(count(&subscriber, "postgres"), 0);
     assert_eq!(
         primary.safe_psql(
             "postgres",

@@ -102,6 +102,18 @@ fn enable_and_disable_on_a_primary() {
         marks(&primary),
         "app_decoding by postgres,other_db_slot by postgres"
     );
+    // A logical slot cannot name a failover standby.
+    let out = primary.psql(
+        "postgres",
+        "SELECT slot_failover.enable_standby('app_decoding')",
+    );
+    assert_eq!(out.sqlstate.as_deref(), Some("42809"), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            r#"ERROR:  replication slot "app_decoding" is not a physical replication slot"#
+        ),
+        "{out:?}"
+    );
     primary.safe_psql("postgres", "SELECT slot_failover.disable('other_db_slot')");
     assert_eq!(marks(&primary), "app_decoding by postgres");
 }
@@ -147,6 +159,16 @@ fn marks_replicate_to_the_standby_and_survive_promotion() {
     );
     let out = standby.psql("postgres", "SELECT slot_failover.disable('app_decoding')");
     assert_eq!(out.sqlstate.as_deref(), Some("25006"), "{out:?}");
+    let out = standby.psql(
+        "postgres",
+        "SELECT slot_failover.enable_standby('standby1_slot')",
+    );
+    assert_eq!(out.sqlstate.as_deref(), Some("25006"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("ERROR:  cannot name failover standbys on a standby"),
+        "{out:?}"
+    );
 
     // After promotion the marks are there, and the new primary takes new ones.
     primary.stop(pg_test::StopMode::Fast);
