@@ -11,7 +11,8 @@
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 
-use std::ffi::CString;
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -73,24 +74,33 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"slot_failover.standby_slot_names",
-        c"Physical replication slots of the failover standbys, comma-separated.",
-        c"Empty means the slots named with slot_failover.enable_standby(), which replicate with the data.",
-        &STANDBY_SLOT_NAMES,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"slot_failover.standbys_min_confirmed",
-        c"How many failover standbys must have flushed a change before a logical sender of a marked slot sends it.",
-        c"-1 means all of them; a number above their count also means all of them; 0 means none.",
-        &STANDBYS_MIN_CONFIRMED,
-        -1,
-        1024,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
+    // SAFETY: the assign hooks only bump a process-local atomic counter; they cannot fail.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"slot_failover.standby_slot_names",
+            c"Physical replication slots of the failover standbys, comma-separated.",
+            c"Empty means the slots named with slot_failover.enable_standby(), which replicate with the data.",
+            &STANDBY_SLOT_NAMES,
+            GucContext::Sighup,
+            GucFlags::default(),
+            None,
+            Some(standby_names_assigned),
+            None,
+        );
+        GucRegistry::define_int_guc_with_hooks(
+            c"slot_failover.standbys_min_confirmed",
+            c"How many failover standbys must have flushed a change before a logical sender of a marked slot sends it.",
+            c"-1 means all of them; a number above their count also means all of them; 0 means none.",
+            &STANDBYS_MIN_CONFIRMED,
+            -1,
+            1024,
+            GucContext::Sighup,
+            GucFlags::default(),
+            None,
+            Some(min_confirmed_assigned),
+            None,
+        );
+    }
     crate::compat::reserve_guc_prefix(c"slot_failover");
 }
 
@@ -135,4 +145,21 @@ pub fn standby_slot_names() -> Option<Vec<String>> {
 
 pub fn standbys_min_confirmed() -> i32 {
     STANDBYS_MIN_CONFIRMED.get()
+}
+
+/// Bumped in this process whenever `standby_slot_names` or `standbys_min_confirmed` is
+/// assigned (at start and on reload): a sender's cached quorum position is only valid for the
+/// settings it was computed with.
+static QUORUM_SETTINGS_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+pub fn quorum_settings_epoch() -> u64 {
+    QUORUM_SETTINGS_EPOCH.load(Ordering::Relaxed)
+}
+
+unsafe extern "C-unwind" fn standby_names_assigned(_new: *const c_char, _extra: *mut c_void) {
+    QUORUM_SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+unsafe extern "C-unwind" fn min_confirmed_assigned(_new: c_int, _extra: *mut c_void) {
+    QUORUM_SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
 }

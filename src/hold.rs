@@ -259,8 +259,11 @@ struct Local {
     original: Option<&'static CommMethods>,
     held: Option<Held>,
     config: Config,
-    /// The last quorum position computed (a cache for the fast path).
+    /// The last quorum position computed (a cache for the fast path), and the settings it was
+    /// computed with: the quorum settings' epoch and `primary_slot_name` (its string is
+    /// replaced on every change).
     confirmed: Lsn,
+    confirmed_for: (u64, usize),
     /// Standbys already warned about, and for what.
     warned: HashMap<String, Problem>,
     warned_unloaded: bool,
@@ -330,6 +333,9 @@ pub fn read_standbys(names: &[String]) -> Vec<(String, Standby)> {
         .iter()
         .map(|n| (n.clone(), Standby::Missing))
         .collect();
+    if found.is_empty() {
+        return found;
+    }
     // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots from
     // being created or dropped while we look, and each slot's spinlock makes its fields
     // consistent. Nothing between acquire and release can raise an ERROR.
@@ -371,6 +377,26 @@ pub fn read_standbys(names: &[String]) -> Vec<(String, Standby)> {
     found
 }
 
+/// What a cached quorum position depends on besides the slots and the catalog.
+fn quorum_settings() -> (u64, usize) {
+    // SAFETY: reading the GUC's pointer, not what it points to.
+    let own = unsafe { pg_sys::PrimarySlotName } as usize;
+    (gucs::quorum_settings_epoch(), own)
+}
+
+/// The cached quorum position, if still valid for the current settings.
+fn cached_confirmed() -> Lsn {
+    let settings = quorum_settings();
+    LOCAL.with(|l| {
+        let l = l.borrow();
+        if l.confirmed_for == settings {
+            l.confirmed
+        } else {
+            0
+        }
+    })
+}
+
 /// The quorum position now, and the standbys that are behind `target`.
 fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
     let named = read_standbys(&named_standbys());
@@ -380,7 +406,11 @@ fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
         .into_iter()
         .map(|(n, p)| (n.to_string(), p))
         .collect();
-    LOCAL.with(|l| l.borrow_mut().confirmed = q.confirmed);
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        l.confirmed = q.confirmed;
+        l.confirmed_for = quorum_settings();
+    });
     (q.confirmed, behind)
 }
 
@@ -427,10 +457,8 @@ fn walsender_target(slot: &[u8], data_start: Lsn) -> Option<Lsn> {
     if !slot_is_held(slot) {
         return None;
     }
-    let (loaded, cached) = LOCAL.with(|l| {
-        let l = l.borrow();
-        (l.config.loaded, l.confirmed)
-    });
+    let loaded = LOCAL.with(|l| l.borrow().config.loaded);
+    let cached = cached_confirmed();
     // SAFETY: MyWalSnd is this walsender's own slot in shared memory; only this process
     // writes sentPtr, so reading it here without the spinlock sees our own last write.
     let sent = unsafe { (*pg_sys::MyWalSnd).sentPtr };
@@ -804,7 +832,7 @@ unsafe extern "C-unwind" fn on_subxact(
     let mut registered = false;
     loop {
         let loaded = LOCAL.with(|l| l.borrow().config.loaded);
-        let cached = LOCAL.with(|l| l.borrow().confirmed);
+        let cached = cached_confirmed();
         if loaded && target <= cached {
             break;
         }

@@ -278,8 +278,32 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
         20,
         "all must confirm by default"
     );
-    standbys[0].start();
+
+    // slot_failover.standby_slot_names overrides the catalog: naming only standby2_slot
+    // releases what standby1 held back.
+    primary.append_conf(
+        "postgresql.conf",
+        "slot_failover.standby_slot_names = 'standby2_slot'",
+    );
+    primary.reload();
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "30");
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT string_agg(slot_name || '/' || source || '/' || state, ',') FROM slot_failover.standbys"
+        ),
+        "standby2_slot/slot_failover.standby_slot_names/streaming"
+    );
+    primary.append_conf("postgresql.conf", "slot_failover.standby_slot_names = ''");
+    primary.reload();
+    primary.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM slot_failover.standbys",
+        "2",
+    );
+    standbys[0].start();
+    insert_one_by_one(&primary, 31, 40);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "40");
 }
 
 /// One round of test 3: one-row transactions stream to a subscriber of a marked slot; the
