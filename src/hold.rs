@@ -59,7 +59,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, c_char, c_int, c_long, c_void};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use pgrx::atomics::PgAtomic;
 use pgrx::lwlock::PgLwLock;
@@ -256,7 +256,6 @@ struct Held {
 
 #[derive(Default)]
 struct Local {
-    original: Option<&'static CommMethods>,
     held: Option<Held>,
     config: Config,
     /// The last quorum position computed (a cache for the fast path), and the settings it was
@@ -416,8 +415,16 @@ fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
 
 /// Name of the logical slot this process has acquired, if it should be held at all.
 fn held_slot_candidate() -> Option<&'static CStr> {
-    if !gucs::wait_for_standbys() || crate::in_recovery() {
+    // A process that saw recovery over never sees it again: ask the server only until then.
+    static PRIMARY: AtomicBool = AtomicBool::new(false);
+    if !gucs::wait_for_standbys() {
         return None;
+    }
+    if !PRIMARY.load(Ordering::Relaxed) {
+        if crate::in_recovery() {
+            return None;
+        }
+        PRIMARY.store(true, Ordering::Relaxed);
     }
     // SAFETY: MyReplicationSlot is this process's acquired slot (or NULL); its name and
     // database do not change while it is acquired, and callers use the name only until they
@@ -625,22 +632,25 @@ unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, st
         {
             return;
         }
-        let original: &'static CommMethods = &*compat::PqCommMethods;
-        LOCAL.with(|l| l.borrow_mut().original = Some(original));
+        ORIGINAL.store(compat::PqCommMethods.cast_mut(), Ordering::Relaxed);
         compat::PqCommMethods = &WRAPPED;
     }
 }
 
+/// The walsender's own functions (set once, in this process, when wrapping).
+static ORIGINAL: AtomicPtr<CommMethods> = AtomicPtr::new(std::ptr::null_mut());
+/// A message is held (mirror of `Local::held.is_some()`, read on every call of the wrappers).
+static HOLDING: AtomicBool = AtomicBool::new(false);
+
 fn original() -> &'static CommMethods {
-    LOCAL.with(|l| {
-        l.borrow()
-            .original
-            .expect("PqCommMethods wrapped without the original")
-    })
+    let p = ORIGINAL.load(Ordering::Relaxed);
+    assert!(!p.is_null(), "PqCommMethods wrapped without the original");
+    // SAFETY: set once from PqCommMethods, a pointer to a static table of the server.
+    unsafe { &*p }
 }
 
 fn holding() -> bool {
-    LOCAL.with(|l| l.borrow().held.is_some())
+    HOLDING.load(Ordering::Relaxed)
 }
 
 /// Try to release the held messages; with `wait`, sleep a little first if they must stay.
@@ -694,6 +704,7 @@ fn try_release(wait: bool) {
         }
     }
     let held = LOCAL.with(|l| l.borrow_mut().held.take());
+    HOLDING.store(false, Ordering::Relaxed);
     clear_hold();
     if let Some(held) = held {
         let original = original();
@@ -723,22 +734,24 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
         // SAFETY: s points at len readable bytes (the caller's message buffer).
         let bytes = unsafe { std::slice::from_raw_parts(s.cast::<u8>(), len) };
         if bytes[0] == b'w' {
-            let queued = LOCAL.with(|l| {
-                let mut l = l.borrow_mut();
-                match l.held.as_mut() {
-                    Some(held) => {
-                        held.messages.push_back(bytes.to_vec());
-                        true
+            let queued = holding()
+                && LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    match l.held.as_mut() {
+                        Some(held) => {
+                            held.messages.push_back(bytes.to_vec());
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
-                }
-            });
+                });
             if queued {
                 return;
             }
             if let Some(slot) = held_slot_candidate() {
                 let data_start = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
                 if let Some(target) = walsender_target(slot.to_bytes(), data_start) {
+                    HOLDING.store(true, Ordering::Relaxed);
                     let first_hold = LOCAL.with(|l| {
                         let mut l = l.borrow_mut();
                         l.held = Some(Held {
@@ -801,6 +814,7 @@ unsafe extern "C-unwind" fn wrapped_putmessage(
 #[pg_guard]
 unsafe extern "C-unwind" fn wrapped_comm_reset() {
     if LOCAL.with(|l| l.borrow_mut().held.take()).is_some() {
+        HOLDING.store(false, Ordering::Relaxed);
         clear_hold();
     }
     // SAFETY: the original function of this process.
