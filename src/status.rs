@@ -39,7 +39,8 @@ SELECT m.slot_name,
             ELSE w.state END AS state,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
                 CASE WHEN s.slot_name IS NULL THEN 'the marked slot does not exist on this server'
-                     ELSE NULL END
+                     ELSE (SELECT pg_catalog.format('failover standby slot %I is ignored here: it is this server''s own primary_slot_name', n.slot_name)
+                             FROM slot_failover.standby_names() AS n WHERE n.ignored LIMIT 1) END
             WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
             ELSE w.detail END AS detail,
        s.restart_lsn,
@@ -83,7 +84,14 @@ GRANT EXECUTE ON FUNCTION slot_failover.failover_ready() TO slot_failover_admin,
 GRANT EXECUTE ON FUNCTION slot_failover.sync() TO slot_failover_admin;
 "#,
     name = "status_view",
-    requires = ["catalog", worker_state, failover_ready, sync, holds]
+    requires = [
+        "catalog",
+        "standbys_view",
+        worker_state,
+        failover_ready,
+        sync,
+        holds
+    ]
 );
 
 /// The worker's last round, one row per slot (used by the `status` view).

@@ -556,6 +556,13 @@ fn the_failover_standby_list_survives_a_failover() {
         ),
         "standby1_slot:ignored,standby2_slot:missing"
     );
+    assert_eq!(
+        new_primary.safe_psql(
+            "postgres",
+            "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'"
+        ),
+        "primary: failover standby slot standby1_slot is ignored here: it is this server's own primary_slot_name"
+    );
     subscriber.safe_psql(
         "postgres",
         &format!(
