@@ -235,6 +235,16 @@ unsafe extern "C-unwind" fn clear_hold_at_exit(_code: c_int, _arg: pg_sys::Datum
     clear_hold();
 }
 
+/// Have this process's hold entry cleared when it exits (registered once per process).
+fn clear_hold_at_exit_once() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if !REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registers a callback run at this process's exit; called outside any
+        // signal handler.
+        unsafe { pg_sys::on_shmem_exit(Some(clear_hold_at_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
 /// What a process knows of the configuration, refreshed when the generation moves.
 #[derive(Default)]
 struct Config {
@@ -266,7 +276,6 @@ struct Local {
     /// Standbys already warned about, and for what.
     warned: HashMap<String, Problem>,
     warned_unloaded: bool,
-    exit_callback: bool,
 }
 
 thread_local! {
@@ -542,6 +551,25 @@ fn warn_about(slot: &str, behind: &[(String, Option<Problem>)], loaded: bool) {
     }
 }
 
+/// Still waiting: publish the hold for the status view, and warn about broken standbys.
+fn report_waiting(
+    slot: &str,
+    target: Lsn,
+    confirmed: Lsn,
+    since: i64,
+    behind: &[(String, Option<Problem>)],
+    loaded: bool,
+) {
+    publish_hold(
+        slot,
+        target,
+        confirmed,
+        since,
+        &describe_laggards(behind, loaded),
+    );
+    warn_about(slot, behind, loaded);
+}
+
 fn describe_laggards(behind: &[(String, Option<Problem>)], loaded: bool) -> String {
     if !loaded {
         return "marks not loaded yet".into();
@@ -672,14 +700,7 @@ fn try_release(wait: bool) {
         if loaded && confirmed >= target {
             return true;
         }
-        publish_hold(
-            &slot,
-            target,
-            confirmed,
-            since,
-            &describe_laggards(&behind, loaded),
-        );
-        warn_about(&slot, &behind, loaded);
+        report_waiting(&slot, target, confirmed, since, &behind, loaded);
         false
     };
     if !released() {
@@ -752,22 +773,15 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
                 let data_start = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
                 if let Some(target) = walsender_target(slot.to_bytes(), data_start) {
                     HOLDING.store(true, Ordering::Relaxed);
-                    let first_hold = LOCAL.with(|l| {
-                        let mut l = l.borrow_mut();
-                        l.held = Some(Held {
+                    LOCAL.with(|l| {
+                        l.borrow_mut().held = Some(Held {
                             slot: slot.to_string_lossy().into_owned(),
                             target,
                             since: now(),
                             messages: VecDeque::from([bytes.to_vec()]),
-                        });
-                        !std::mem::replace(&mut l.exit_callback, true)
+                        })
                     });
-                    if first_hold {
-                        // SAFETY: registers a callback run at this process's exit.
-                        unsafe {
-                            pg_sys::on_shmem_exit(Some(clear_hold_at_exit), pg_sys::Datum::from(0))
-                        };
-                    }
+                    clear_hold_at_exit_once();
                     return;
                 }
             }
@@ -856,20 +870,9 @@ unsafe extern "C-unwind" fn on_subxact(
         }
         if !registered {
             registered = true;
-            let first = LOCAL.with(|l| !std::mem::replace(&mut l.borrow_mut().exit_callback, true));
-            if first {
-                // SAFETY: registers a callback run at this process's exit.
-                unsafe { pg_sys::on_shmem_exit(Some(clear_hold_at_exit), pg_sys::Datum::from(0)) };
-            }
+            clear_hold_at_exit_once();
         }
-        publish_hold(
-            &slot,
-            target,
-            confirmed,
-            since,
-            &describe_laggards(&behind, loaded),
-        );
-        warn_about(&slot, &behind, loaded);
+        report_waiting(&slot, target, confirmed, since, &behind, loaded);
         // An ERROR here (cancel, terminate) leaves the hold entry; clear it first.
         let guard = ClearOnDrop;
         sleep_a_little(poll_ms(since));

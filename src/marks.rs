@@ -83,51 +83,89 @@ pub(crate) fn precheck<'a>(
     Ok(name)
 }
 
-fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
-    let name = precheck(slot_name, "mark replication slots")?;
-    // Each query below returns exactly one row (NULLs when there is no such slot).
-    let (slot_type, temporary) = Spi::get_two_with_args::<String, bool>(
+/// `slot_type` and `temporary` of slot `name` in pg_replication_slots (NULLs: no such slot).
+pub(crate) fn slot_type_and_temporary(name: &str) -> (Option<String>, Option<bool>) {
+    // Exactly one row, NULLs when there is no such slot.
+    Spi::get_two_with_args::<String, bool>(
         "SELECT s.slot_type, s.temporary
            FROM (SELECT) AS one
            LEFT JOIN pg_catalog.pg_replication_slots AS s
              ON s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
         &[name.into()],
     )
-    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"));
+    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"))
+}
+
+/// The extension's tables of slot names. (Their names go into SQL text: constants, never
+/// input.)
+#[derive(Clone, Copy)]
+pub(crate) enum Table {
+    MarkedSlots,
+    FailoverStandbys,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::MarkedSlots => "slot_failover.marked_slots",
+            Table::FailoverStandbys => "slot_failover.failover_standbys",
+        }
+    }
+}
+
+/// Add `name` to `table` (and have the worker publish it at commit). False: it was there.
+pub(crate) fn add_name(table: Table, name: &str) -> bool {
+    let table = table.name();
+    let inserted = Spi::get_one_with_args::<i64>(
+        &format!(
+            "WITH ins AS (INSERT INTO {table} (slot_name) VALUES ($1::pg_catalog.name)
+                          ON CONFLICT (slot_name) DO NOTHING RETURNING 1)
+             SELECT pg_catalog.count(*) FROM ins"
+        ),
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("inserting into {table}: {e}"));
+    crate::worker::wake_at_commit();
+    inserted != Some(0)
+}
+
+/// Remove `name` from `table` (and have the worker publish it at commit). False: it was not
+/// there.
+pub(crate) fn remove_name(table: Table, name: &str) -> bool {
+    let table = table.name();
+    let deleted = Spi::get_one_with_args::<i64>(
+        &format!(
+            "WITH del AS (DELETE FROM {table}
+                           WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING 1)
+             SELECT pg_catalog.count(*) FROM del"
+        ),
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("deleting from {table}: {e}"));
+    crate::worker::wake_at_commit();
+    deleted != Some(0)
+}
+
+fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
+    let name = precheck(slot_name, "mark replication slots")?;
+    let (slot_type, temporary) = slot_type_and_temporary(name);
     match (slot_type.as_deref(), temporary) {
         (None, _) => return Err(ApiError::NoSuchSlot(name.into())),
         (Some("physical"), _) => return Err(ApiError::PhysicalSlot(name.into())),
         (_, Some(true)) => return Err(ApiError::TemporarySlot(name.into())),
         _ => {}
     }
-    let inserted = Spi::get_one_with_args::<i64>(
-        "WITH ins AS (INSERT INTO slot_failover.marked_slots (slot_name)
-                      VALUES ($1::pg_catalog.name)
-                      ON CONFLICT (slot_name) DO NOTHING RETURNING 1)
-         SELECT pg_catalog.count(*) FROM ins",
-        &[name.into()],
-    )
-    .unwrap_or_else(|e| panic!("inserting into slot_failover.marked_slots: {e}"));
-    if inserted == Some(0) {
+    if !add_name(Table::MarkedSlots, name) {
         notice!("replication slot \"{name}\" is already marked for failover");
     }
-    crate::worker::wake_at_commit();
     Ok(())
 }
 
 fn disable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let name = precheck(slot_name, "unmark replication slots")?;
-    let deleted = Spi::get_one_with_args::<i64>(
-        "WITH del AS (DELETE FROM slot_failover.marked_slots
-                       WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING 1)
-         SELECT pg_catalog.count(*) FROM del",
-        &[name.into()],
-    )
-    .unwrap_or_else(|e| panic!("deleting from slot_failover.marked_slots: {e}"));
-    if deleted == Some(0) {
+    if !remove_name(Table::MarkedSlots, name) {
         notice!("replication slot \"{name}\" was not marked for failover");
     }
-    crate::worker::wake_at_commit();
     Ok(())
 }
 

@@ -184,16 +184,20 @@ pub fn target(data_start: Lsn, sent: Lsn, flush: Lsn, wal: &WalLayout) -> Lsn {
     }
 }
 
+/// The default layout (8 kB pages, 16 MB segments), for the tests.
+#[cfg(test)]
+const TEST_WAL: WalLayout = WalLayout {
+    page_size: 8192,
+    segment_size: 16 * 1024 * 1024,
+    short_page_header: 24,
+    long_page_header: 40,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const WAL: WalLayout = WalLayout {
-        page_size: 8192,
-        segment_size: 16 * 1024 * 1024,
-        short_page_header: 24,
-        long_page_header: 40,
-    };
+    const WAL: WalLayout = TEST_WAL;
 
     fn p(lsn: Lsn, active: bool) -> Standby {
         Standby::Physical {
@@ -307,12 +311,7 @@ mod properties {
 
     use super::*;
 
-    const WAL: WalLayout = WalLayout {
-        page_size: 8192,
-        segment_size: 16 * 1024 * 1024,
-        short_page_header: 24,
-        long_page_header: 40,
-    };
+    const WAL: WalLayout = TEST_WAL;
 
     fn standby() -> impl Strategy<Value = Standby> {
         prop_oneof![

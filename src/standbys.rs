@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 
 use crate::api_error::ApiError;
 use crate::gucs;
-use crate::marks::precheck;
+use crate::marks::{Table, add_name, precheck, remove_name, slot_type_and_temporary};
 
 extension_sql!(
     r#"
@@ -71,29 +71,15 @@ GRANT EXECUTE ON FUNCTION slot_failover.enable_standby(text), slot_failover.disa
 
 fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let name = precheck(slot_name, "name failover standbys")?;
-    let (slot_type, temporary) = Spi::get_two_with_args::<String, bool>(
-        "SELECT s.slot_type, s.temporary
-           FROM (SELECT) AS one
-           LEFT JOIN pg_catalog.pg_replication_slots AS s
-             ON s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
-        &[name.into()],
-    )
-    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"));
-    match (slot_type.as_deref(), temporary) {
+    match slot_type_and_temporary(name) {
         (None, _) => return Err(ApiError::NoSuchPhysicalSlot(name.into())),
-        (Some("physical"), Some(true)) => return Err(ApiError::TemporarySlot(name.into())),
-        (Some("physical"), _) => {}
+        (Some(t), Some(true)) if t == "physical" => {
+            return Err(ApiError::TemporarySlot(name.into()));
+        }
+        (Some(t), _) if t == "physical" => {}
         _ => return Err(ApiError::NotPhysical(name.into())),
     }
-    let inserted = Spi::get_one_with_args::<i64>(
-        "WITH ins AS (INSERT INTO slot_failover.failover_standbys (slot_name)
-                      VALUES ($1::pg_catalog.name)
-                      ON CONFLICT (slot_name) DO NOTHING RETURNING 1)
-         SELECT pg_catalog.count(*) FROM ins",
-        &[name.into()],
-    )
-    .unwrap_or_else(|e| panic!("inserting into slot_failover.failover_standbys: {e}"));
-    if inserted == Some(0) {
+    if !add_name(Table::FailoverStandbys, name) {
         notice!("replication slot \"{name}\" is already a failover standby");
     }
     if gucs::standby_slot_names().is_some() {
@@ -101,23 +87,14 @@ fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
             "slot_failover.standby_slot_names is set, so it is used instead of the failover standbys named with enable_standby()"
         );
     }
-    crate::worker::wake_at_commit();
     Ok(())
 }
 
 fn disable_standby_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let name = precheck(slot_name, "name failover standbys")?;
-    let deleted = Spi::get_one_with_args::<i64>(
-        "WITH del AS (DELETE FROM slot_failover.failover_standbys
-                       WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING 1)
-         SELECT pg_catalog.count(*) FROM del",
-        &[name.into()],
-    )
-    .unwrap_or_else(|e| panic!("deleting from slot_failover.failover_standbys: {e}"));
-    if deleted == Some(0) {
+    if !remove_name(Table::FailoverStandbys, name) {
         notice!("replication slot \"{name}\" was not a failover standby");
     }
-    crate::worker::wake_at_commit();
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
 
@@ -68,6 +68,26 @@ fn wait_until_held(primary: &Cluster, slot: &str, by: &str) {
         ),
         "t",
     );
+}
+
+/// Checkpoint the primary (each logs a running-xacts record for the copy to start from) until
+/// the copy of `slot` on `standby` is ready.
+fn wait_until_copy_ready(primary: &Cluster, standby: &Cluster, slot: &str) {
+    wait::until(
+        &format!("the copy of {slot} to be ready"),
+        wait::default_timeout(),
+        || {
+            primary.safe_psql("postgres", "CHECKPOINT");
+            let ready = standby.safe_psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM slot_failover.status WHERE slot_name = '{slot}' AND state = 'ready'"
+                ),
+            );
+            if ready == "1" { Check::Done(()) } else { Check::NotYet(ready) }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A subscriber cluster with table t in databases `postgres` (subscription `held`, whose slot
@@ -318,40 +338,14 @@ fn lagging_standby_then_crash(hold: bool) -> (BTreeSet<i32>, BTreeSet<i32>) {
         primary.reload();
         primary.poll_query_until("postgres", "SHOW slot_failover.wait_for_standbys", "off");
     }
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql("postgres", TABLE);
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
-    );
-    subscriber.wait_for_subscription_sync(&primary, "sub");
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
 
     insert_one_by_one(&primary, 1, 50);
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "50");
     // The copy of sub must be ready on the standby before it falls behind.
     let standby = &mut standbys[0];
-    wait::until(
-        "the copy of sub to be ready",
-        wait::default_timeout(),
-        || {
-            primary.safe_psql("postgres", "CHECKPOINT");
-            let ready = standby.safe_psql(
-            "postgres",
-            "SELECT count(*) FROM slot_failover.status WHERE slot_name = 'sub' AND state = 'ready'",
-        );
-            if ready == "1" {
-                Check::Done(())
-            } else {
-                Check::NotYet(ready)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until_copy_ready(&primary, standby, "sub");
 
     // The writes go on while the standby stops.
     let writer = primary.background_psql(
@@ -510,40 +504,14 @@ fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
 #[test]
 fn the_failover_standby_list_survives_a_failover() {
     let (mut primary, standbys) = primary_with_failover_standbys(2);
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql("postgres", TABLE);
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
-    );
-    subscriber.wait_for_subscription_sync(&primary, "sub");
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
     insert_one_by_one(&primary, 1, 10);
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
     let mut nodes = standbys.into_iter();
     let new_primary = nodes.next().expect("standby1");
     let mut follower = nodes.next().expect("standby2");
-    wait::until(
-        "the copy of sub to be ready",
-        wait::default_timeout(),
-        || {
-            primary.safe_psql("postgres", "CHECKPOINT");
-            let ready = new_primary.safe_psql(
-            "postgres",
-            "SELECT count(*) FROM slot_failover.status WHERE slot_name = 'sub' AND state = 'ready'",
-        );
-            if ready == "1" {
-                Check::Done(())
-            } else {
-                Check::NotYet(ready)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until_copy_ready(&primary, &new_primary, "sub");
     primary.wait_for_catchup("standby2");
 
     primary.stop(StopMode::Fast);

@@ -16,8 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use pg_test::topology::{PRELOAD, STANDBY_SLOT};
-use pg_test::{BackupOptions, Cluster, InitOptions};
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, subscriber_of};
+use pg_test::{BackupOptions, Cluster};
 
 struct Args {
     txns: i64,
@@ -163,15 +163,11 @@ fn main() {
     let install = pg_test::PgInstall::from_env();
     println!("slot_failover hold benchmark on {}", install.version);
 
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
         &format!(
-            "CREATE EXTENSION slot_failover;
-             SELECT pg_catalog.pg_create_physical_replication_slot('{STANDBY_SLOT}');
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+            "SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
              CREATE TABLE t (id bigint PRIMARY KEY, note text);
              CREATE PUBLICATION pub FOR TABLE t;"
         ),
@@ -185,20 +181,12 @@ fn main() {
     );
     standby.append_conf("postgresql.conf", "hot_standby_feedback = on");
     standby.start();
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql(
-        "postgres",
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
         "CREATE TABLE t (id bigint PRIMARY KEY, note text)",
     );
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
-    );
-    subscriber.wait_for_subscription_sync(&primary, "sub");
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
     let mut bench = Bench {
         primary,

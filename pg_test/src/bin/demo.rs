@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use pg_test::topology::PRELOAD;
+use pg_test::topology::{PRELOAD, subscriber_of};
 use pg_test::{BackupOptions, Cluster, InitOptions, StopMode};
 
 fn step(text: &str) {
@@ -90,20 +90,12 @@ fn main() {
     step(
         "subscriber: CREATE SUBSCRIPTION sub ... PUBLICATION pub; on the primary: slot_failover.enable('sub')",
     );
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql(
-        "postgres",
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
         "CREATE TABLE t (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
     );
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
-    );
-    subscriber.wait_for_subscription_sync(&primary, "sub");
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
 
     step("a steady write load on the primary: one row per transaction, about 200 a second");
