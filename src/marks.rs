@@ -113,6 +113,23 @@ impl Table {
     }
 }
 
+/// The slot names in `table`, in order. Read-only SPI: also usable on a standby, where a
+/// read-write one would ask for a transaction id.
+pub(crate) fn names(table: Table) -> Vec<String> {
+    let table = table.name();
+    Spi::connect(|client| {
+        client
+            .select(
+                &format!("SELECT slot_name::pg_catalog.text FROM {table} ORDER BY slot_name"),
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("reading {table}: {e}"))
+            .filter_map(|row| row.get::<String>(1).ok().flatten())
+            .collect()
+    })
+}
+
 /// Add `name` to `table` (and have the worker publish it at commit). False: it was there.
 pub(crate) fn add_name(table: Table, name: &str) -> bool {
     let table = table.name();

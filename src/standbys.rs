@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 
 use crate::api_error::ApiError;
 use crate::gucs;
-use crate::marks::{Table, add_name, precheck, remove_name, slot_type_and_temporary};
+use crate::marks::{Table, add_name, names, precheck, remove_name, slot_type_and_temporary};
 
 extension_sql!(
     r#"
@@ -124,20 +124,7 @@ fn standby_names() -> TableIterator<
 > {
     let (names, source) = match gucs::standby_slot_names() {
         Some(names) => (names, "slot_failover.standby_slot_names"),
-        None => (
-            Spi::connect(|client| {
-                client
-                    .select(
-                        "SELECT slot_name::pg_catalog.text FROM slot_failover.failover_standbys ORDER BY slot_name",
-                        None,
-                        &[],
-                    )
-                    .unwrap_or_else(|e| panic!("reading slot_failover.failover_standbys: {e}"))
-                    .filter_map(|row| row.get::<String>(1).ok().flatten())
-                    .collect::<Vec<_>>()
-            }),
-            "catalog",
-        ),
+        None => (names(Table::FailoverStandbys), "catalog"),
     };
     let own = crate::hold::own_upstream_slot();
     TableIterator::new(names.into_iter().map(move |n| {

@@ -94,6 +94,17 @@ GRANT EXECUTE ON FUNCTION slot_failover.sync() TO slot_failover_admin;
     ]
 );
 
+/// A TimestampTz kept in shared memory as SQL, NULL for 0 (never set).
+fn timestamptz(ts: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    (ts != 0).then(|| {
+        // SAFETY: a TimestampTz is an int8 datum, passed by value.
+        unsafe {
+            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(ts), false)
+                .expect("timestamptz")
+        }
+    })
+}
+
 /// The worker's last round, one row per slot (used by the `status` view).
 // pgrx reads the column names from the signature's name!() items, so no type alias here.
 #[allow(clippy::type_complexity)]
@@ -111,16 +122,7 @@ fn worker_state() -> TableIterator<
 > {
     let (rows, _) = shared::rows();
     TableIterator::new(rows.into_iter().map(|r| {
-        let synced_at = (r.synced_at != 0).then(|| {
-            // SAFETY: a TimestampTz is an int8 datum, passed by value.
-            unsafe {
-                pgrx::datum::TimestampWithTimeZone::from_datum(
-                    pg_sys::Datum::from(r.synced_at),
-                    false,
-                )
-                .expect("timestamptz")
-            }
-        });
+        let synced_at = timestamptz(r.synced_at);
         let upstream = (r.upstream_confirmed_flush != 0).then(|| lsn(r.upstream_confirmed_flush));
         (
             r.name,
@@ -148,16 +150,12 @@ fn holds() -> TableIterator<
     ),
 > {
     TableIterator::new(crate::hold::held_rows().into_iter().map(|h| {
-        // SAFETY: a TimestampTz is an int8 datum, passed by value.
-        let since = unsafe {
-            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(h.since), false)
-        };
         (
             h.slot,
             h.pid,
             lsn(h.target),
             (h.confirmed != 0).then(|| lsn(h.confirmed)),
-            since,
+            timestamptz(h.since),
             h.by,
         )
     }))

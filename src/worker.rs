@@ -40,6 +40,7 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::hold;
+use crate::marks::{self, Table};
 use crate::readiness::State;
 use crate::shared::{self, SHARED};
 use crate::sync::{self, SlotReport};
@@ -93,19 +94,8 @@ fn publish_hold_config(warned_missing: &mut bool) {
         return;
     }
     *warned_missing = false;
-    let names = |sql: &str| -> Vec<String> {
-        Spi::connect(|client| {
-            client
-                .select(sql, None, &[])
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .filter_map(|row| row.get::<String>(1).ok().flatten())
-                .collect()
-        })
-    };
-    let marked =
-        names("SELECT slot_name::pg_catalog.text FROM slot_failover.marked_slots ORDER BY 1");
-    let standbys =
-        names("SELECT slot_name::pg_catalog.text FROM slot_failover.failover_standbys ORDER BY 1");
+    let marked = marks::names(Table::MarkedSlots);
+    let standbys = marks::names(Table::FailoverStandbys);
     if hold::publish_config(&marked, &standbys) {
         debug1!(
             "{WORKER_TYPE}: published {} marked slot(s) and {} failover standby slot(s)",

@@ -385,6 +385,17 @@ impl Cluster {
         self.safe_psql("postgres", "SELECT pg_catalog.pg_reload_conf()");
     }
 
+    /// Set parameter `name` to `value` in postgresql.conf, reload, and wait until a new session
+    /// shows it (`SHOW name` returns `value`).
+    pub fn set_and_reload(&self, name: &str, value: &str) {
+        self.append_conf(
+            "postgresql.conf",
+            &format!("{name} = {}", conf_quote(value)),
+        );
+        self.reload();
+        self.poll_query_until("postgres", &format!("SHOW {name}"), value);
+    }
+
     pub fn is_running(&self) -> bool {
         self.running
     }

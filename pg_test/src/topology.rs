@@ -53,3 +53,14 @@ pub fn subscriber_of(publisher: &Cluster, name: &str, publication: &str, ddl: &s
     subscriber.wait_for_subscription_sync(publisher, name);
     subscriber
 }
+
+/// Point subscription `name` of `subscriber` at `publisher` (after a failover).
+pub fn repoint(subscriber: &Cluster, name: &str, publisher: &Cluster) {
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "ALTER SUBSCRIPTION {name} CONNECTION '{}'",
+            publisher.connstr("postgres")
+        ),
+    );
+}

@@ -2,7 +2,7 @@
 //! the promoted standby with nothing lost and nothing repeated; a copy that never became ready
 //! is dropped, loudly, at promotion.
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
 
@@ -160,13 +160,7 @@ fn subscriber_and_decoder_continue_after_failover() {
         r#"replication slot "sub" was ready and is kept on this promoted server"#,
         offset,
     );
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-            standby.connstr("postgres")
-        ),
-    );
+    repoint(&subscriber, "sub", &standby);
     standby.safe_psql(
         "postgres",
         "INSERT INTO t SELECT g, 'after' FROM generate_series(151, 200) g",

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
 
@@ -254,12 +254,7 @@ fn a_stopped_failover_standby_holds_marked_slots_only() {
 #[test]
 fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
     let (primary, mut standbys) = primary_with_failover_standbys(2);
-    primary.append_conf(
-        "postgresql.conf",
-        "slot_failover.standbys_min_confirmed = 1",
-    );
-    primary.reload();
-    primary.poll_query_until("postgres", "SHOW slot_failover.standbys_min_confirmed", "1");
+    primary.set_and_reload("slot_failover.standbys_min_confirmed", "1");
     let subscriber = subscriber_with_two_subscriptions(&primary);
 
     standbys[0].stop(StopMode::Fast);
@@ -280,16 +275,7 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
 
     // The default (-1) needs all of them: with standby1 still down, nothing flows.
-    primary.append_conf(
-        "postgresql.conf",
-        "slot_failover.standbys_min_confirmed = -1",
-    );
-    primary.reload();
-    primary.poll_query_until(
-        "postgres",
-        "SHOW slot_failover.standbys_min_confirmed",
-        "-1",
-    );
+    primary.set_and_reload("slot_failover.standbys_min_confirmed", "-1");
     insert_one_by_one(&primary, 21, 30);
     subscriber.poll_query_until("free", "SELECT count(*) FROM t", "30");
     wait_until_held(&primary, "held", STANDBY_SLOT);
@@ -301,11 +287,7 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
 
     // slot_failover.standby_slot_names overrides the catalog: naming only standby2_slot
     // releases what standby1 held back.
-    primary.append_conf(
-        "postgresql.conf",
-        "slot_failover.standby_slot_names = 'standby2_slot'",
-    );
-    primary.reload();
+    primary.set_and_reload("slot_failover.standby_slot_names", "standby2_slot");
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "30");
     assert_eq!(
         primary.safe_psql(
@@ -314,8 +296,7 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
         ),
         "standby2_slot/slot_failover.standby_slot_names/streaming"
     );
-    primary.append_conf("postgresql.conf", "slot_failover.standby_slot_names = ''");
-    primary.reload();
+    primary.set_and_reload("slot_failover.standby_slot_names", "");
     primary.poll_query_until(
         "postgres",
         "SELECT count(*) FROM slot_failover.standbys",
@@ -334,9 +315,7 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
 fn lagging_standby_then_crash(hold: bool) -> (BTreeSet<i32>, BTreeSet<i32>) {
     let (mut primary, mut standbys) = primary_with_failover_standbys(1);
     if !hold {
-        primary.append_conf("postgresql.conf", "slot_failover.wait_for_standbys = off");
-        primary.reload();
-        primary.poll_query_until("postgres", "SHOW slot_failover.wait_for_standbys", "off");
+        primary.set_and_reload("slot_failover.wait_for_standbys", "off");
     }
     let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
@@ -375,13 +354,7 @@ fn lagging_standby_then_crash(hold: bool) -> (BTreeSet<i32>, BTreeSet<i32>) {
         "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub' AND NOT temporary",
         "1",
     );
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-            standby.connstr("postgres")
-        ),
-    );
+    repoint(&subscriber, "sub", standby);
     if !hold {
         return (ids(&subscriber, "postgres"), ids(standby, "postgres"));
     }
@@ -431,9 +404,7 @@ fn without_the_hold_the_same_crash_diverges() {
 #[test]
 fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
     let (mut primary, mut standbys) = primary_with_failover_standbys(1);
-    primary.append_conf("postgresql.conf", "wal_sender_timeout = 2s");
-    primary.reload();
-    primary.poll_query_until("postgres", "SHOW wal_sender_timeout", "2s");
+    primary.set_and_reload("wal_sender_timeout", "2s");
     let subscriber = subscriber_with_two_subscriptions(&primary);
     standbys[0].stop(StopMode::Fast);
     insert_one_by_one(&primary, 1, 5);
@@ -531,13 +502,7 @@ fn the_failover_standby_list_survives_a_failover() {
         ),
         "primary: failover standby slot standby1_slot is ignored here: it is this server's own primary_slot_name"
     );
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-            new_primary.connstr("postgres")
-        ),
-    );
+    repoint(&subscriber, "sub", &new_primary);
     let log_at = new_primary.log_position();
     insert_one_by_one(&new_primary, 11, 20);
     wait_until_held(&new_primary, "sub", SECOND_SLOT);

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use pg_test::topology::{PRELOAD, subscriber_of};
+use pg_test::topology::{PRELOAD, repoint, subscriber_of};
 use pg_test::{BackupOptions, Cluster, InitOptions, StopMode};
 
 fn step(text: &str) {
@@ -223,13 +223,7 @@ fn main() {
 
     step("the subscription is repointed: ALTER SUBSCRIPTION sub CONNECTION '<new primary>'");
     let resume = Instant::now();
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "ALTER SUBSCRIPTION sub CONNECTION '{}'",
-            standby.connstr("postgres")
-        ),
-    );
+    repoint(&subscriber, "sub", &standby);
     standby.safe_psql(
         "postgres",
         "INSERT INTO t (id) SELECT coalesce(max(id), 0) + 1 FROM t",
