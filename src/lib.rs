@@ -86,7 +86,7 @@ pub(crate) fn in_recovery() -> bool {
 }
 
 /// The version of the loaded library and the PostgreSQL major it was built for, e.g.
-/// `slot_failover 0.1.0 (PostgreSQL 17)`.
+/// `slot_failover 0.2.0 (PostgreSQL 17)`.
 #[pg_extern(stable, parallel_safe)]
 fn version() -> String {
     format!(

@@ -37,6 +37,11 @@ SELECT m.slot_name,
             WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
                 THEN 'not_synced'
             ELSE w.state END AS state,
+       -- The state column as a boolean for monitoring: NULL on a primary (no copy to judge).
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+                COALESCE(w.state OPERATOR(pg_catalog.=) 'ready' AND s.slot_name IS NOT NULL
+                         AND NOT s.temporary, false)
+       END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
                 CASE WHEN s.slot_name IS NULL THEN 'the marked slot does not exist on this server'
                      ELSE (SELECT pg_catalog.format('failover standby slot %I is ignored here: it is this server''s own primary_slot_name', n.slot_name)

@@ -1,5 +1,6 @@
 //! The nodes most tests start from: a primary with the extension, and standbys of it.
 
+use crate::wait::{self, Check};
 use crate::{BackupOptions, Cluster, InitOptions};
 
 /// The postgresql.conf line that loads the extension.
@@ -63,4 +64,37 @@ pub fn repoint(subscriber: &Cluster, name: &str, publisher: &Cluster) {
             publisher.connstr("postgres")
         ),
     );
+}
+
+/// Keep consuming `slots` on the primary (after a checkpoint, so that running-xacts records
+/// keep coming) until every copy is ready on the standby. A copy is ready only once its
+/// upstream slot has moved past what the standby can guarantee (WAL, catalog_xmin), which an
+/// idle consumer never does.
+pub fn consume_until_ready(primary: &Cluster, standby: &Cluster, slots: &[&str]) {
+    let consume: String = slots
+        .iter()
+        .map(|s| {
+            format!(
+                "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{s}', NULL, NULL);"
+            )
+        })
+        .collect();
+    let names = slots
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    wait::until(&format!("copies of {names} to be ready"), wait::default_timeout(), || {
+        primary.safe_psql("postgres", &format!("CHECKPOINT; {consume}"));
+        let ready = standby.safe_psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name IN ({names}) AND NOT temporary"),
+        );
+        if ready == slots.len().to_string() {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{ready} of {} ready", slots.len()))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -2,7 +2,9 @@
 //! the promoted standby with nothing lost and nothing repeated; a copy that never became ready
 //! is dropped, loudly, at promotion.
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, primary_with_extension, repoint, standby_of, subscriber_of,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
 
@@ -307,39 +309,6 @@ fn marked_decoding_slot(primary: &Cluster, slot: &str) {
         );
         let now = slot_lsn(primary, slot, "restart_lsn");
         if now > created { Check::Done(()) } else { Check::NotYet(now.to_string()) }
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Keep consuming `slots` on the primary (after a checkpoint, so that running-xacts records
-/// keep coming) until every copy is ready on the standby. A copy is ready only once its
-/// upstream slot has moved past what the standby can guarantee (WAL, catalog_xmin), which an
-/// idle consumer never does.
-fn consume_until_ready(primary: &Cluster, standby: &Cluster, slots: &[&str]) {
-    let consume: String = slots
-        .iter()
-        .map(|s| {
-            format!(
-                "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{s}', NULL, NULL);"
-            )
-        })
-        .collect();
-    let names = slots
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    wait::until(&format!("copies of {names} to be ready"), wait::default_timeout(), || {
-        primary.safe_psql("postgres", &format!("CHECKPOINT; {consume}"));
-        let ready = standby.safe_psql(
-            "postgres",
-            &format!("SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name IN ({names}) AND NOT temporary"),
-        );
-        if ready == slots.len().to_string() {
-            Check::Done(())
-        } else {
-            Check::NotYet(format!("{ready} of {} ready", slots.len()))
-        }
     })
     .unwrap_or_else(|e| panic!("{e}"));
 }
