@@ -44,6 +44,9 @@ pub struct InitOptions {
     pub allows_streaming: Streaming,
     /// Extra arguments to initdb.
     pub extra: Vec<String>,
+    /// Run this installation instead of the one named by the environment (a package
+    /// installed into a private copy, say).
+    pub install: Option<&'static PgInstall>,
 }
 
 impl InitOptions {
@@ -170,7 +173,7 @@ impl Cluster {
     /// A new, stopped cluster from initdb, configured for tests (fsync off, small, logging to
     /// `server.log`) and for `opts.allows_streaming`.
     pub fn init(name: &str, opts: InitOptions) -> Cluster {
-        let install = PgInstall::from_env();
+        let install = opts.install.unwrap_or_else(PgInstall::from_env);
         let (dir, base) = Cluster::new_dir(name);
         let cluster = Cluster {
             name: name.to_string(),
