@@ -1,10 +1,15 @@
 -- slot_failover 0.1.0 -> 0.2.0
 --
--- 0.2.0 adds the column "ready" (boolean) to the view slot_failover.status, right after
--- "state", so that monitoring reads readiness as a number instead of parsing text. A view's
--- columns can only be appended by CREATE OR REPLACE, so the view is dropped and re-created
--- with its comment and privileges. Nothing else changes: the marks in
--- slot_failover.marked_slots and the list in slot_failover.failover_standbys are untouched.
+-- 0.2.0 adds:
+-- * the column "ready" (boolean) to the view slot_failover.status, right after "state", so
+--   that monitoring reads readiness as a number instead of parsing text. A view's columns can
+--   only be appended by CREATE OR REPLACE, so the view is dropped and re-created with its
+--   comment and privileges;
+-- * the function slot_failover.wait_for_slot_change(), which standbys' workers call on their
+--   upstream to hear at once when a marked slot moves (a 0.2.0 standby of a 0.1.0 primary
+--   naps instead).
+-- Nothing else changes: the marks in slot_failover.marked_slots and the list in
+-- slot_failover.failover_standbys are untouched.
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.2.0'" to load this file. \quit
 
@@ -67,3 +72,14 @@ SELECT m.slot_name,
     ON w.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text;
 COMMENT ON VIEW slot_failover.status IS 'One row per marked slot: its mark, its slot and, on a standby, its copy';
 GRANT SELECT ON slot_failover.status TO slot_failover_admin, pg_monitor;
+
+CREATE FUNCTION slot_failover.wait_for_slot_change(
+	"seen" bigint, /* i64 */
+	"timeout_ms" INT /* i32 */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_for_slot_change_wrapper';
+REVOKE ALL ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer)
+    TO slot_failover_admin, pg_monitor;

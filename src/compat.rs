@@ -223,3 +223,38 @@ pub fn standby_wait_event() -> u32 {
         pg_sys::WaitEventIPC::WAIT_EVENT_SYNC_REP
     }
 }
+
+/// The wait event of `slot_failover.wait_for_slot_change()` on an upstream. 17+: a custom
+/// event named `SlotFailoverWaitForSlotChange`; 14-16 cannot name one, so it is the generic
+/// `Extension` event.
+pub fn slot_change_wait_event() -> u32 {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static EVENT: AtomicU32 = AtomicU32::new(0);
+        let mut event = EVENT.load(Ordering::Relaxed);
+        if event == 0 {
+            // SAFETY: as in standby_wait_event().
+            event =
+                unsafe { pg_sys::WaitEventExtensionNew(c"SlotFailoverWaitForSlotChange".as_ptr()) };
+            EVENT.store(event, Ordering::Relaxed);
+        }
+        event
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        pg_sys::PG_WAIT_EXTENSION
+    }
+}
+
+/// Stop sleeping on the condition variable prepared for. `ConditionVariableCancelSleep`
+/// returns void before 17 and whether we were signalled from 17 on; we need neither.
+pub fn cancel_condition_variable_sleep() {
+    // SAFETY: legal in any backend at any time; a no-op when no sleep was prepared.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+        pg_sys::ConditionVariableCancelSleep();
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        let _ = pg_sys::ConditionVariableCancelSleep();
+    }
+}

@@ -447,6 +447,11 @@ fn held_slot_candidate() -> Option<&'static CStr> {
     }
 }
 
+/// Whether `slot` is marked, or the marks are not known yet (then any slot may be).
+pub fn is_marked(slot: &[u8]) -> bool {
+    slot_is_held(slot)
+}
+
 /// Whether `slot` must be held at all: marked, or the marks are not known yet.
 fn slot_is_held(slot: &[u8]) -> bool {
     refresh_config(slot);
@@ -793,6 +798,8 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn wrapped_flush_if_writable() -> c_int {
+    // Called once per turn of the walsender's loop, after it read the client's replies.
+    crate::changes::note_own_slot();
     if holding() {
         try_release(true);
     }

@@ -16,10 +16,12 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+use crate::changes::{CHANGES, WAKEUP};
 use crate::hold::{GENERATION, HOLD};
 use crate::shared::SHARED;
 
 mod api_error;
+mod changes;
 mod compat;
 mod conninfo;
 mod copy;
@@ -73,6 +75,8 @@ pub extern "C-unwind" fn _PG_init() {
     pgrx::pg_shmem_init!(SHARED);
     pgrx::pg_shmem_init!(HOLD);
     pgrx::pg_shmem_init!(GENERATION);
+    pgrx::pg_shmem_init!(CHANGES);
+    pgrx::pg_shmem_init!(WAKEUP);
     log_redaction::install();
     hold::install();
     worker::register();

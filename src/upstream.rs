@@ -92,6 +92,9 @@ pub struct RemoteSlot {
 /// An open connection to the upstream's walsender. Closed when dropped.
 pub struct Upstream {
     conn: *mut pg_sys::WalReceiverConn,
+    /// The upstream has `slot_failover.wait_for_slot_change()` (0.2.0 and later), as of the
+    /// last [`check`](Upstream::check).
+    can_wait: std::cell::Cell<bool>,
 }
 
 impl Drop for Upstream {
@@ -166,7 +169,11 @@ impl Upstream {
             pg_sys::MemoryContextSwitchTo(old);
             conn
         };
-        conn.map(|conn| Upstream { conn }).map_err(Problem::Connect)
+        conn.map(|conn| Upstream {
+            conn,
+            can_wait: std::cell::Cell::new(false),
+        })
+        .map_err(Problem::Connect)
     }
 
     /// Run `sql`, which returns `ncols` columns, and return every row as text.
@@ -227,10 +234,14 @@ impl Upstream {
                       WHERE s.slot_name OPERATOR(pg_catalog.=) {slot}),
                     (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension AS e
                       WHERE e.extname OPERATOR(pg_catalog.=) 'slot_failover'),
-                    pg_catalog.current_database()",
+                    pg_catalog.current_database(),
+                    (EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+                               JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+                              WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
+                                AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text",
             slot = quote_literal(primary_slot)
         );
-        let rows = self.query(&sql, 4)?;
+        let rows = self.query(&sql, 5)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("no row returned".into()))?;
@@ -248,7 +259,27 @@ impl Upstream {
                 row[3].clone().unwrap_or_default(),
             ));
         }
+        self.can_wait.set(row[4].as_deref() == Some("true"));
         Ok(())
+    }
+
+    /// Whether the upstream can tell us when a marked slot moves (see `changes.rs`).
+    pub fn can_wait(&self) -> bool {
+        self.can_wait.get()
+    }
+
+    /// Wait on the upstream until a marked slot moves or `timeout` passes; returns the
+    /// upstream's change counter, to pass as `seen` next time (-1 the first time).
+    pub fn wait_for_change(&self, seen: i64, timeout: std::time::Duration) -> Result<i64, Problem> {
+        let sql = format!(
+            "SELECT slot_failover.wait_for_slot_change({seen}, {})::pg_catalog.text",
+            timeout.as_millis().min(60_000)
+        );
+        let rows = self.query(&sql, 1)?;
+        rows.first()
+            .and_then(|r| r[0].as_deref())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no value".into()))
     }
 
     /// Every marked slot, with the upstream's view of it.

@@ -124,6 +124,10 @@ fn role_name(standby: bool) -> &'static str {
     if standby { "a standby" } else { "a primary" }
 }
 
+/// Longest single wait on the upstream: the worker looks at signals and sync() requests
+/// between two waits.
+const REMOTE_WAIT_SLICE: Duration = Duration::from_millis(500);
+
 /// Longest pause between attempts while something is wrong (doubling from naptime).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -139,6 +143,8 @@ struct SyncState {
     /// Each slot's state after the last round, so that changes are logged once.
     slot_states: HashMap<String, State>,
     backoff: Duration,
+    /// The upstream's change counter as of the last wait (-1: not waited yet).
+    change_seen: i64,
 }
 
 impl SyncState {
@@ -150,6 +156,33 @@ impl SyncState {
             marked: None,
             slot_states: HashMap::new(),
             backoff: gucs::naptime(),
+            change_seen: -1,
+        }
+    }
+
+    /// Between rounds, wait on the upstream until one of its marked slots moves (at most
+    /// `timeout`), instead of napping here: Some(whether something moved). None when that is
+    /// not possible (no connection, an upstream without `wait_for_slot_change()`, a problem
+    /// being retried) or failed; the caller then naps on its latch. See `changes.rs`.
+    fn wait_upstream(&mut self, timeout: Duration) -> Option<bool> {
+        if self.problem.is_some() {
+            return None;
+        }
+        let up = self.upstream.as_ref().filter(|up| up.can_wait())?;
+        let seen = self.change_seen;
+        // No snapshot: the wait reads nothing here, and a snapshot held across it would hold
+        // back this standby's xmin (and, through feedback, vacuum on the primary).
+        match in_transaction_without_snapshot(|| up.wait_for_change(seen, timeout)) {
+            Ok(value) => {
+                let moved = value != seen;
+                self.change_seen = value;
+                Some(moved)
+            }
+            Err(problem) => {
+                debug1!("{WORKER_TYPE}: waiting on the upstream failed ({problem}); reconnecting");
+                self.upstream = None;
+                None
+            }
         }
     }
 
@@ -304,6 +337,17 @@ unsafe extern "C-unwind" fn forget_worker(_code: i32, _arg: pg_sys::Datum) {
     shared.worker_syncing = false;
 }
 
+/// Run `f` in a transaction of its own, without a snapshot (for remote calls that read
+/// nothing locally but type information).
+fn in_transaction_without_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: as in in_transaction(); catalog look-ups take their own catalog snapshot.
+    unsafe { pg_sys::StartTransactionCommand() };
+    let result = f();
+    // SAFETY: commits the transaction started here.
+    unsafe { pg_sys::CommitTransactionCommand() };
+    result
+}
+
 /// Run `f` in a transaction of its own.
 fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: called from the worker's main loop, outside any transaction; an ERROR inside
@@ -343,6 +387,9 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     // The logical senders wait until the marks are known: publish them before anything else.
     in_transaction(|| publish_hold_config(&mut warned_missing));
 
+    let mut published_at = std::time::Instant::now();
+    let mut last_round = std::time::Instant::now();
+    let mut first = true;
     loop {
         let syncing = standby && gucs::enabled();
         let timeout = if syncing {
@@ -350,17 +397,49 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         } else {
             gucs::naptime()
         };
-        // SAFETY: MyLatch is this process's own latch, set up before a background worker's
-        // main function is called; WaitLatch may be called from the main loop of any process.
-        let events = unsafe {
-            let events = pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
-                timeout.as_millis() as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-            events
+        // A healthy standby waits on its upstream, which answers as soon as a marked slot
+        // moves: a round then follows at once. The remote wait is cut into slices of at most
+        // REMOTE_WAIT_SLICE, because signals and sync() requests are only seen between two
+        // remote calls; a slice that ends with nothing moved runs a round only once the
+        // naptime is up. Otherwise (a problem, an upstream that cannot wait, or a round asked
+        // for) it naps on its latch, which a request or signal interrupts.
+        let requested = syncing && {
+            let shared = SHARED.share();
+            shared.rounds_requested != shared.rounds_done
+        };
+        let mut round_due = true;
+        let waited = if first {
+            // The first round runs at once, not a naptime after the start.
+            first = false;
+            true
+        } else if syncing && !requested {
+            let left = timeout.saturating_sub(last_round.elapsed());
+            match state.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
+                Some(moved) => {
+                    round_due = moved || last_round.elapsed() >= timeout;
+                    true
+                }
+                None => false,
+            }
+        } else {
+            requested
+        };
+        let events = if waited {
+            0
+        } else {
+            // SAFETY: MyLatch is this process's own latch, set up before a background worker's
+            // main function is called; WaitLatch may be called from the main loop of any process.
+            unsafe {
+                let events = pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH)
+                        as i32,
+                    timeout.as_millis() as std::ffi::c_long,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+                events
+            }
         };
         if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
             log!("{WORKER_TYPE} exiting: the postmaster died");
@@ -402,21 +481,33 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             in_transaction(promote);
         }
         standby = now_standby;
-        in_transaction(|| publish_hold_config(&mut warned_missing));
+        // Rounds can follow each other quickly on a standby (one per move of a marked slot
+        // upstream); the marks and standby list it publishes only change through replay, so
+        // once per naptime is enough there. A primary publishes on every wake-up (commits of
+        // enable() and friends wake it).
+        if !standby || published_at.elapsed() >= gucs::naptime() {
+            in_transaction(|| publish_hold_config(&mut warned_missing));
+            published_at = std::time::Instant::now();
+        }
 
         let syncing = standby && gucs::enabled();
         let requested = {
             let mut shared = SHARED.exclusive();
             shared.worker_syncing = syncing;
+            // A sync() that asked while we waited upstream gets its round now.
+            round_due |= shared.rounds_requested != shared.rounds_done;
             shared.rounds_requested
         };
         if syncing {
-            let outcome = in_transaction(|| state.round());
-            match &outcome {
-                Ok(reports) => shared::publish(reports, None),
-                Err(problem) => shared::publish(&[], Some(&problem.to_string())),
+            if round_due {
+                last_round = std::time::Instant::now();
+                let outcome = in_transaction(|| state.round());
+                match &outcome {
+                    Ok(reports) => shared::publish(reports, None),
+                    Err(problem) => shared::publish(&[], Some(&problem.to_string())),
+                }
+                state.report(outcome);
             }
-            state.report(outcome);
         } else if state.upstream.is_some()
             || state.problem.is_some()
             || !state.slot_states.is_empty()

@@ -1,0 +1,180 @@
+//! Waking a standby's worker as soon as a marked slot moves on its upstream.
+//!
+//! PostgreSQL does not WAL-log a logical slot's progress, so a standby cannot see it coming in
+//! the WAL it replays; asking the upstream every `slot_failover.naptime` makes a copy trail its
+//! slot by up to that long. So the upstream tells:
+//!
+//! * **Who notices.** Every database walsender runs our `pq_flush_if_writable()` wrapper (see
+//!   `hold.rs`) once per turn of its loop, right after it has read the client's replies, which
+//!   is where a consumer's confirmation moves the slot. There [`note_own_slot`] compares the
+//!   acquired slot's `confirmed_flush`, `restart_lsn` and `catalog_xmin` with what it saw last
+//!   time; when a **marked** slot moved it bumps [`CHANGES`] and broadcasts the condition
+//!   variable in [`WAKEUP`].
+//! * **Who waits.** A standby's worker, between two rounds, runs
+//!   `slot_failover.wait_for_slot_change(seen, timeout_ms)` on its upstream connection. It
+//!   returns the counter at once when it differs from `seen`, else as soon as it changes, else
+//!   after `timeout_ms`. The worker then runs a round (one query for every marked slot).
+//!
+//! ## Invariants
+//!
+//! * No lost wake-up: the worker passes the value the previous wait returned, so a change that
+//!   happens while it runs a round makes the next wait return at once. Bumping the counter
+//!   before broadcasting, and checking it after preparing to sleep, closes the race between a
+//!   waiter's check and its sleep (PostgreSQL's condition-variable protocol).
+//! * A wait never outlasts its timeout (at most a minute; the worker asks for
+//!   `slot_failover.naptime`), so the worker still runs a round at least every naptime: for its
+//!   own standby's WAL progress, for `sync()` requests and for signals, which it can only look
+//!   at between two remote calls.
+//! * Slots moved by SQL functions (`pg_replication_slot_advance()`,
+//!   `pg_logical_slot_get_changes()`) pass through no walsender and are not signalled; their
+//!   copies follow within a naptime, as without this module.
+//! * Only the process that has acquired a logical slot changes its `confirmed_flush`,
+//!   `restart_lsn` and `catalog_xmin` (`LogicalConfirmReceivedLocation()`; invalidation
+//!   terminates the owner first), so the owner reads them without the slot's spinlock.
+//! * The hot path costs a few loads per walsender loop turn; the shared counter and the
+//!   condition variable are touched only when a marked slot moved.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pgrx::atomics::PgAtomic;
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+use crate::compat;
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer)
+    TO slot_failover_admin, pg_monitor;
+"#,
+    name = "wait_for_slot_change_privileges",
+    requires = ["catalog", wait_for_slot_change]
+);
+
+/// Bumped each time a walsender sees its marked slot move.
+// SAFETY: the name is unique to this extension; created by pg_shmem_init!.
+pub static CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"slot_failover_slot_changes") };
+
+/// The condition variable waiters sleep on.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct Wakeup {
+    cv: pg_sys::ConditionVariable,
+}
+
+// SAFETY: a ConditionVariable is a spinlock and a list of process numbers: no pointers, so it
+// stays valid when moved into shared memory and when seen from any process.
+unsafe impl PGRXSharedMemory for Wakeup {}
+
+impl Default for Wakeup {
+    fn default() -> Self {
+        let mut w = Wakeup {
+            cv: pg_sys::ConditionVariable::default(),
+        };
+        // SAFETY: initializes a plain struct in place (spinlock unlocked, empty list); called
+        // in the postmaster while shared memory is set up, before any process uses it.
+        unsafe { pg_sys::ConditionVariableInit(&mut w.cv) };
+        w
+    }
+}
+
+// SAFETY: the name is unique to this extension; created by pg_shmem_init!. The lock itself is
+// never used to sleep: only to find the condition variable's address once per process.
+pub static WAKEUP: PgLwLock<Wakeup> = unsafe { PgLwLock::new(c"slot_failover_wakeup") };
+
+/// The condition variable in shared memory.
+fn condition_variable() -> *mut pg_sys::ConditionVariable {
+    let mut guard = WAKEUP.exclusive();
+    // The address stays valid after the guard is gone: shared memory is mapped at the same
+    // place for the life of the process, and the condition variable has its own spinlock.
+    &raw mut guard.cv
+}
+
+thread_local! {
+    /// (confirmed_flush, restart_lsn, catalog_xmin) of the acquired slot at the last look.
+    static LAST_SEEN: Cell<(u64, u64, u32)> = const { Cell::new((0, 0, 0)) };
+}
+
+/// In a walsender, once per turn of its loop: signal waiters when this process's marked
+/// logical slot moved since the last look.
+pub fn note_own_slot() {
+    // SAFETY: MyReplicationSlot is this process's acquired slot (or NULL). The fields read are
+    // only written by this process while it holds the slot (see the module's invariants), and
+    // the name does not change while it is acquired.
+    let (position, name) = unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if slot.is_null() || (*slot).data.database == pg_sys::InvalidOid {
+            return;
+        }
+        let d = &(*slot).data;
+        (
+            (
+                d.confirmed_flush,
+                d.restart_lsn,
+                d.catalog_xmin.into_inner(),
+            ),
+            std::ffi::CStr::from_ptr(d.name.data.as_ptr()),
+        )
+    };
+    if LAST_SEEN.with(|l| l.replace(position)) == position {
+        return;
+    }
+    if !crate::hold::is_marked(name.to_bytes()) {
+        return;
+    }
+    CHANGES.get().fetch_add(1, Ordering::AcqRel);
+    // SAFETY: the condition variable lives in shared memory for the life of the server;
+    // broadcasting takes its spinlock and sets the waiters' latches.
+    unsafe { pg_sys::ConditionVariableBroadcast(condition_variable()) };
+}
+
+/// Upper bound of one wait, in milliseconds.
+const MAX_WAIT_MS: i32 = 60_000;
+
+/// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes;
+/// returns the change counter. Returns at once when the counter is not `seen` (pass -1 the
+/// first time). Used by standbys' workers between rounds.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait_for_slot_change(seen: i64, timeout_ms: i32) -> i64 {
+    if !(0..=MAX_WAIT_MS).contains(&timeout_ms) {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("timeout_ms must be between 0 and {MAX_WAIT_MS}, not {timeout_ms}"),
+            "slot_failover",
+        )
+        .report(PgLogLevel::ERROR);
+    }
+    let counter = || CHANGES.get().load(Ordering::Acquire) as i64;
+    if counter() != seen {
+        return counter();
+    }
+    let cv = condition_variable();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
+    // SAFETY: prepare, sleep and cancel on a condition variable in shared memory, in this
+    // backend, as PostgreSQL's own waiters do; TimedSleep checks for interrupts, so a
+    // cancelled query or a terminated backend stops waiting (the sleep is then cancelled by
+    // the abort's cleanup, ConditionVariableCancelSleep in AbortTransaction).
+    unsafe { pg_sys::ConditionVariablePrepareToSleep(cv) };
+    let event = compat::slot_change_wait_event();
+    let value = loop {
+        let value = counter();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if value != seen || left.is_zero() {
+            break value;
+        }
+        // SAFETY: as above.
+        unsafe {
+            pg_sys::ConditionVariableTimedSleep(
+                cv,
+                left.as_millis().max(1) as std::ffi::c_long,
+                event,
+            )
+        };
+    };
+    compat::cancel_condition_variable_sleep();
+    value
+}
