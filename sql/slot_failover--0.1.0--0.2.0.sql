@@ -7,7 +7,9 @@
 --   comment and privileges;
 -- * the function slot_failover.wait_for_slot_change(), which standbys' workers call on their
 --   upstream to hear at once when a marked slot moves (a 0.2.0 standby of a 0.1.0 primary
---   naps instead).
+--   naps instead);
+-- * the function slot_failover.worker_rounds(): how many rounds the worker ran, how many a
+--   wake-up started, and how long they took.
 -- Nothing else changes: the marks in slot_failover.marked_slots and the list in
 -- slot_failover.failover_standbys are untouched.
 
@@ -83,3 +85,13 @@ AS 'MODULE_PATHNAME', 'wait_for_slot_change_wrapper';
 REVOKE ALL ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer)
     TO slot_failover_admin, pg_monitor;
+
+CREATE FUNCTION slot_failover.worker_rounds() RETURNS TABLE (
+	"rounds" bigint,  /* i64 */
+	"woken_rounds" bigint,  /* i64 */
+	"last_round_ms" double precision,  /* f64 */
+	"max_round_ms" double precision  /* f64 */
+)
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'worker_rounds_wrapper';

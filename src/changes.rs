@@ -9,7 +9,8 @@
 //!   is where a consumer's confirmation moves the slot. There [`note_own_slot`] compares the
 //!   acquired slot's `confirmed_flush`, `restart_lsn` and `catalog_xmin` with what it saw last
 //!   time; when a **marked** slot moved it bumps [`CHANGES`] and broadcasts the condition
-//!   variable in [`WAKEUP`].
+//!   variable in [`WAKEUP`]. The commit of `enable()`, `disable()` and their standby
+//!   counterparts does the same, so a new mark reaches the standbys at once too.
 //! * **Who waits.** A standby's worker, between two rounds, runs
 //!   `slot_failover.wait_for_slot_change(seen, timeout_ms)` on its upstream connection. It
 //!   returns the counter at once when it differs from `seen`, else as soon as it changes, else
@@ -26,8 +27,8 @@
 //!   own standby's WAL progress, for `sync()` requests and for signals, which it can only look
 //!   at between two remote calls.
 //! * Slots moved by SQL functions (`pg_replication_slot_advance()`,
-//!   `pg_logical_slot_get_changes()`) pass through no walsender and are not signalled; their
-//!   copies follow within a naptime, as without this module.
+//!   `pg_logical_slot_get_changes()`) pass through no walsender and are not signalled, nor are
+//!   drops and invalidations; those reach the copies within a naptime, as without this module.
 //! * Only the process that has acquired a logical slot changes its `confirmed_flush`,
 //!   `restart_lsn` and `catalog_xmin` (`LogicalConfirmReceivedLocation()`; invalidation
 //!   terminates the owner first), so the owner reads them without the slot's spinlock.
@@ -126,6 +127,12 @@ pub fn note_own_slot() {
     if !crate::hold::is_marked(name.to_bytes()) {
         return;
     }
+    signal();
+}
+
+/// Wake every waiter: a marked slot moved, or the marks changed (at the commit of
+/// `enable()` or `disable()`).
+pub fn signal() {
     CHANGES.get().fetch_add(1, Ordering::AcqRel);
     // SAFETY: the condition variable lives in shared memory for the life of the server;
     // broadcasting takes its spinlock and sets the waiters' latches.

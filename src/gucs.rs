@@ -6,7 +6,7 @@
 //! | `slot_failover.enabled` | bool, on | the standby worker synchronizes slots; off: it idles |
 //! | `slot_failover.upstream_conninfo` | string, empty | where the worker reads marked slots; empty: `primary_conninfo`. Superuser only, never logged |
 //! | `slot_failover.database` | string, `postgres` | database the extension is installed in; the worker connects to it locally, and adds it as `dbname` to a conninfo that has none |
-//! | `slot_failover.naptime` | int ms, 200 | pause between synchronization rounds |
+//! | `slot_failover.naptime` | int ms, 1000 | longest pause between synchronization rounds (a move of a marked slot upstream starts one at once) |
 //! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
@@ -28,7 +28,10 @@ pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
-pub const DEFAULT_NAPTIME_MS: i32 = 200;
+/// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
+/// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
+/// and sets the idle cost: two small queries per naptime on the upstream.
+pub const DEFAULT_NAPTIME_MS: i32 = 1000;
 
 /// Define the GUCs. Called from `_PG_init` while shared_preload_libraries are loaded.
 pub fn define() {
@@ -58,8 +61,8 @@ pub fn define() {
     );
     GucRegistry::define_int_guc(
         c"slot_failover.naptime",
-        c"Time the slot_failover worker waits between synchronization rounds.",
-        c"",
+        c"Longest time the slot_failover worker waits between synchronization rounds.",
+        c"A marked slot moved by a walsender on the upstream starts a round at once.",
         &NAPTIME_MS,
         10,
         3_600_000,

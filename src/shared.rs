@@ -39,6 +39,12 @@ pub struct Shared {
     pub worker_latch: usize,
     /// The worker is synchronizing (a standby, slot_failover.enabled on).
     pub worker_syncing: bool,
+    /// Rounds since the server started; those started by a wake-up from the upstream; the
+    /// last and the longest round's duration in microseconds.
+    pub rounds: u64,
+    pub woken_rounds: u64,
+    pub last_round_us: u64,
+    pub max_round_us: u64,
     /// Why the last round failed, if it did.
     problem: [u8; TEXT_LEN],
     count: u32,

@@ -110,6 +110,28 @@ fn timestamptz(ts: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
     })
 }
 
+/// The standby worker's rounds since the server started: how many, how many were started by
+/// a wake-up from the upstream (a marked slot moved there), and the last and longest round's
+/// duration.
+#[pg_extern(volatile)]
+fn worker_rounds() -> TableIterator<
+    'static,
+    (
+        name!(rounds, i64),
+        name!(woken_rounds, i64),
+        name!(last_round_ms, f64),
+        name!(max_round_ms, f64),
+    ),
+> {
+    let s = SHARED.share();
+    TableIterator::once((
+        s.rounds as i64,
+        s.woken_rounds as i64,
+        s.last_round_us as f64 / 1000.0,
+        s.max_round_us as f64 / 1000.0,
+    ))
+}
+
 /// The worker's last round, one row per slot (used by the `status` view).
 // pgrx reads the column names from the signature's name!() items, so no type alias here.
 #[allow(clippy::type_complexity)]
@@ -257,7 +279,7 @@ fn worker_round() -> Result<(), String> {
 fn own_round() -> Result<Vec<SlotReport>, upstream::Problem> {
     let prerequisites = upstream::local_prerequisites()?;
     let up = Upstream::connect(&prerequisites.conninfo)?;
-    sync::round(&up, &prerequisites.primary_slot)
+    sync::round(&up, &prerequisites.primary_slot, true)
 }
 
 /// One synchronization round now; one row per marked slot (and per copy dropped).

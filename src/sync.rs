@@ -160,11 +160,13 @@ fn handle_slot(
     report("created", State::WaitingForUpstream, "created".into())
 }
 
-/// One round against an open upstream connection: check the upstream (wal_level, our
-/// physical slot `primary_slot`, the extension), then every marked slot. Local slots are read
-/// once per round. Must run in a transaction.
-pub fn round(up: &Upstream, primary_slot: &str) -> Result<Vec<SlotReport>, Problem> {
-    up.check(primary_slot)?;
+/// One round against an open upstream connection: with `check`, check the upstream first
+/// (wal_level, our physical slot `primary_slot`, the extension), then every marked slot. Local
+/// slots are read once per round. Must run in a transaction.
+pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotReport>, Problem> {
+    if check {
+        up.check(primary_slot)?;
+    }
     let remote = up.marked_slots()?;
     let standby_flush = copy::standby_flush();
     let mut locals = copy::local_slots();

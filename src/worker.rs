@@ -53,9 +53,12 @@ pub const WORKER_TYPE: &str = "slot_failover worker";
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
 /// Wake the worker when the current transaction commits (a mark or a failover standby
-/// changed: the worker publishes them to the logical senders at once).
+/// changed: the worker publishes them to the logical senders at once), and the standbys'
+/// workers waiting on this server (they synchronize the new marks at once).
 pub fn wake_at_commit() {
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        // The standbys' workers waiting on this server hear of it too.
+        crate::changes::signal();
         let latch = SHARED.share().worker_latch;
         if latch != 0 {
             // SAFETY: worker_latch points at the worker's PGPROC latch in shared memory;
@@ -145,6 +148,8 @@ struct SyncState {
     backoff: Duration,
     /// The upstream's change counter as of the last wait (-1: not waited yet).
     change_seen: i64,
+    /// When the upstream's prerequisites were last checked.
+    checked_at: Option<std::time::Instant>,
 }
 
 impl SyncState {
@@ -157,6 +162,7 @@ impl SyncState {
             slot_states: HashMap::new(),
             backoff: gucs::naptime(),
             change_seen: -1,
+            checked_at: None,
         }
     }
 
@@ -208,7 +214,16 @@ impl SyncState {
             self.conninfo = conninfo;
         }
         let up = self.upstream.as_ref().expect("connected above");
-        match sync::round(up, &primary_slot) {
+        // The upstream's prerequisites are looked at on a new connection and then at most once
+        // per naptime: a round started by a wake-up has just heard from the upstream.
+        let check = fresh
+            || self
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= gucs::naptime());
+        if check {
+            self.checked_at = Some(std::time::Instant::now());
+        }
+        match sync::round(up, &primary_slot, check) {
             Err(Problem::Query(_)) if !fresh => {
                 self.upstream = None;
                 self.round()
@@ -408,6 +423,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             shared.rounds_requested != shared.rounds_done
         };
         let mut round_due = true;
+        let mut woken = false;
         let waited = if first {
             // The first round runs at once, not a naptime after the start.
             first = false;
@@ -416,6 +432,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             let left = timeout.saturating_sub(last_round.elapsed());
             match state.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
                 Some(moved) => {
+                    woken = moved;
                     round_due = moved || last_round.elapsed() >= timeout;
                     true
                 }
@@ -502,6 +519,14 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             if round_due {
                 last_round = std::time::Instant::now();
                 let outcome = in_transaction(|| state.round());
+                let took = last_round.elapsed().as_micros() as u64;
+                {
+                    let mut shared = SHARED.exclusive();
+                    shared.rounds += 1;
+                    shared.woken_rounds += u64::from(woken);
+                    shared.last_round_us = took;
+                    shared.max_round_us = shared.max_round_us.max(took);
+                }
                 match &outcome {
                     Ok(reports) => shared::publish(reports, None),
                     Err(problem) => shared::publish(&[], Some(&problem.to_string())),

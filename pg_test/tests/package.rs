@@ -168,6 +168,8 @@ fn packages_install_a_working_extension() {
         "install.sh".to_string(),
         "README".to_string(),
         "lib/slot_failover.so".to_string(),
+        "docs/operations.md".to_string(),
+        "monitoring/postgres_exporter.yaml".to_string(),
         "extension/slot_failover.control".to_string(),
         format!("extension/slot_failover--{version}.sql"),
         format!("extension/slot_failover--0.1.0--{version}.sql"),
@@ -226,6 +228,7 @@ fn packages_install_a_working_extension() {
             "./usr/lib/postgresql/15/lib/slot_failover.so".to_string(),
             "./usr/share/postgresql/15/extension/slot_failover.control".to_string(),
             format!("./usr/share/postgresql/15/extension/slot_failover--{version}.sql"),
+            "./usr/share/doc/postgresql-15-slot-failover/docs/reference.md".to_string(),
         ] {
             assert!(files.contains(&file), "{file} missing:\n{files}");
         }

@@ -23,6 +23,7 @@ struct Args {
     txns: i64,
     bulk: i64,
     rounds: usize,
+    json: Option<String>,
 }
 
 fn args() -> Args {
@@ -30,6 +31,7 @@ fn args() -> Args {
         txns: 20_000,
         bulk: 50,
         rounds: 3,
+        json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,8 +44,11 @@ fn args() -> Args {
             "--txns" => a.txns = value(&mut it),
             "--bulk" => a.bulk = value(&mut it),
             "--rounds" => a.rounds = value(&mut it) as usize,
+            "--json" => a.json = Some(it.next().expect("--json needs a file name")),
             other => {
-                eprintln!("bench: unknown argument {other:?} (--txns N, --bulk N, --rounds N)");
+                eprintln!(
+                    "bench: unknown argument {other:?} (--txns N, --bulk N, --rounds N, --json FILE)"
+                );
                 std::process::exit(2);
             }
         }
@@ -231,6 +236,7 @@ fn main() {
         }
     }
     println!("\nsummary (median rows/s over {} rounds)", args.rounds);
+    let mut summary = Vec::new();
     for scenario in ["catch-up", "live"] {
         let rate = |on: bool| {
             median(
@@ -246,5 +252,23 @@ fn main() {
             "{scenario:<9} hold off {off:>9.0}  hold on {on:>9.0}  ratio on/off {:.3}",
             on / off
         );
+        summary.push(serde_json::json!({
+            "scenario": scenario,
+            "hold_off_rows_per_s": off,
+            "hold_on_rows_per_s": on,
+            "ratio_on_over_off": on / off,
+        }));
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "postgresql": install.version,
+            "txns": args.txns,
+            "bulk": args.bulk,
+            "rounds": args.rounds,
+            "medians": summary,
+            "target_ratio_at_least": 0.9,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
+        println!("JSON written to {path}");
     }
 }

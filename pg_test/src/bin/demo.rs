@@ -220,6 +220,13 @@ fn main() {
         "SELECT slot_name || ' (' || plugin || '), confirmed_flush_lsn ' || confirmed_flush_lsn
            FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
     ));
+    let at_promotion = fingerprint(&standby);
+    say(&format!(
+        "the promoted standby has {} rows, {} more than the subscriber had when the primary died \
+         (a subscriber may trail the standby, never lead it); they reach it after the repoint",
+        at_promotion.0,
+        at_promotion.0 - before.0
+    ));
 
     step("the subscription is repointed: ALTER SUBSCRIPTION sub CONNECTION '<new primary>'");
     let resume = Instant::now();
@@ -229,6 +236,10 @@ fn main() {
         "INSERT INTO t (id) SELECT coalesce(max(id), 0) + 1 FROM t",
     );
     let first_new = standby.safe_psql("postgres", "SELECT max(id) FROM t");
+    say(&format!(
+        "1 new row written on the new primary (id {first_new}), so the report below counts {} rows",
+        at_promotion.0 + 1
+    ));
     subscriber.poll_query_until(
         "postgres",
         &format!("SELECT count(*) FROM t WHERE id = {first_new}"),
