@@ -78,7 +78,10 @@ GRANT SELECT ON slot_failover.status TO slot_failover_admin, pg_monitor;
 CREATE FUNCTION slot_failover.wait_for_slot_change(
 	"seen" bigint, /* i64 */
 	"timeout_ms" INT /* i32 */
-) RETURNS bigint /* i64 */
+) RETURNS TABLE (
+	"counter" bigint,  /* i64 */
+	"moved" TEXT[]  /* :: std :: option :: Option < Vec < String > > */
+)
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'wait_for_slot_change_wrapper';

@@ -14,7 +14,9 @@
 //! * **Who waits.** A standby's worker, between two rounds, runs
 //!   `slot_failover.wait_for_slot_change(seen, timeout_ms)` on its upstream connection. It
 //!   returns the counter at once when it differs from `seen`, else as soon as it changes, else
-//!   after `timeout_ms`. The worker then runs a round (one query for every marked slot).
+//!   after `timeout_ms`, together with the names of the slots behind the bumps since `seen`
+//!   (the last 128 are remembered). The worker then runs a round over just those slots; a
+//!   change of the marks, or more moves than remembered, gets a full round.
 //!
 //! ## Invariants
 //!
@@ -60,11 +62,19 @@ GRANT EXECUTE ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer)
 // SAFETY: the name is unique to this extension; created by pg_shmem_init!.
 pub static CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"slot_failover_slot_changes") };
 
-/// The condition variable waiters sleep on.
+/// How many recent moves are remembered by name.
+const RECENT: usize = 128;
+const NAME_LEN: usize = 64;
+
+/// The condition variable waiters sleep on, and the names of the slots behind the last
+/// [`RECENT`] bumps of [`CHANGES`] (entry `n % RECENT` is bump `n`; an empty name means "the
+/// marks changed": anything may have).
 #[derive(Copy, Clone)]
 #[repr(C)]
 pub struct Wakeup {
     cv: pg_sys::ConditionVariable,
+    bump: [u64; RECENT],
+    name: [[u8; NAME_LEN]; RECENT],
 }
 
 // SAFETY: a ConditionVariable is a spinlock and a list of process numbers: no pointers, so it
@@ -75,6 +85,8 @@ impl Default for Wakeup {
     fn default() -> Self {
         let mut w = Wakeup {
             cv: pg_sys::ConditionVariable::default(),
+            bump: [0; RECENT],
+            name: [[0; NAME_LEN]; RECENT],
         };
         // SAFETY: initializes a plain struct in place (spinlock unlocked, empty list); called
         // in the postmaster while shared memory is set up, before any process uses it.
@@ -83,8 +95,8 @@ impl Default for Wakeup {
     }
 }
 
-// SAFETY: the name is unique to this extension; created by pg_shmem_init!. The lock itself is
-// never used to sleep: only to find the condition variable's address once per process.
+// SAFETY: the name is unique to this extension; created by pg_shmem_init!. The lock guards
+// the recent names (and [`CHANGES`] is bumped under it); nobody sleeps holding it.
 pub static WAKEUP: PgLwLock<Wakeup> = unsafe { PgLwLock::new(c"slot_failover_wakeup") };
 
 /// The condition variable in shared memory.
@@ -127,26 +139,75 @@ pub fn note_own_slot() {
     if !crate::hold::is_marked(name.to_bytes()) {
         return;
     }
-    signal();
+    bump(name.to_bytes());
 }
 
-/// Wake every waiter: a marked slot moved, or the marks changed (at the commit of
-/// `enable()` or `disable()`).
+/// Wake every waiter because the marks changed (at the commit of `enable()`, `disable()`
+/// and their standby counterparts): anything may have.
 pub fn signal() {
-    CHANGES.get().fetch_add(1, Ordering::AcqRel);
+    bump(b"");
+}
+
+/// Count a change (of slot `name`; empty: of anything) and wake every waiter.
+fn bump(name: &[u8]) {
+    {
+        let mut w = WAKEUP.exclusive();
+        let n = CHANGES.get().fetch_add(1, Ordering::AcqRel) + 1;
+        let i = (n % RECENT as u64) as usize;
+        w.bump[i] = n;
+        w.name[i] = [0; NAME_LEN];
+        let len = name.len().min(NAME_LEN - 1);
+        w.name[i][..len].copy_from_slice(&name[..len]);
+    }
     // SAFETY: the condition variable lives in shared memory for the life of the server;
     // broadcasting takes its spinlock and sets the waiters' latches.
     unsafe { pg_sys::ConditionVariableBroadcast(condition_variable()) };
 }
 
+/// The slots behind the bumps after `seen` up to `now`, when every one of them is still
+/// remembered and names a slot; None otherwise (too many, a change of the marks, or `seen`
+/// is -1).
+fn moved_between(seen: i64, now: i64) -> Option<Vec<String>> {
+    if seen < 0 || now - seen > RECENT as i64 {
+        return None;
+    }
+    let w = WAKEUP.share();
+    let mut names: Vec<String> = Vec::new();
+    for n in (seen + 1)..=now {
+        let i = (n as u64 % RECENT as u64) as usize;
+        if w.bump[i] != n as u64 || w.name[i][0] == 0 {
+            return None;
+        }
+        let name = crate::shared::get(&w.name[i]);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Some(names)
+}
+
 /// Upper bound of one wait, in milliseconds.
 const MAX_WAIT_MS: i32 = 60_000;
 
-/// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes;
-/// returns the change counter. Returns at once when the counter is not `seen` (pass -1 the
-/// first time). Used by standbys' workers between rounds.
+/// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
+/// Returns the change counter and the names of the slots that moved since `seen` (NULL when
+/// they are not all known: anything may have changed). Returns at once when the counter is
+/// not `seen` (pass -1 the first time). Used by standbys' workers between rounds.
 #[pg_extern(volatile, parallel_unsafe)]
-fn wait_for_slot_change(seen: i64, timeout_ms: i32) -> i64 {
+fn wait_for_slot_change(
+    seen: i64,
+    timeout_ms: i32,
+) -> TableIterator<'static, (name!(counter, i64), name!(moved, Option<Vec<String>>))> {
+    let counter = wait(seen, timeout_ms);
+    let moved = if counter == seen {
+        Some(Vec::new())
+    } else {
+        moved_between(seen, counter)
+    };
+    TableIterator::once((counter, moved))
+}
+
+fn wait(seen: i64, timeout_ms: i32) -> i64 {
     if !(0..=MAX_WAIT_MS).contains(&timeout_ms) {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

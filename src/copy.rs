@@ -45,13 +45,25 @@ fn marker_path(name: &str) -> String {
 /// ours if it is logical and carries our marker file, or is a temporary slot held by this
 /// process (only its creator holds a temporary slot).
 pub fn local_slots() -> HashMap<String, Local> {
+    local_slots_named(None)
+}
+
+/// [`local_slots`], limited to the slots named in `only` when given.
+pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
+    // The names are valid slot names ([a-z0-9_]): safe inside a quoted array literal.
+    let filter = only.map_or(String::new(), |names| {
+        format!(
+            "WHERE s.slot_name OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[])",
+            names.join(",")
+        )
+    });
     let sql = format!(
         "SELECT s.slot_name::pg_catalog.text, s.slot_type, s.temporary, {inv},
                 coalesce((s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
                 coalesce((s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
                 coalesce(s.catalog_xmin::pg_catalog.text::pg_catalog.int8, 0),
                 coalesce(s.temporary AND s.active_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid(), false)
-           FROM pg_catalog.pg_replication_slots AS s",
+           FROM pg_catalog.pg_replication_slots AS s {filter}",
         inv = compat::SLOT_INVALIDATED_SQL
     );
     Spi::connect(|client| {

@@ -143,6 +143,35 @@ pub fn publish(reports: &[SlotReport], problem: Option<&str>) {
     shared.count = n as u32;
 }
 
+/// Publish the outcome of a round over some slots: their rows are replaced, the others kept.
+/// False (nothing changed) when one of them has no row yet: a full round must publish.
+pub fn publish_some(reports: &[SlotReport]) -> bool {
+    // SAFETY: GetCurrentTimestamp only reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut shared = SHARED.exclusive();
+    let count = shared.count as usize;
+    let positions: Option<Vec<usize>> = reports
+        .iter()
+        .map(|r| {
+            shared.entries[..count]
+                .iter()
+                .position(|e| get(&e.name) == r.name)
+        })
+        .collect();
+    let Some(positions) = positions else {
+        return false;
+    };
+    for (i, r) in positions.into_iter().zip(reports) {
+        let entry = &mut shared.entries[i];
+        put(&mut entry.detail, &r.detail);
+        entry.action = ACTIONS.iter().position(|a| *a == r.action).unwrap_or(0) as u8;
+        entry.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
+        entry.upstream_confirmed_flush = r.upstream_confirmed_flush;
+        entry.synced_at = now;
+    }
+    true
+}
+
 /// The rows of the last round, and the problem of the last failed round.
 pub fn rows() -> (Vec<Row>, Option<String>) {
     let shared = SHARED.share();

@@ -160,6 +160,19 @@ fn handle_slot(
     report("created", State::WaitingForUpstream, "created".into())
 }
 
+/// A round over only the slots named in `moved` (a wake-up said they moved upstream): their
+/// rows upstream and their copies here, nothing else; copies of unmarked slots are left to
+/// the next full round. Must run in a transaction.
+pub fn round_some(up: &Upstream, moved: &[String]) -> Result<Vec<SlotReport>, Problem> {
+    let remote = up.marked_slots(Some(moved))?;
+    let standby_flush = copy::standby_flush();
+    let mut locals = copy::local_slots_named(Some(moved));
+    Ok(remote
+        .iter()
+        .map(|r| handle_slot(up, r, locals.remove(&r.name), standby_flush))
+        .collect())
+}
+
 /// One round against an open upstream connection: with `check`, check the upstream first
 /// (wal_level, our physical slot `primary_slot`, the extension), then every marked slot. Local
 /// slots are read once per round. Must run in a transaction.
@@ -167,7 +180,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     if check {
         up.check(primary_slot)?;
     }
-    let remote = up.marked_slots()?;
+    let remote = up.marked_slots(None)?;
     let standby_flush = copy::standby_flush();
     let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote

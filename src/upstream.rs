@@ -268,22 +268,52 @@ impl Upstream {
         self.can_wait.get()
     }
 
-    /// Wait on the upstream until a marked slot moves or `timeout` passes; returns the
-    /// upstream's change counter, to pass as `seen` next time (-1 the first time).
-    pub fn wait_for_change(&self, seen: i64, timeout: std::time::Duration) -> Result<i64, Problem> {
+    /// Wait on the upstream until a marked slot moves or `timeout` passes. Returns the
+    /// upstream's change counter, to pass as `seen` next time (-1 the first time), and the
+    /// names of the slots that moved since `seen` when the upstream knows them all (None:
+    /// anything may have changed).
+    pub fn wait_for_change(
+        &self,
+        seen: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(i64, Option<Vec<String>>), Problem> {
         let sql = format!(
-            "SELECT slot_failover.wait_for_slot_change({seen}, {})::pg_catalog.text",
+            "SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ',')
+               FROM slot_failover.wait_for_slot_change({seen}, {}) AS w",
             timeout.as_millis().min(60_000)
         );
-        let rows = self.query(&sql, 1)?;
-        rows.first()
-            .and_then(|r| r[0].as_deref())
+        let rows = self.query(&sql, 2)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no row".into()))?;
+        let counter = row[0]
+            .as_deref()
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no value".into()))
+            .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no counter".into()))?;
+        // Slot names are [a-z0-9_] (PostgreSQL's rule), so a comma-separated list is exact;
+        // anything else there means we cannot trust the list.
+        let moved = row[1].as_deref().and_then(|list| {
+            let names: Vec<String> = list
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            names
+                .iter()
+                .all(|n| crate::slot_name::validate(n).is_ok())
+                .then_some(names)
+        });
+        Ok((counter, moved))
     }
 
-    /// Every marked slot, with the upstream's view of it.
-    pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+    /// Every marked slot (or only those named in `only`), with the upstream's view of it.
+    pub fn marked_slots(&self, only: Option<&[String]>) -> Result<Vec<RemoteSlot>, Problem> {
+        let filter = only.map_or(String::new(), |names| {
+            format!(
+                "WHERE m.slot_name OPERATOR(pg_catalog.=) ANY ({}::pg_catalog.name[])",
+                quote_literal(name_array(names))
+            )
+        });
         let sql = format!(
             "SELECT m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
                     s.plugin::pg_catalog.text,
@@ -294,6 +324,7 @@ impl Upstream {
                FROM slot_failover.marked_slots AS m
                LEFT JOIN pg_catalog.pg_replication_slots AS s
                  ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+              {filter}
               ORDER BY m.slot_name",
             inv = compat::SLOT_INVALIDATED_SQL
         );
@@ -351,4 +382,9 @@ fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
         .collect()
+}
+
+/// `{a,b}`: a SQL array literal of slot names (each already valid: `[a-z0-9_]`).
+fn name_array(names: &[String]) -> String {
+    format!("{{{}}}", names.join(","))
 }

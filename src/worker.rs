@@ -134,6 +134,16 @@ const REMOTE_WAIT_SLICE: Duration = Duration::from_millis(500);
 /// Longest pause between attempts while something is wrong (doubling from naptime).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// What a wait on the upstream said.
+enum Moved {
+    /// Nothing: the wait timed out.
+    Nothing,
+    /// These marked slots moved (and nothing else changed).
+    Slots(Vec<String>),
+    /// Anything may have changed (the marks, or more moves than the upstream remembers).
+    Anything,
+}
+
 /// What the worker knows between rounds.
 struct SyncState {
     upstream: Option<Upstream>,
@@ -167,10 +177,10 @@ impl SyncState {
     }
 
     /// Between rounds, wait on the upstream until one of its marked slots moves (at most
-    /// `timeout`), instead of napping here: Some(whether something moved). None when that is
-    /// not possible (no connection, an upstream without `wait_for_slot_change()`, a problem
-    /// being retried) or failed; the caller then naps on its latch. See `changes.rs`.
-    fn wait_upstream(&mut self, timeout: Duration) -> Option<bool> {
+    /// `timeout`), instead of napping here: Some(what moved). None when that is not possible
+    /// (no connection, an upstream without `wait_for_slot_change()`, a problem being retried)
+    /// or failed; the caller then naps on its latch. See `changes.rs`.
+    fn wait_upstream(&mut self, timeout: Duration) -> Option<Moved> {
         if self.problem.is_some() {
             return None;
         }
@@ -179,10 +189,16 @@ impl SyncState {
         // No snapshot: the wait reads nothing here, and a snapshot held across it would hold
         // back this standby's xmin (and, through feedback, vacuum on the primary).
         match in_transaction_without_snapshot(|| up.wait_for_change(seen, timeout)) {
-            Ok(value) => {
-                let moved = value != seen;
+            Ok((value, slots)) => {
                 self.change_seen = value;
-                Some(moved)
+                Some(if value == seen {
+                    Moved::Nothing
+                } else {
+                    match slots {
+                        Some(names) if !names.is_empty() => Moved::Slots(names),
+                        _ => Moved::Anything,
+                    }
+                })
             }
             Err(problem) => {
                 debug1!("{WORKER_TYPE}: waiting on the upstream failed ({problem}); reconnecting");
@@ -233,6 +249,29 @@ impl SyncState {
                 Err(problem)
             }
             result => result,
+        }
+    }
+
+    /// A round over the slots a wake-up named, when it can stand for a full one: connected,
+    /// no problem, and every one of them known from the last full round. None: run a full
+    /// round instead.
+    fn round_some(&mut self, moved: &[String]) -> Option<Vec<SlotReport>> {
+        if self.problem.is_some() {
+            return None;
+        }
+        let known = self.marked.as_ref()?;
+        if !moved.iter().all(|n| known.contains(n)) {
+            return None;
+        }
+        let up = self.upstream.as_ref()?;
+        match sync::round_some(up, moved) {
+            Ok(reports) => Some(reports),
+            Err(problem) => {
+                debug1!(
+                    "{WORKER_TYPE}: a round over the moved slots failed ({problem}); running a full one"
+                );
+                None
+            }
         }
     }
 
@@ -352,6 +391,16 @@ unsafe extern "C-unwind" fn forget_worker(_code: i32, _arg: pg_sys::Datum) {
     shared.worker_syncing = false;
 }
 
+/// Count a round and its duration for `worker_rounds()`.
+fn record_round(took: Duration, woken: bool) {
+    let took = took.as_micros() as u64;
+    let mut shared = SHARED.exclusive();
+    shared.rounds += 1;
+    shared.woken_rounds += u64::from(woken);
+    shared.last_round_us = took;
+    shared.max_round_us = shared.max_round_us.max(took);
+}
+
 /// Run `f` in a transaction of its own, without a snapshot (for remote calls that read
 /// nothing locally but type information).
 fn in_transaction_without_snapshot<R>(f: impl FnOnce() -> R) -> R {
@@ -424,6 +473,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         };
         let mut round_due = true;
         let mut woken = false;
+        let mut moved: Option<Vec<String>> = None;
         let waited = if first {
             // The first round runs at once, not a naptime after the start.
             first = false;
@@ -431,9 +481,12 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         } else if syncing && !requested {
             let left = timeout.saturating_sub(last_round.elapsed());
             match state.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
-                Some(moved) => {
-                    woken = moved;
-                    round_due = moved || last_round.elapsed() >= timeout;
+                Some(what) => {
+                    woken = !matches!(what, Moved::Nothing);
+                    round_due = woken || last_round.elapsed() >= timeout;
+                    if let Moved::Slots(names) = what {
+                        moved = Some(names);
+                    }
                     true
                 }
                 None => false,
@@ -511,22 +564,32 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         let requested = {
             let mut shared = SHARED.exclusive();
             shared.worker_syncing = syncing;
-            // A sync() that asked while we waited upstream gets its round now.
-            round_due |= shared.rounds_requested != shared.rounds_done;
             shared.rounds_requested
         };
+        // A sync() that asked while we waited upstream gets its round now.
+        let asked = requested != SHARED.share().rounds_done;
+        round_due |= asked;
         if syncing {
-            if round_due {
+            // A wake-up that named the slots that moved touches only those, unless a full
+            // round is due anyway (the naptime is up, or a round was asked for).
+            let full_due = asked || last_round.elapsed() >= timeout;
+            let mut done = !round_due;
+            if let (Some(names), false, false) = (&moved, full_due, done) {
+                let started = std::time::Instant::now();
+                if let Some(reports) = in_transaction(|| state.round_some(names))
+                    && shared::publish_some(&reports)
+                {
+                    for r in &reports {
+                        state.report_slot(r);
+                    }
+                    record_round(started.elapsed(), true);
+                    done = true;
+                }
+            }
+            if !done {
                 last_round = std::time::Instant::now();
                 let outcome = in_transaction(|| state.round());
-                let took = last_round.elapsed().as_micros() as u64;
-                {
-                    let mut shared = SHARED.exclusive();
-                    shared.rounds += 1;
-                    shared.woken_rounds += u64::from(woken);
-                    shared.last_round_us = took;
-                    shared.max_round_us = shared.max_round_us.max(took);
-                }
+                record_round(last_round.elapsed(), woken);
                 match &outcome {
                     Ok(reports) => shared::publish(reports, None),
                     Err(problem) => shared::publish(&[], Some(&problem.to_string())),

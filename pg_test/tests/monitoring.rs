@@ -245,6 +245,12 @@ fn postgres_exporter_reads_the_key_numbers_on_both_sides() {
         sample(&metrics, "slot_failover_worker_running", &[]),
         Some(1.0)
     );
+    let rounds = sample(&metrics, "slot_failover_worker_rounds_rounds", &[]).expect("rounds");
+    let woken = sample(&metrics, "slot_failover_worker_rounds_woken_rounds", &[]).expect("woken");
+    assert!(
+        rounds >= 1.0 && woken <= rounds,
+        "rounds {rounds}, woken {woken}"
+    );
     drop(exporter);
 
     // The primary: the standby streams, nothing is held; the worker runs here too (it

@@ -2,7 +2,8 @@
 //! on its upstream (`slot_failover.wait_for_slot_change()`), and the walsender of a marked slot
 //! wakes it when its consumer confirms. Here the naptime is an hour, so every round after the
 //! first one comes from a wake-up: without them the copy would never become ready, let alone
-//! follow. Runs on every major (the wake-up path is the same on all of them).
+//! follow; and most rounds must have been started by a wake-up (`worker_rounds()`). Runs on
+//! every major (the wake-up path is the same on all of them).
 
 use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
@@ -76,6 +77,14 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
             AND wait_event IN ('SlotFailoverWaitForSlotChange', 'Extension')",
         "t",
     );
+    // The rounds after the first came from wake-ups.
+    let rounds = standby.safe_psql(
+        "postgres",
+        "SELECT rounds || ' ' || woken_rounds FROM slot_failover.worker_rounds()",
+    );
+    let (all, woken) = rounds.split_once(' ').expect("two numbers");
+    let (all, woken): (i64, i64) = (all.parse().unwrap(), woken.parse().unwrap());
+    assert!(woken >= 5 && woken * 2 > all, "rounds {all}, woken {woken}");
     // sync() is still answered promptly: the worker looks for requests between waits.
     assert_eq!(
         standby.safe_psql(
@@ -89,27 +98,38 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
 #[test]
 fn wait_for_slot_change_returns_at_once_on_a_new_value_and_checks_its_timeout() {
     let primary = primary_with_extension();
-    let now = primary.safe_psql(
-        "postgres",
-        "SELECT slot_failover.wait_for_slot_change(-1, 0)",
-    );
-    let value: i64 = now.parse().expect("a counter");
-    // Nothing moves: the wait times out and returns the same value.
-    assert_eq!(
+    let wait = |seen: i64, ms: i32| {
         primary.safe_psql(
             "postgres",
-            &format!("SELECT slot_failover.wait_for_slot_change({value}, 50)")
-        ),
-        now
+            &format!(
+                "SELECT counter, coalesce(moved::text, 'NULL')
+                   FROM slot_failover.wait_for_slot_change({seen}, {ms})"
+            ),
+        )
+    };
+    // The first call knows nothing of what moved before.
+    let first = wait(-1, 0);
+    let (now, moved) = first.split_once('|').expect("two columns");
+    let value: i64 = now.parse().expect("a counter");
+    assert_eq!(moved, "NULL", "{first}");
+    // Nothing moves: the wait times out and returns the same value, and no slot.
+    assert_eq!(wait(value, 50), format!("{value}|{{}}"));
+    // A change of the marks: anything may have changed.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('m1', 'test_decoding');
+         SELECT slot_failover.enable('m1');",
     );
+    assert_eq!(wait(value, 0), format!("{}|NULL", value + 1));
+
     let out = primary.psql(
         "postgres",
-        "SELECT slot_failover.wait_for_slot_change(0, 60001)",
+        "SELECT * FROM slot_failover.wait_for_slot_change(0, 60001)",
     );
     assert_eq!(out.sqlstate.as_deref(), Some("22023"), "{}", out.stderr);
     let out = primary.psql(
         "postgres",
-        "CREATE ROLE nobody LOGIN; SET ROLE nobody; SELECT slot_failover.wait_for_slot_change(0, 0)",
+        "CREATE ROLE nobody LOGIN; SET ROLE nobody; SELECT * FROM slot_failover.wait_for_slot_change(0, 0)",
     );
     assert_eq!(out.sqlstate.as_deref(), Some("42501"), "{}", out.stderr);
 }

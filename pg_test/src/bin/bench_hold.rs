@@ -260,6 +260,9 @@ fn main() {
         }));
     }
     if let Some(path) = &args.json {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir).expect("create the JSON file's directory");
+        }
         let report = serde_json::json!({
             "postgresql": install.version,
             "txns": args.txns,

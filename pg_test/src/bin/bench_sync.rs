@@ -14,6 +14,9 @@
 //!
 //! **Sync lag.** A writer inserts one-row transactions (steady: one every 10 ms; bursty: idle
 //! 5-20 s, then 200 at once); the subscriber applies them and confirms, which moves the slot.
+//! The subscription has `synchronous_commit = on`, so that it confirms each transaction as it
+//! applies it (with the default `off` it confirms what its WAL writer flushed, about 5 times a
+//! second, and the slot moves that often).
 //! Three samplers (one per server, each on its own connection, every `--sample-ms`) record
 //! when the primary's `confirmed_flush_lsn` moves, when each copy reaches each position, and
 //! when each standby has replayed it (the floor: a copy cannot pass its standby's WAL). For
@@ -145,7 +148,8 @@ fn setup() -> Setup {
         "postgres",
         &format!(
             "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub
-               WITH (create_slot = false, slot_name = 'sub', copy_data = false)",
+               WITH (create_slot = false, slot_name = 'sub', copy_data = false,
+                     synchronous_commit = 'on')",
             primary.connstr("postgres")
         ),
     );
@@ -423,11 +427,9 @@ fn processes(s: &Setup) -> Vec<(&'static str, i32)> {
         if let Some(p) = pid_of(b, "backend_type = 'slotsync worker'") {
             v.push(("B: slotsync worker", p));
         }
-        if let Some(p) = pid_of(
-            &s.primary,
-            "backend_type = 'walsender' AND application_name LIKE '%slotsync%'",
-        ) {
-            v.push(("primary: walsender serving B's worker", p));
+        // 17's slotsync worker uses a plain (not replication) connection to the primary.
+        if let Some(p) = pid_of(&s.primary, "application_name LIKE '%slotsync%'") {
+            v.push(("primary: backend serving B's worker", p));
         }
     }
     v
@@ -657,6 +659,9 @@ fn main() {
         },
     });
     if let Some(path) = &args.json {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir).expect("create the JSON file's directory");
+        }
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).expect("write JSON");
         println!("\nJSON written to {path}");
     }
