@@ -99,12 +99,21 @@ impl Default for Wakeup {
 // the recent names (and [`CHANGES`] is bumped under it); nobody sleeps holding it.
 pub static WAKEUP: PgLwLock<Wakeup> = unsafe { PgLwLock::new(c"slot_failover_wakeup") };
 
-/// The condition variable in shared memory.
+/// The condition variable in shared memory (its address, looked up once per process).
 fn condition_variable() -> *mut pg_sys::ConditionVariable {
-    let mut guard = WAKEUP.exclusive();
-    // The address stays valid after the guard is gone: shared memory is mapped at the same
-    // place for the life of the process, and the condition variable has its own spinlock.
-    &raw mut guard.cv
+    thread_local! {
+        static CV: Cell<*mut pg_sys::ConditionVariable> = const { Cell::new(std::ptr::null_mut()) };
+    }
+    CV.with(|cv| {
+        if cv.get().is_null() {
+            let mut guard = WAKEUP.exclusive();
+            // The address stays valid after the guard is gone: shared memory is mapped at the
+            // same place for the life of the process, and the condition variable has its own
+            // spinlock.
+            cv.set(&raw mut guard.cv);
+        }
+        cv.get()
+    })
 }
 
 thread_local! {

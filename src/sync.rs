@@ -160,17 +160,16 @@ fn handle_slot(
     report("created", State::WaitingForUpstream, "created".into())
 }
 
-/// A round over only the slots named in `moved` (a wake-up said they moved upstream): their
-/// rows upstream and their copies here, nothing else; copies of unmarked slots are left to
-/// the next full round. Must run in a transaction.
-pub fn round_some(up: &Upstream, moved: &[String]) -> Result<Vec<SlotReport>, Problem> {
-    let remote = up.marked_slots(Some(moved))?;
+/// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the
+/// wake-up) and their copies here, nothing else; copies of unmarked slots are left to the
+/// next full round. Must run in a transaction.
+pub fn round_some(up: &Upstream, moved: &[String], remote: &[RemoteSlot]) -> Vec<SlotReport> {
     let standby_flush = copy::standby_flush();
     let mut locals = copy::local_slots_named(Some(moved));
-    Ok(remote
+    remote
         .iter()
         .map(|r| handle_slot(up, r, locals.remove(&r.name), standby_flush))
-        .collect())
+        .collect()
 }
 
 /// One round against an open upstream connection: with `check`, check the upstream first
@@ -180,7 +179,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     if check {
         up.check(primary_slot)?;
     }
-    let remote = up.marked_slots(None)?;
+    let remote = up.marked_slots()?;
     let standby_flush = copy::standby_flush();
     let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote

@@ -75,6 +75,9 @@ impl Problem {
     }
 }
 
+/// The slots a wake-up named, and their rows upstream.
+pub type MovedSlots = (Vec<String>, Vec<RemoteSlot>);
+
 /// A marked slot as the upstream sees it (`None` fields: the slot is gone, or not reported).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSlot {
@@ -269,20 +272,27 @@ impl Upstream {
     }
 
     /// Wait on the upstream until a marked slot moves or `timeout` passes. Returns the
-    /// upstream's change counter, to pass as `seen` next time (-1 the first time), and the
-    /// names of the slots that moved since `seen` when the upstream knows them all (None:
-    /// anything may have changed).
+    /// upstream's change counter, to pass as `seen` next time (-1 the first time), and, when
+    /// the upstream knows them all, the names of the slots that moved since `seen` with their
+    /// rows as [`marked_slots`](Upstream::marked_slots) gives them, read after the wait in the
+    /// same query (None: anything may have changed).
     pub fn wait_for_change(
         &self,
         seen: i64,
         timeout: std::time::Duration,
-    ) -> Result<(i64, Option<Vec<String>>), Problem> {
+    ) -> Result<(i64, Option<MovedSlots>), Problem> {
+        // One query: the rows of the moved slots are read (LATERAL, so after the wait) only
+        // for the names the wait returned; none when it returned NULL or nothing moved.
         let sql = format!(
-            "SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ',')
-               FROM slot_failover.wait_for_slot_change({seen}, {}) AS w",
-            timeout.as_millis().min(60_000)
+            "SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
+               FROM slot_failover.wait_for_slot_change({seen}, {}) AS w
+               LEFT JOIN LATERAL (SELECT {} {SLOTS_FROM}
+                                   WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
+                 ON true",
+            timeout.as_millis().min(60_000),
+            slot_columns()
         );
-        let rows = self.query(&sql, 2)?;
+        let rows = self.query(&sql, 11)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no row".into()))?;
@@ -303,47 +313,22 @@ impl Upstream {
                 .all(|n| crate::slot_name::validate(n).is_ok())
                 .then_some(names)
         });
-        Ok((counter, moved))
+        let slots = rows
+            .iter()
+            .filter(|r| r[2].is_some())
+            .map(|r| remote_slot(&r[2..]))
+            .collect();
+        Ok((counter, moved.map(|names| (names, slots))))
     }
 
-    /// Every marked slot (or only those named in `only`), with the upstream's view of it.
-    pub fn marked_slots(&self, only: Option<&[String]>) -> Result<Vec<RemoteSlot>, Problem> {
-        let filter = only.map_or(String::new(), |names| {
-            format!(
-                "WHERE m.slot_name OPERATOR(pg_catalog.=) ANY ({}::pg_catalog.name[])",
-                quote_literal(name_array(names))
-            )
-        });
+    /// Every marked slot, with the upstream's view of it.
+    pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
         let sql = format!(
-            "SELECT m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
-                    s.plugin::pg_catalog.text,
-                    (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
-                    (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
-                    s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
-                    {inv}::pg_catalog.text
-               FROM slot_failover.marked_slots AS m
-               LEFT JOIN pg_catalog.pg_replication_slots AS s
-                 ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
-              {filter}
-              ORDER BY m.slot_name",
-            inv = compat::SLOT_INVALIDATED_SQL
+            "SELECT {} {SLOTS_FROM} ORDER BY m.slot_name",
+            slot_columns()
         );
         let rows = self.query(&sql, 9)?;
-        let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
-        Ok(rows
-            .into_iter()
-            .map(|r| RemoteSlot {
-                name: r[0].clone().unwrap_or_default(),
-                slot_type: r[1].clone(),
-                database: r[2].clone(),
-                plugin: r[3].clone(),
-                restart_lsn: num(&r[4]),
-                confirmed_flush: num(&r[5]),
-                catalog_xmin: r[6].as_deref().and_then(|s| s.parse().ok()),
-                two_phase: r[7].as_deref() == Some("true"),
-                invalidated: r[8].as_deref() == Some("true"),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| remote_slot(r)).collect())
     }
 
     /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
@@ -384,7 +369,34 @@ fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// `{a,b}`: a SQL array literal of slot names (each already valid: `[a-z0-9_]`).
-fn name_array(names: &[String]) -> String {
-    format!("{{{}}}", names.join(","))
+/// The columns of a marked slot's row (see [`remote_slot`]).
+fn slot_columns() -> String {
+    format!(
+        "m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
+         s.plugin::pg_catalog.text,
+         (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+         (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+         s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
+         {inv}::pg_catalog.text",
+        inv = compat::SLOT_INVALIDATED_SQL
+    )
+}
+const SLOTS_FROM: &str = "FROM slot_failover.marked_slots AS m
+       LEFT JOIN pg_catalog.pg_replication_slots AS s
+         ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name";
+
+/// A row of [`slot_columns`] (nine text columns) as a [`RemoteSlot`].
+fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
+    let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
+    RemoteSlot {
+        name: r[0].clone().unwrap_or_default(),
+        slot_type: r[1].clone(),
+        database: r[2].clone(),
+        plugin: r[3].clone(),
+        restart_lsn: num(&r[4]),
+        confirmed_flush: num(&r[5]),
+        catalog_xmin: r[6].as_deref().and_then(|s| s.parse().ok()),
+        two_phase: r[7].as_deref() == Some("true"),
+        invalidated: r[8].as_deref() == Some("true"),
+    }
 }

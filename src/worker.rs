@@ -44,7 +44,7 @@ use crate::marks::{self, Table};
 use crate::readiness::State;
 use crate::shared::{self, SHARED};
 use crate::sync::{self, SlotReport};
-use crate::upstream::{self, Problem, Upstream};
+use crate::upstream::{self, Problem, RemoteSlot, Upstream};
 
 /// `backend_type` of the worker in `pg_stat_activity`, and its process title.
 pub const WORKER_TYPE: &str = "slot_failover worker";
@@ -138,8 +138,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 enum Moved {
     /// Nothing: the wait timed out.
     Nothing,
-    /// These marked slots moved (and nothing else changed).
-    Slots(Vec<String>),
+    /// These marked slots moved (and nothing else changed); their rows upstream.
+    Slots(Vec<String>, Vec<RemoteSlot>),
     /// Anything may have changed (the marks, or more moves than the upstream remembers).
     Anything,
 }
@@ -195,7 +195,7 @@ impl SyncState {
                     Moved::Nothing
                 } else {
                     match slots {
-                        Some(names) if !names.is_empty() => Moved::Slots(names),
+                        Some((names, rows)) if !names.is_empty() => Moved::Slots(names, rows),
                         _ => Moved::Anything,
                     }
                 })
@@ -255,7 +255,7 @@ impl SyncState {
     /// A round over the slots a wake-up named, when it can stand for a full one: connected,
     /// no problem, and every one of them known from the last full round. None: run a full
     /// round instead.
-    fn round_some(&mut self, moved: &[String]) -> Option<Vec<SlotReport>> {
+    fn round_some(&mut self, moved: &[String], rows: &[RemoteSlot]) -> Option<Vec<SlotReport>> {
         if self.problem.is_some() {
             return None;
         }
@@ -264,15 +264,7 @@ impl SyncState {
             return None;
         }
         let up = self.upstream.as_ref()?;
-        match sync::round_some(up, moved) {
-            Ok(reports) => Some(reports),
-            Err(problem) => {
-                debug1!(
-                    "{WORKER_TYPE}: a round over the moved slots failed ({problem}); running a full one"
-                );
-                None
-            }
-        }
+        Some(sync::round_some(up, moved, rows))
     }
 
     /// Log what changed since the last round: a new problem (once), the end of a problem, a
@@ -473,7 +465,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         };
         let mut round_due = true;
         let mut woken = false;
-        let mut moved: Option<Vec<String>> = None;
+        let mut moved: Option<(Vec<String>, Vec<RemoteSlot>)> = None;
         let waited = if first {
             // The first round runs at once, not a naptime after the start.
             first = false;
@@ -484,8 +476,8 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                 Some(what) => {
                     woken = !matches!(what, Moved::Nothing);
                     round_due = woken || last_round.elapsed() >= timeout;
-                    if let Moved::Slots(names) = what {
-                        moved = Some(names);
+                    if let Moved::Slots(names, rows) = what {
+                        moved = Some((names, rows));
                     }
                     true
                 }
@@ -574,9 +566,9 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             // round is due anyway (the naptime is up, or a round was asked for).
             let full_due = asked || last_round.elapsed() >= timeout;
             let mut done = !round_due;
-            if let (Some(names), false, false) = (&moved, full_due, done) {
+            if let (Some((names, rows)), false, false) = (&moved, full_due, done) {
                 let started = std::time::Instant::now();
-                if let Some(reports) = in_transaction(|| state.round_some(names))
+                if let Some(reports) = in_transaction(|| state.round_some(names, rows))
                     && shared::publish_some(&reports)
                 {
                     for r in &reports {
