@@ -427,8 +427,12 @@ fn processes(s: &Setup) -> Vec<(&'static str, i32)> {
         if let Some(p) = pid_of(b, "backend_type = 'slotsync worker'") {
             v.push(("B: slotsync worker", p));
         }
-        // 17's slotsync worker uses a plain (not replication) connection to the primary.
-        if let Some(p) = pid_of(&s.primary, "application_name LIKE '%slotsync%'") {
+        // 17's slotsync worker uses a plain (not replication) connection to the primary,
+        // named by primary_conninfo's application_name (the standby's name here).
+        if let Some(p) = pid_of(
+            &s.primary,
+            "backend_type = 'client backend' AND application_name = 'standby_b'",
+        ) {
             v.push(("primary: backend serving B's worker", p));
         }
     }
