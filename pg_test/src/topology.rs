@@ -9,20 +9,50 @@ pub const PRELOAD: &str = "shared_preload_libraries = 'slot_failover'";
 /// The physical slot on the primary that [`standby_of`] streams through.
 pub const STANDBY_SLOT: &str = "standby1_slot";
 
+/// Standby settings of tests that wait for copies: feedback on, and quick rounds.
+pub const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+
 /// A started primary (wal_level logical) that preloads slot_failover, with the extension
 /// created in database postgres and a physical slot [`STANDBY_SLOT`] for one standby.
 pub fn primary_with_extension() -> Cluster {
+    primary_with_extension_version(None)
+}
+
+/// [`primary_with_extension`], with the extension created at `version` (None: the default).
+pub fn primary_with_extension_version(version: Option<&str>) -> Cluster {
     let mut primary = Cluster::init("primary", InitOptions::logical());
     primary.append_conf("postgresql.conf", PRELOAD);
     primary.start();
+    let version = version.map_or(String::new(), |v| format!(" VERSION '{v}'"));
     primary.safe_psql(
         "postgres",
         &format!(
-            "CREATE EXTENSION slot_failover;
+            "CREATE EXTENSION slot_failover{version};
              SELECT pg_catalog.pg_create_physical_replication_slot('{STANDBY_SLOT}');"
         ),
     );
     primary
+}
+
+/// A started standby `standby1` of `primary` through [`STANDBY_SLOT`], set up with
+/// [`SYNCING`].
+pub fn syncing_standby(primary: &Cluster) -> Cluster {
+    standby_of(primary, "standby1", STANDBY_SLOT, SYNCING)
+}
+
+/// The extension's version: the top-level crate's (pg_test's own version is not it).
+pub fn extension_version() -> String {
+    const CARGO_TOML: &str = include_str!("../../Cargo.toml");
+    let package = CARGO_TOML
+        .split("[package]")
+        .nth(1)
+        .expect("[package] in Cargo.toml");
+    package
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .expect("version in [package]")
+        .trim_matches('"')
+        .to_string()
 }
 
 /// A started standby named `name`, made from a new base backup of `primary`, streaming

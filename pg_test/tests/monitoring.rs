@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pg_test::topology::{STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of};
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, primary_with_extension, syncing_standby,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, port};
 
@@ -179,12 +181,7 @@ fn postgres_exporter_reads_the_key_numbers_on_both_sides() {
              SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
         ),
     );
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
-    );
+    let standby = syncing_standby(&primary);
     primary.safe_psql("postgres", "INSERT INTO t SELECT generate_series(1, 100)");
     consume_until_ready(&primary, &standby, &["orders"]);
 

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pg_test::topology::PRELOAD;
+use pg_test::topology::{PRELOAD, extension_version};
 use pg_test::{Cluster, InitOptions, PgInstall};
 
 fn project_root() -> PathBuf {
@@ -21,17 +21,6 @@ fn project_root() -> PathBuf {
         .parent()
         .expect("the workspace root")
         .to_path_buf()
-}
-
-fn crate_version() -> String {
-    let toml = std::fs::read_to_string(project_root().join("Cargo.toml")).expect("Cargo.toml");
-    let package = toml.split("[package]").nth(1).expect("[package]");
-    package
-        .lines()
-        .find_map(|l| l.strip_prefix("version = "))
-        .expect("version")
-        .trim_matches('"')
-        .to_string()
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -139,7 +128,7 @@ fn readable_tempdir(prefix: &str) -> tempfile::TempDir {
 #[test]
 fn packages_install_a_working_extension() {
     let install = PgInstall::from_env();
-    let version = crate_version();
+    let version = extension_version();
     let major = install.major;
     let out = readable_tempdir("sf_dist_");
     let listed = run(Command::new(project_root().join("run"))
@@ -244,7 +233,7 @@ fn packages_install_a_working_extension() {
 fn pgxn_meta_json_matches_the_crate() {
     let text = std::fs::read_to_string(project_root().join("META.json")).expect("META.json");
     let meta: serde_json::Value = serde_json::from_str(&text).expect("META.json is JSON");
-    let version = crate_version();
+    let version = extension_version();
     // The fields PGXN's META spec 1.0.0 requires.
     for key in [
         "name",

@@ -9,8 +9,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use pg_test::topology::{PRELOAD, STANDBY_SLOT, consume_until_ready, standby_of};
-use pg_test::{Cluster, InitOptions, PgInstall};
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, extension_version, primary_with_extension_version,
+    syncing_standby,
+};
+use pg_test::{Cluster, PgInstall};
 
 /// The schema of the previous release, as pgrx generated it for 0.1.0.
 const PREVIOUS: &str = "0.1.0";
@@ -37,27 +40,13 @@ fn install_previous_release(install: &PgInstall) {
     }
     let upgrade = dir.join(format!(
         "slot_failover--{PREVIOUS}--{}.sql",
-        current_version()
+        extension_version()
     ));
     assert!(
         upgrade.exists(),
         "{} is not installed: `cargo pgrx install` copies sql/slot_failover--*--*.sql",
         upgrade.display()
     );
-}
-
-fn current_version() -> &'static str {
-    // The extension's version is the crate's; pg_test's own version is not it.
-    const CARGO_TOML: &str = include_str!("../../Cargo.toml");
-    let package = CARGO_TOML
-        .split("[package]")
-        .nth(1)
-        .expect("[package] in Cargo.toml");
-    let line = package
-        .lines()
-        .find(|l| l.starts_with("version = "))
-        .expect("version in [package]");
-    line.trim_start_matches("version = ").trim_matches('"')
 }
 
 /// Everything `CREATE EXTENSION` makes, one line per member object: functions with their
@@ -127,33 +116,24 @@ const STANDBY_LIST: &str = "SELECT string_agg(slot_name::text, ',' ORDER BY slot
 fn update_from_the_previous_release_keeps_marks_and_matches_a_fresh_install() {
     let install = PgInstall::from_env();
     install_previous_release(install);
-    let version = current_version();
+    let version = extension_version();
     assert_ne!(
         version, PREVIOUS,
         "the crate's version must be past the previous release"
     );
 
-    let mut primary = Cluster::init("primary", InitOptions::logical());
-    primary.append_conf("postgresql.conf", PRELOAD);
-    primary.start();
+    let primary = primary_with_extension_version(Some(PREVIOUS));
     primary.safe_psql(
         "postgres",
         &format!(
-            "CREATE EXTENSION slot_failover VERSION '{PREVIOUS}';
-             SELECT pg_catalog.pg_create_physical_replication_slot('{STANDBY_SLOT}');
-             CREATE TABLE t (id int PRIMARY KEY);
+            "CREATE TABLE t (id int PRIMARY KEY);
              SELECT pg_catalog.pg_create_logical_replication_slot('a', 'test_decoding');
              SELECT pg_catalog.pg_create_logical_replication_slot('b', 'pgoutput');
              SELECT slot_failover.enable('a'), slot_failover.enable('b');
              SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
         ),
     );
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.naptime = 50ms",
-    );
+    let standby = syncing_standby(&primary);
     // Consuming 'a' readies it; 'b' (pgoutput) is advanced with pg_replication_slot_advance.
     primary.safe_psql("postgres", "INSERT INTO t SELECT generate_series(1, 10)");
     consume_until_ready(&primary, &standby, &["a"]);
