@@ -131,23 +131,6 @@ fn role_name(standby: bool) -> &'static str {
 /// between two waits.
 const REMOTE_WAIT_SLICE: Duration = Duration::from_millis(500);
 
-/// Shortest time between two rounds started by wake-ups (see the main loop).
-const MIN_WOKEN_GAP: Duration = Duration::from_millis(10);
-
-/// Sleep on the latch for `how_long` (a request or signal cuts it short).
-fn nap(how_long: Duration) {
-    // SAFETY: MyLatch is this process's own latch; WaitLatch may be called from the main loop
-    // of any process. A latch set now is seen by the next wait, which is not reset here.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            how_long.as_millis().max(1) as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-    }
-}
-
 /// Longest pause between attempts while something is wrong (doubling from naptime).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -462,7 +445,6 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
 
     let mut published_at = std::time::Instant::now();
     let mut last_round = std::time::Instant::now();
-    let mut last_woken = std::time::Instant::now();
     let mut first = true;
     loop {
         let syncing = standby && gucs::enabled();
@@ -489,20 +471,10 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             first = false;
             true
         } else if syncing && !requested {
-            // Woken rounds come at most every MIN_WOKEN_GAP: moves in between are taken
-            // together by the next one. This caps what a busy slot costs the upstream (one
-            // query per woken round) at the price of that much lag in a burst.
-            let since_woken = last_woken.elapsed();
-            if since_woken < MIN_WOKEN_GAP {
-                nap(MIN_WOKEN_GAP - since_woken);
-            }
             let left = timeout.saturating_sub(last_round.elapsed());
             match state.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
                 Some(what) => {
                     woken = !matches!(what, Moved::Nothing);
-                    if woken {
-                        last_woken = std::time::Instant::now();
-                    }
                     round_due = woken || last_round.elapsed() >= timeout;
                     if let Moved::Slots(names, rows) = what {
                         moved = Some((names, rows));
