@@ -2,8 +2,8 @@
 //! on its upstream (`slot_failover.wait_for_slot_change()`), and the walsender of a marked slot
 //! wakes it when its consumer confirms. Here the naptime is an hour, so every round after the
 //! first one comes from a wake-up: without them the copy would never become ready, let alone
-//! follow; and most rounds must have been started by a wake-up (`worker_rounds()`). Runs on
-//! every major (the wake-up path is the same on all of them).
+//! follow; and every round after the first must have been started by a wake-up
+//! (`worker_rounds()`). Runs on every major (the wake-up path is the same on all of them).
 
 use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
@@ -84,7 +84,12 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
     );
     let (all, woken) = rounds.split_once(' ').expect("two numbers");
     let (all, woken): (i64, i64) = (all.parse().unwrap(), woken.parse().unwrap());
-    assert!(woken >= 5 && woken * 2 > all, "rounds {all}, woken {woken}");
+    // With an hour-long naptime nothing else starts a round: every round but the first was
+    // woken (several batches' moves may be taken together by one).
+    assert!(
+        woken >= 1 && woken >= all - 1,
+        "rounds {all}, woken {woken}"
+    );
     // sync() is still answered promptly: the worker looks for requests between waits.
     assert_eq!(
         standby.safe_psql(
