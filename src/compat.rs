@@ -200,23 +200,28 @@ pub fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
     unsafe { &raw mut (*pg_sys::MainLWLockArray.add(37)).lock }
 }
 
+/// A custom wait event named `name` (17+), registered once per process and cached in `cache`.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+fn custom_wait_event(name: &std::ffi::CStr, cache: &std::sync::atomic::AtomicU32) -> u32 {
+    use std::sync::atomic::Ordering;
+    let mut event = cache.load(Ordering::Relaxed);
+    if event == 0 {
+        // SAFETY: registers (or finds) the name in shared memory under its own LWLock;
+        // callable in any backend with shared memory attached.
+        event = unsafe { pg_sys::WaitEventExtensionNew(name.as_ptr()) };
+        cache.store(event, Ordering::Relaxed);
+    }
+    event
+}
+
 /// The wait event a held sender shows in pg_stat_activity. 17+: a custom event
 /// `SlotFailoverWaitForStandbys` (registered once per process); 14-16 cannot name custom
 /// events, so `SyncRep` ("waiting for confirmation from a remote server"), the nearest built-in.
 pub fn standby_wait_event() -> u32 {
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static EVENT: AtomicU32 = AtomicU32::new(0);
-        let mut event = EVENT.load(Ordering::Relaxed);
-        if event == 0 {
-            // SAFETY: registers (or finds) the name in shared memory under its own LWLock;
-            // callable in any backend with shared memory attached.
-            event =
-                unsafe { pg_sys::WaitEventExtensionNew(c"SlotFailoverWaitForStandbys".as_ptr()) };
-            EVENT.store(event, Ordering::Relaxed);
-        }
-        event
+        static EVENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        custom_wait_event(c"SlotFailoverWaitForStandbys", &EVENT)
     }
     #[cfg(not(any(feature = "pg17", feature = "pg18")))]
     {
@@ -230,16 +235,8 @@ pub fn standby_wait_event() -> u32 {
 pub fn slot_change_wait_event() -> u32 {
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static EVENT: AtomicU32 = AtomicU32::new(0);
-        let mut event = EVENT.load(Ordering::Relaxed);
-        if event == 0 {
-            // SAFETY: as in standby_wait_event().
-            event =
-                unsafe { pg_sys::WaitEventExtensionNew(c"SlotFailoverWaitForSlotChange".as_ptr()) };
-            EVENT.store(event, Ordering::Relaxed);
-        }
-        event
+        static EVENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        custom_wait_event(c"SlotFailoverWaitForSlotChange", &EVENT)
     }
     #[cfg(not(any(feature = "pg17", feature = "pg18")))]
     {

@@ -101,6 +101,15 @@ pub struct Row {
 }
 
 impl Entry {
+    /// Everything but the name, from a round's report for this slot, synced at `now`.
+    fn fill(&mut self, r: &SlotReport, now: i64) {
+        put(&mut self.detail, &r.detail);
+        self.action = ACTIONS.iter().position(|a| *a == r.action).unwrap_or(0) as u8;
+        self.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
+        self.upstream_confirmed_flush = r.upstream_confirmed_flush;
+        self.synced_at = now;
+    }
+
     fn row(&self) -> Row {
         Row {
             name: get(&self.name),
@@ -134,11 +143,7 @@ pub fn publish(reports: &[SlotReport], problem: Option<&str>) {
     }
     for (entry, r) in shared.entries.iter_mut().zip(&reports[..n]) {
         put(&mut entry.name, &r.name);
-        put(&mut entry.detail, &r.detail);
-        entry.action = ACTIONS.iter().position(|a| *a == r.action).unwrap_or(0) as u8;
-        entry.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
-        entry.upstream_confirmed_flush = r.upstream_confirmed_flush;
-        entry.synced_at = now;
+        entry.fill(r, now);
     }
     shared.count = n as u32;
 }
@@ -162,12 +167,7 @@ pub fn publish_some(reports: &[SlotReport]) -> bool {
         return false;
     };
     for (i, r) in positions.into_iter().zip(reports) {
-        let entry = &mut shared.entries[i];
-        put(&mut entry.detail, &r.detail);
-        entry.action = ACTIONS.iter().position(|a| *a == r.action).unwrap_or(0) as u8;
-        entry.state = STATES.iter().position(|s| *s == r.state).unwrap_or(5) as u8;
-        entry.upstream_confirmed_flush = r.upstream_confirmed_flush;
-        entry.synced_at = now;
+        shared.entries[i].fill(r, now);
     }
     true
 }
