@@ -41,6 +41,11 @@ fn marker_path(name: &str) -> String {
     format!("pg_replslot/{name}/{MARKER}")
 }
 
+/// Whether the slot `name` is one of our copies (its marker file is there).
+pub fn is_ours(name: &str) -> bool {
+    fs::metadata(marker_path(name)).is_ok()
+}
+
 /// Every replication slot on this server, by name, as the readiness rules see it. A slot is
 /// ours if it is logical and carries our marker file, or is a temporary slot held by this
 /// process (only its creator holds a temporary slot).

@@ -10,6 +10,7 @@
 //! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
+//! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub static WAIT_FOR_STANDBYS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
 /// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
@@ -104,6 +106,16 @@ pub fn define() {
             None,
         );
     }
+    GucRegistry::define_int_guc(
+        c"slot_failover.retained_wal_warning",
+        c"WAL a marked slot or its copy may keep before the slot_failover worker logs a WARNING.",
+        c"One WARNING when a slot crosses it, one LOG line when it is back below; -1 switches it off.",
+        &RETAINED_WAL_WARNING_MB,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
     crate::compat::reserve_guc_prefix(c"slot_failover");
 }
 
@@ -126,6 +138,11 @@ pub fn database() -> String {
 
 pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_millis(NAPTIME_MS.get().max(1) as u64)
+}
+
+/// `slot_failover.retained_wal_warning` in MB, None when off (-1).
+pub fn retained_wal_warning_mb() -> Option<u64> {
+    u64::try_from(RETAINED_WAL_WARNING_MB.get()).ok()
 }
 
 pub fn enabled() -> bool {

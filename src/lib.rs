@@ -31,6 +31,7 @@ mod log_redaction;
 mod marks;
 mod quorum;
 mod readiness;
+mod retention;
 mod shared;
 mod slot_name;
 mod standbys;

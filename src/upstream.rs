@@ -98,6 +98,8 @@ pub struct Upstream {
     /// The upstream has `slot_failover.wait_for_slot_change()` (0.2.0 and later), as of the
     /// last [`check`](Upstream::check).
     can_wait: std::cell::Cell<bool>,
+    /// The wait query is prepared in this session (see [`wait_for_change`](Upstream::wait_for_change)).
+    wait_prepared: std::cell::Cell<bool>,
 }
 
 impl Drop for Upstream {
@@ -175,24 +177,41 @@ impl Upstream {
         conn.map(|conn| Upstream {
             conn,
             can_wait: std::cell::Cell::new(false),
+            wait_prepared: std::cell::Cell::new(false),
         })
         .map_err(Problem::Connect)
     }
 
+    /// Run `sql`, a command that returns no rows (`PREPARE`, say).
+    fn command(&self, sql: &str) -> Result<(), Problem> {
+        self.exec(sql, 0, pg_sys::WalRcvExecStatus::WALRCV_OK_COMMAND)
+            .map(|_| ())
+    }
+
     /// Run `sql`, which returns `ncols` columns, and return every row as text.
     pub fn query(&self, sql: &str, ncols: usize) -> Result<Vec<Vec<Option<String>>>, Problem> {
+        self.exec(sql, ncols, pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES)
+    }
+
+    fn exec(
+        &self,
+        sql: &str,
+        ncols: usize,
+        expected: pg_sys::WalRcvExecStatus::Type,
+    ) -> Result<Vec<Vec<Option<String>>>, Problem> {
         let sql = CString::new(sql).expect("query contains a NUL byte");
         let types = vec![pg_sys::TEXTOID; ncols];
         // SAFETY: conn is open; walrcv_exec copies the result into a tuplestore allocated in
         // the current memory context (our transaction's); the caller is in a transaction, as
         // building the tuples needs catalog access. Each tuple is read through a slot of the
-        // result's own descriptor, and every datum is text (we asked for TEXTOID).
+        // result's own descriptor, and every datum is text (we asked for TEXTOID). A command
+        // result has no tuplestore and is not read.
         unsafe {
             let exec = (*pg_sys::WalReceiverFunctions)
                 .walrcv_exec
                 .expect("no walrcv_exec");
             let res = exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr());
-            if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
+            if (*res).status != expected {
                 let err = if (*res).err.is_null() {
                     format!("unexpected result status {:?}", (*res).status)
                 } else {
@@ -202,6 +221,9 @@ impl Upstream {
                         .to_string()
                 };
                 return Err(Problem::Query(err));
+            }
+            if expected != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
+                return Ok(Vec::new());
             }
             let slot =
                 pg_sys::MakeSingleTupleTableSlot((*res).tupledesc, &pg_sys::TTSOpsMinimalTuple);
@@ -282,15 +304,27 @@ impl Upstream {
         timeout: std::time::Duration,
     ) -> Result<(i64, Option<MovedSlots>), Problem> {
         // One query: the rows of the moved slots are read (LATERAL, so after the wait) only
-        // for the names the wait returned; none when it returned NULL or nothing moved.
+        // for the names the wait returned; none when it returned NULL or nothing moved. It
+        // runs once per move upstream, so it is prepared once per connection: parsing and
+        // planning it each time was most of what the upstream spent per move. (A walsender
+        // takes no extended-protocol messages, but SQL PREPARE and EXECUTE; a change of the
+        // objects it uses makes PostgreSQL plan it again, and a dropped object makes EXECUTE
+        // fail, which ends this connection like any failed query.)
+        if !self.wait_prepared.get() {
+            self.command(&format!(
+                "PREPARE slot_failover_wait (pg_catalog.int8, pg_catalog.int4) AS
+                 SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
+                   FROM slot_failover.wait_for_slot_change($1, $2) AS w
+                   LEFT JOIN LATERAL (SELECT {} {SLOTS_FROM}
+                                       WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
+                     ON true",
+                slot_columns()
+            ))?;
+            self.wait_prepared.set(true);
+        }
         let sql = format!(
-            "SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
-               FROM slot_failover.wait_for_slot_change({seen}, {}) AS w
-               LEFT JOIN LATERAL (SELECT {} {SLOTS_FROM}
-                                   WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
-                 ON true",
-            timeout.as_millis().min(60_000),
-            slot_columns()
+            "EXECUTE slot_failover_wait({seen}, {})",
+            timeout.as_millis().min(60_000)
         );
         let rows = self.query(&sql, 11)?;
         let row = rows

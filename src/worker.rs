@@ -42,6 +42,7 @@ use crate::gucs;
 use crate::hold;
 use crate::marks::{self, Table};
 use crate::readiness::State;
+use crate::retention;
 use crate::shared::{self, SHARED};
 use crate::sync::{self, SlotReport};
 use crate::upstream::{self, Problem, RemoteSlot, Upstream};
@@ -71,7 +72,8 @@ pub fn wake_at_commit() {
 /// Read the marks and the failover standbys from the catalog and publish them to the logical
 /// senders (`hold.rs`). In the worker's database; where the extension is not installed there
 /// can be no marks, which is published too (with one WARNING), so that senders do not wait.
-fn publish_hold_config(warned_missing: &mut bool) {
+/// Publish the marks and the failover standbys for the logical senders; returns the marks.
+fn publish_hold_config(warned_missing: &mut bool) -> Vec<String> {
     // Read-only SPI (Spi::get_one would ask for an xid, which a standby cannot assign).
     let installed = Spi::connect(|client| {
         client
@@ -94,7 +96,7 @@ fn publish_hold_config(warned_missing: &mut bool) {
             );
         }
         hold::publish_config(&[], &[]);
-        return;
+        return Vec::new();
     }
     *warned_missing = false;
     let marked = marks::names(Table::MarkedSlots);
@@ -106,6 +108,7 @@ fn publish_hold_config(warned_missing: &mut bool) {
             standbys.len()
         );
     }
+    marked
 }
 
 /// Register the worker with the postmaster. Only valid while shared_preload_libraries are
@@ -440,8 +443,10 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     }
     let mut state = SyncState::new();
     let mut warned_missing = false;
+    let mut retained = retention::Watch::default();
     // The logical senders wait until the marks are known: publish them before anything else.
-    in_transaction(|| publish_hold_config(&mut warned_missing));
+    let marked = in_transaction(|| publish_hold_config(&mut warned_missing));
+    retained.check(&marked, standby);
 
     let mut published_at = std::time::Instant::now();
     let mut last_round = std::time::Instant::now();
@@ -545,10 +550,12 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         standby = now_standby;
         // Rounds can follow each other quickly on a standby (one per move of a marked slot
         // upstream); the marks and standby list it publishes only change through replay, so
-        // once per naptime is enough there. A primary publishes on every wake-up (commits of
-        // enable() and friends wake it).
-        if !standby || published_at.elapsed() >= gucs::naptime() {
-            in_transaction(|| publish_hold_config(&mut warned_missing));
+        // once per naptime is enough there, after the round (a moved slot does not wait for
+        // it). A primary publishes on every wake-up (commits of enable() and friends wake it).
+        let publish_due = !standby || published_at.elapsed() >= gucs::naptime();
+        if publish_due && !standby {
+            let marked = in_transaction(|| publish_hold_config(&mut warned_missing));
+            retained.check(&marked, standby);
             published_at = std::time::Instant::now();
         }
 
@@ -562,11 +569,13 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         let asked = requested != SHARED.share().rounds_done;
         round_due |= asked;
         if syncing {
-            // A wake-up that named the slots that moved touches only those, unless a full
-            // round is due anyway (the naptime is up, or a round was asked for).
+            // A wake-up that named the slots that moved touches only those, with the rows it
+            // brought, at once. A full round follows when one is due anyway (the naptime is up,
+            // or a round was asked for) or the partial one could not stand for it: the moved
+            // slots never wait behind the periodic work.
             let full_due = asked || last_round.elapsed() >= timeout;
             let mut done = !round_due;
-            if let (Some((names, rows)), false, false) = (&moved, full_due, done) {
+            if let (Some((names, rows)), false) = (&moved, done) {
                 let started = std::time::Instant::now();
                 if let Some(reports) = in_transaction(|| state.round_some(names, rows))
                     && shared::publish_some(&reports)
@@ -575,7 +584,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                         state.report_slot(r);
                     }
                     record_round(started.elapsed(), true);
-                    done = true;
+                    done = !full_due;
                 }
             }
             if !done {
@@ -601,5 +610,10 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             shared::clear();
         }
         SHARED.exclusive().rounds_done = requested;
+        if publish_due && standby {
+            let marked = in_transaction(|| publish_hold_config(&mut warned_missing));
+            retained.check(&marked, standby);
+            published_at = std::time::Instant::now();
+        }
     }
 }

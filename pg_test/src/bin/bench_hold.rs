@@ -12,6 +12,9 @@
 //!   the clock runs from the first write until the subscriber has the last row. Here a held
 //!   sender waits for the standby's confirmation of each change it sends.
 //!
+//! Each measurement starts from empty tables and fresh checkpoints on all three servers, with
+//! autovacuum off, so that the order of the settings does not favour one of them.
+//!
 //! Prints one line per measurement and a summary with the median rows/s and the ratio on/off.
 
 use std::time::{Duration, Instant};
@@ -132,8 +135,21 @@ impl Bench {
         }
     }
 
+    /// Every measurement starts from the same state: empty tables on both sides (the
+    /// publication does not publish TRUNCATE) and fresh checkpoints, so that neither a bigger
+    /// index nor a checkpoint favours the setting measured first.
+    fn reset(&self) {
+        self.primary
+            .safe_psql("postgres", "TRUNCATE t; CHECKPOINT;");
+        self.primary.wait_for_catchup(&self.standby);
+        self.standby.safe_psql("postgres", "CHECKPOINT");
+        self.subscriber
+            .safe_psql("postgres", "TRUNCATE t; CHECKPOINT;");
+    }
+
     fn catch_up(&mut self, on: bool, txns: i64, bulk: i64) -> (i64, Duration) {
         self.subscription(false);
+        self.reset();
         let first = self.next_id;
         let last = self.write(txns, bulk);
         self.primary.wait_for_catchup(&self.standby);
@@ -148,6 +164,7 @@ impl Bench {
 
     fn live(&mut self, on: bool, txns: i64) -> (i64, Duration) {
         self.subscription(false);
+        self.reset();
         self.setting(on);
         self.subscription(true);
         let first = self.next_id;
@@ -174,7 +191,7 @@ fn main() {
         &format!(
             "SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
              CREATE TABLE t (id bigint PRIMARY KEY, note text);
-             CREATE PUBLICATION pub FOR TABLE t;"
+             CREATE PUBLICATION pub FOR TABLE t WITH (publish = 'insert');"
         ),
     );
     primary.backup("bench");
@@ -192,6 +209,9 @@ fn main() {
         "pub",
         "CREATE TABLE t (id bigint PRIMARY KEY, note text)",
     );
+    // No autovacuum in the middle of a measurement (the tables are emptied before each).
+    primary.set_and_reload("autovacuum", "off");
+    subscriber.set_and_reload("autovacuum", "off");
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
     let mut bench = Bench {
         primary,

@@ -46,6 +46,8 @@ struct Args {
     sample_ms: u64,
     scale: Vec<usize>,
     json: Option<String>,
+    /// Extra postgresql.conf lines for standby A (to try settings side by side).
+    a_conf: String,
 }
 
 fn args() -> Args {
@@ -55,6 +57,7 @@ fn args() -> Args {
         sample_ms: 1,
         scale: vec![10, 100, 1000],
         json: None,
+        a_conf: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,9 +74,10 @@ fn args() -> Args {
                     .collect()
             }
             "--json" => a.json = Some(value()),
+            "--a-conf" => a.a_conf = value(),
             other => {
                 eprintln!(
-                    "bench_sync: unknown argument {other:?} (--steady-secs N, --bursts N, --sample-ms N, --scale 10,100,1000, --json FILE)"
+                    "bench_sync: unknown argument {other:?} (--steady-secs N, --bursts N, --sample-ms N, --scale 10,100,1000, --json FILE, --a-conf 'name = value')"
                 );
                 std::process::exit(2);
             }
@@ -93,7 +97,7 @@ struct Setup {
     builtin: bool,
 }
 
-fn setup() -> Setup {
+fn setup(a_conf: &str) -> Setup {
     let mut primary = Cluster::init("primary", InitOptions::logical());
     primary.append_conf(
         "postgresql.conf",
@@ -120,7 +124,12 @@ fn setup() -> Setup {
     if builtin {
         primary.safe_psql("postgres", "SELECT slot_failover.enable_standby('sb_b')");
     }
-    let a = standby_of(&primary, "standby_a", "sb_a", "hot_standby_feedback = on");
+    let a = standby_of(
+        &primary,
+        "standby_a",
+        "sb_a",
+        &format!("hot_standby_feedback = on\n{a_conf}"),
+    );
     let b = builtin.then(|| {
         standby_of(
             &primary,
@@ -332,7 +341,15 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
         fmt_ratio(&ratios["p99_A_over_B"]),
         fmt_ratio(&ratios["p99_A_over_floor_A"])
     );
-    json!({ "workload": label, "moves": moves.len(), "lags": rows, "ratios": ratios })
+    // Every move's time and A's lag, for looking at the tail (when, and how clustered).
+    let a_lags = delays(&moves, &a_copy);
+    let raw: Vec<Value> = moves
+        .iter()
+        .zip(&a_lags)
+        .map(|(&(at, _), lag)| json!([at.as_secs_f64() * 1000.0, lag]))
+        .collect();
+    json!({ "workload": label, "moves": moves.len(), "lags": rows, "ratios": ratios,
+            "a_copy_lag_by_move_ms": raw })
 }
 
 fn fmt_ratio(v: &Value) -> String {
@@ -591,7 +608,7 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
 
 fn main() {
     let args = args();
-    let s = setup();
+    let s = setup(&args.a_conf);
     let major = s.primary.install().major;
     println!(
         "bench_sync on PostgreSQL {major}: A = slot_failover{}",
