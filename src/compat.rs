@@ -192,6 +192,75 @@ pub unsafe fn slot_data_invalidated(data: &pg_sys::ReplicationSlotPersistentData
     }
 }
 
+/// Whether slots record `two_phase_at` (15+): the LSN from which a two_phase slot sent
+/// prepared transactions at their PREPARE.
+pub const HAS_TWO_PHASE_AT: bool = cfg!(not(feature = "pg14"));
+
+/// A slot's `two_phase_at` (0 on 14, which has no such field).
+pub fn slot_two_phase_at(data: &pg_sys::ReplicationSlotPersistentData) -> u64 {
+    #[cfg(feature = "pg14")]
+    {
+        let _ = data;
+        0
+    }
+    #[cfg(not(feature = "pg14"))]
+    {
+        data.two_phase_at
+    }
+}
+
+/// Set a slot's `two_phase` and (15+) `two_phase_at`.
+pub fn set_two_phase(data: &mut pg_sys::ReplicationSlotPersistentData, on: bool, at: u64) {
+    data.two_phase = on;
+    #[cfg(feature = "pg14")]
+    let _ = at;
+    #[cfg(not(feature = "pg14"))]
+    {
+        data.two_phase_at = at;
+    }
+}
+
+/// `SLOT_MAGIC` of slot.c, the same on 14 to 18.
+const SLOT_STATE_MAGIC: u32 = 0x0105_1CA1;
+/// magic, checksum, version, length: then the slot's persistent data (slot.c's
+/// ReplicationSlotOnDisk, the same header on 14 to 18).
+const SLOT_STATE_HEADER: usize = 16;
+
+/// (two_phase, two_phase_at) from a slot state file (`pg_replslot/<name>/state`) written by a
+/// server of this major (a physical standby and its upstream always run the same major, so
+/// the struct's layout is this build's). Refused unless it starts with the slot magic, is
+/// long enough and names the slot `name`.
+pub fn two_phase_from_state_file(bytes: &[u8], name: &str) -> Result<(bool, u64), String> {
+    use std::mem::{offset_of, size_of};
+    type Data = pg_sys::ReplicationSlotPersistentData;
+    if bytes.len() < SLOT_STATE_HEADER + size_of::<Data>() {
+        return Err(format!("slot state file of {} bytes is too short", bytes.len()));
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if u32_at(0) != SLOT_STATE_MAGIC {
+        return Err("not a slot state file (wrong magic number)".into());
+    }
+    let data = &bytes[SLOT_STATE_HEADER..];
+    let name_at = offset_of!(Data, name);
+    let stored = &data[name_at..name_at + pg_sys::NAMEDATALEN as usize];
+    let stored = stored.split(|&b| b == 0).next().unwrap_or_default();
+    if stored != name.as_bytes() {
+        return Err(format!(
+            "the slot state file names slot \"{}\"",
+            String::from_utf8_lossy(stored)
+        ));
+    }
+    let two_phase = data[offset_of!(Data, two_phase)] != 0;
+    #[cfg(feature = "pg14")]
+    let at = 0;
+    #[cfg(not(feature = "pg14"))]
+    let at = {
+        let o = offset_of!(Data, two_phase_at);
+        u64::from_ne_bytes(data[o..o + 8].try_into().expect("8 bytes"))
+    };
+    Ok((two_phase, at))
+}
+
 /// `ReplicationSlotControlLock`: entry 37 of the main LWLock array on 14 to 18
 /// (lwlocknames.txt up to 16, lwlocklist.h from 17).
 pub fn replication_slot_control_lock() -> *mut pg_sys::LWLock {

@@ -28,7 +28,6 @@ use std::fs;
 use std::io::Write;
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use crate::compat;
 use crate::readiness::{Local, lsn};
@@ -53,48 +52,72 @@ pub fn local_slots() -> HashMap<String, Local> {
     local_slots_named(None)
 }
 
-/// [`local_slots`], limited to the slots named in `only` when given.
+/// [`local_slots`], limited to the slots named in `only` when given. Read from shared memory,
+/// not through SQL: a round that a wake-up started for one moved slot looks at that one only,
+/// and this is on the path from the move upstream to the copy here.
 pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
-    // The names are valid slot names ([a-z0-9_]): safe inside a quoted array literal.
-    let filter = only.map_or(String::new(), |names| {
-        format!(
-            "WHERE s.slot_name OPERATOR(pg_catalog.=) ANY ('{{{}}}'::pg_catalog.name[])",
-            names.join(",")
-        )
-    });
-    let sql = format!(
-        "SELECT s.slot_name::pg_catalog.text, s.slot_type, s.temporary, {inv},
-                coalesce((s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
-                coalesce((s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn), 0)::pg_catalog.int8,
-                coalesce(s.catalog_xmin::pg_catalog.text::pg_catalog.int8, 0),
-                coalesce(s.temporary AND s.active_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid(), false)
-           FROM pg_catalog.pg_replication_slots AS s {filter}",
-        inv = compat::SLOT_INVALIDATED_SQL
-    );
-    Spi::connect(|client| {
-        let table = client
-            .select(&sql, None, &[])
-            .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"));
-        let mut slots = HashMap::new();
-        for row in table {
-            let name: String = row.get(1).ok().flatten().unwrap_or_default();
-            let logical = row.get::<String>(2).ok().flatten().as_deref() == Some("logical");
-            let slot = Local {
-                // A temporary slot held by this very process was created by it: ours even
-                // if an error came between creating it and writing its marker.
-                ours: logical
-                    && (fs::metadata(marker_path(&name)).is_ok()
-                        || row.get::<bool>(8).ok().flatten().unwrap_or(false)),
-                persistent: !row.get::<bool>(3).ok().flatten().unwrap_or(false),
-                invalidated: row.get::<bool>(4).ok().flatten().unwrap_or(false),
-                restart_lsn: row.get::<i64>(5).ok().flatten().unwrap_or(0) as u64,
-                confirmed_flush: row.get::<i64>(6).ok().flatten().unwrap_or(0) as u64,
-                catalog_xmin: row.get::<i64>(7).ok().flatten().unwrap_or(0) as u32,
-            };
-            slots.insert(name, slot);
+    struct Seen {
+        name: String,
+        logical: bool,
+        temporary_here: bool,
+        local: Local,
+    }
+    let mut seen = Vec::new();
+    // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots
+    // from being created or dropped while we look, each slot's spinlock makes its fields
+    // consistent, and nothing between acquire and release can raise an ERROR (the names are
+    // copied out; the marker files are looked at after the lock is released). MyProcPid is
+    // this process's pid. Valid on every supported major and in any process attached to
+    // shared memory.
+    unsafe {
+        let last_removed = pg_sys::XLogGetLastRemovedSegno();
+        let segment_size = pg_sys::wal_segment_size as u64;
+        let lock = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots as usize {
+            let slot = slots.add(i);
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            if (*slot).in_use {
+                let data = &(*slot).data;
+                let name = std::ffi::CStr::from_ptr(data.name.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                if only.is_none_or(|names| names.contains(&name)) {
+                    let temporary = data.persistency
+                        == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
+                    // As the view's wal_status 'lost': invalidated, or its WAL is gone.
+                    let wal_removed = data.restart_lsn != 0
+                        && last_removed >= data.restart_lsn / segment_size;
+                    seen.push(Seen {
+                        name,
+                        logical: data.database != pg_sys::InvalidOid,
+                        temporary_here: temporary && (*slot).active_pid == pg_sys::MyProcPid,
+                        local: Local {
+                            ours: false,
+                            persistent: !temporary,
+                            invalidated: compat::slot_data_invalidated(data) || wal_removed,
+                            restart_lsn: data.restart_lsn,
+                            confirmed_flush: data.confirmed_flush,
+                            catalog_xmin: data.catalog_xmin.into_inner(),
+                            two_phase: data.two_phase,
+                            two_phase_at: compat::slot_two_phase_at(data),
+                        },
+                    });
+                }
+            }
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
         }
-        slots
-    })
+        pg_sys::LWLockRelease(lock);
+    }
+    seen.into_iter()
+        .map(|s| {
+            // A temporary slot held by this very process was created by it: ours even if an
+            // error came between creating it and writing its marker.
+            let ours = s.logical && (s.temporary_here || is_ours(&s.name));
+            (s.name, Local { ours, ..s.local })
+        })
+        .collect()
 }
 
 /// The end of the WAL this standby has flushed (received and written to disk, or replayed).
@@ -258,12 +281,14 @@ fn write_marker(name: &str) -> Result<(), String> {
 }
 
 /// Move our copy forward: `restart` is the new (restart_lsn, catalog_xmin) pair,
-/// `confirmed_flush` the new confirmed position; `persist` makes the copy ready. Positions
-/// never move backward (checked again here, on the acquired slot).
+/// `confirmed_flush` the new confirmed position, `two_phase` the upstream's (two_phase,
+/// two_phase_at); `persist` makes the copy ready. Positions never move backward (checked
+/// again here, on the acquired slot).
 pub fn update(
     name: &str,
     restart: Option<(u64, u32)>,
     confirmed_flush: Option<u64>,
+    two_phase: Option<(bool, u64)>,
     persist: bool,
 ) -> Result<(), String> {
     let cname = cname(name);
@@ -288,6 +313,9 @@ pub fn update(
             && flush > (*slot).data.confirmed_flush
         {
             (*slot).data.confirmed_flush = flush;
+        }
+        if let Some((on, at)) = two_phase {
+            compat::set_two_phase(&mut (*slot).data, on, at);
         }
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
         pg_sys::ReplicationSlotMarkDirty();

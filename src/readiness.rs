@@ -13,10 +13,18 @@
 //!      `pg_logical/snapshots`, so decoding from restart_lsn after promotion is consistent at
 //!      once (snapshots are not replicated, and 14/15 cannot decode on a standby to find one).
 //!
+//!   5. it carries the upstream slot's `two_phase` and, when that is on, its `two_phase_at`
+//!      (15+; the LSN from which prepared transactions were sent at their PREPARE): a copy
+//!      without them would, after promotion, send a prepared transaction a second time at its
+//!      COMMIT PREPARED, or not at all.
+//!
 //!   It then takes the upstream's restart_lsn, catalog_xmin and confirmed_flush.
 //! * A ready copy moves its (restart_lsn, catalog_xmin) pair only together, only forward, and
 //!   only to a restart_lsn whose snapshot is here; confirmed_flush only forward and never past
 //!   what this standby has flushed (else the whole slot waits: `ahead_of_standby`).
+//! * A ready copy whose `two_phase` or `two_phase_at` no longer matches the upstream's takes
+//!   them over; until it can (the upstream's `two_phase_at` is not known yet) it is not
+//!   reported ready.
 //! * Only copies this extension created are ever changed or dropped.
 
 /// The upstream's view of a marked slot (`None` in [`decide`]: no such slot upstream).
@@ -27,6 +35,10 @@ pub struct Upstream {
     pub restart_lsn: u64,
     pub confirmed_flush: u64,
     pub catalog_xmin: u32,
+    pub two_phase: bool,
+    /// The upstream slot's two_phase_at when `two_phase` is on: None while it is not known
+    /// (it is read from the upstream's slot state file); 0 on majors without the field (14).
+    pub two_phase_at: Option<u64>,
 }
 
 /// The local slot of the same name, if any.
@@ -39,6 +51,9 @@ pub struct Local {
     pub restart_lsn: u64,
     pub confirmed_flush: u64,
     pub catalog_xmin: u32,
+    pub two_phase: bool,
+    /// 0 on majors without the field (14), and until it is set.
+    pub two_phase_at: u64,
 }
 
 /// A copy's state, as the status view and the logs name it.
@@ -73,10 +88,12 @@ pub enum Action {
     /// Drop our copy.
     Drop,
     /// Change our copy: `restart` is the new (restart_lsn, catalog_xmin) pair, `confirmed_flush`
-    /// the new confirmed_flush, `persist` makes it ready.
+    /// the new confirmed_flush, `two_phase` the new (two_phase, two_phase_at), `persist` makes
+    /// it ready.
     Update {
         restart: Option<(u64, u32)>,
         confirmed_flush: Option<u64>,
+        two_phase: Option<(bool, u64)>,
         persist: bool,
     },
     /// Nothing to do.
@@ -106,6 +123,23 @@ pub fn xid_precedes(a: u32, b: u32) -> bool {
 
 pub fn lsn(v: u64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+/// How the copy's two-phase settings compare with the upstream's: Ok(None) when they match,
+/// Ok(Some(new)) when the copy must take `new`, Err(detail) when the upstream's two_phase_at
+/// is not known yet.
+fn two_phase_change(up: &Upstream, l: &Local) -> Result<Option<(bool, u64)>, String> {
+    if !up.two_phase {
+        // Switched off upstream (18 can): the copy follows; two_phase_at no longer matters.
+        return Ok(l.two_phase.then_some((false, l.two_phase_at)));
+    }
+    match up.two_phase_at {
+        None => Err(
+            "the upstream slot has two_phase on, and its two_phase_at is not known here yet".into(),
+        ),
+        Some(at) if l.two_phase && l.two_phase_at == at => Ok(None),
+        Some(at) => Ok(Some((true, at))),
+    }
 }
 
 /// Decide what to do with one marked slot.
@@ -213,12 +247,17 @@ pub fn decide(
                 ),
             );
         }
+        let two_phase = match two_phase_change(up, l) {
+            Ok(change) => change,
+            Err(detail) => return decision(Nothing, WaitingForUpstream, detail),
+        };
         return decision(
             Update {
                 restart: Some((up.restart_lsn, up.catalog_xmin)),
                 // Forward only; up.confirmed_flush is within standby_flush (checked above).
                 confirmed_flush: (up.confirmed_flush > l.confirmed_flush)
                     .then_some(up.confirmed_flush),
+                two_phase,
                 persist: true,
             },
             Ready,
@@ -235,21 +274,31 @@ pub fn decide(
             None
         };
     let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
-    let detail = if up.restart_lsn > l.restart_lsn && restart.is_none() {
-        "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
-    } else {
-        "ready"
+    let (two_phase, state, detail) = match two_phase_change(up, l) {
+        Ok(change) => (
+            change,
+            Ready,
+            if up.restart_lsn > l.restart_lsn && restart.is_none() {
+                "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
+                    .to_string()
+            } else {
+                "ready".to_string()
+            },
+        ),
+        // Decoding from this copy now could send a prepared transaction twice, or never.
+        Err(detail) => (None, WaitingForUpstream, detail),
     };
-    if restart.is_none() && confirmed_flush.is_none() {
-        return decision(Nothing, Ready, detail);
+    if restart.is_none() && confirmed_flush.is_none() && two_phase.is_none() {
+        return decision(Nothing, state, detail);
     }
     decision(
         Update {
             restart,
             confirmed_flush,
+            two_phase,
             persist: false,
         },
-        Ready,
+        state,
         detail,
     )
 }
@@ -265,6 +314,8 @@ mod tests {
             restart_lsn: restart,
             confirmed_flush: flush,
             catalog_xmin: xmin,
+            two_phase: false,
+            two_phase_at: Some(0),
         }
     }
 
@@ -276,6 +327,8 @@ mod tests {
             restart_lsn: restart,
             confirmed_flush: flush,
             catalog_xmin: xmin,
+            two_phase: false,
+            two_phase_at: 0,
         }
     }
 
@@ -324,6 +377,7 @@ mod tests {
             Action::Update {
                 restart: Some((100, 10)),
                 confirmed_flush: Some(200),
+                two_phase: None,
                 persist: true
             }
         );
@@ -366,6 +420,7 @@ mod tests {
             Action::Update {
                 restart: Some((300, 20)),
                 confirmed_flush: Some(400),
+                two_phase: None,
                 persist: false
             }
         );
@@ -376,6 +431,7 @@ mod tests {
             Action::Update {
                 restart: None,
                 confirmed_flush: Some(400),
+                two_phase: None,
                 persist: false
             }
         );
@@ -386,9 +442,64 @@ mod tests {
             Action::Update {
                 restart: Some((100, 12)),
                 confirmed_flush: None,
+                two_phase: None,
                 persist: false
             }
         );
+    }
+
+    #[test]
+    fn two_phase_and_two_phase_at_are_carried_before_ready() {
+        let mut u = up(100, 200, 10);
+        u.two_phase = true;
+        u.two_phase_at = None;
+        // Not ready yet and two_phase_at unknown: wait.
+        let d = decide(Some(&u), Some(&copy(false, 90, 0, 9)), 1000, true);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        // Known: taken together with becoming ready.
+        u.two_phase_at = Some(150);
+        let d = decide(Some(&u), Some(&copy(false, 90, 0, 9)), 1000, true);
+        assert_eq!(d.state, State::Ready);
+        assert!(matches!(
+            d.action,
+            Action::Update {
+                two_phase: Some((true, 150)),
+                persist: true,
+                ..
+            }
+        ));
+        // A ready copy whose slot had two_phase switched on later: it takes it over, and is
+        // not reported ready while two_phase_at is unknown.
+        let l = copy(true, 100, 200, 10);
+        let d = decide(Some(&u), Some(&l), 1000, true);
+        assert_eq!(
+            (d.action, d.state),
+            (
+                Action::Update {
+                    restart: None,
+                    confirmed_flush: None,
+                    two_phase: Some((true, 150)),
+                    persist: false
+                },
+                State::Ready
+            )
+        );
+        u.two_phase_at = None;
+        let d = decide(Some(&u), Some(&l), 1000, true);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        // Matching: nothing to do.
+        let mut l = l;
+        l.two_phase = true;
+        l.two_phase_at = 150;
+        u.two_phase_at = Some(150);
+        let d = decide(Some(&u), Some(&l), 1000, true);
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
     }
 
     #[test]
@@ -417,6 +528,7 @@ mod tests {
             Action::Update {
                 restart: Some((288, 15)),
                 confirmed_flush: None,
+                two_phase: None,
                 persist: true
             }
         );
@@ -457,14 +569,20 @@ mod properties {
                 0u64..1000,
                 0u64..1000,
                 0u32..100,
+                any::<bool>(),
+                prop::option::of(0u64..3),
             )
                 .prop_map(
-                    |(logical, invalidated, restart_lsn, flush, catalog_xmin)| Upstream {
-                        logical,
-                        invalidated,
-                        restart_lsn,
-                        confirmed_flush: restart_lsn + flush,
-                        catalog_xmin,
+                    |(logical, invalidated, restart_lsn, flush, catalog_xmin, two_phase, at)| {
+                        Upstream {
+                            logical,
+                            invalidated,
+                            restart_lsn,
+                            confirmed_flush: restart_lsn + flush,
+                            catalog_xmin,
+                            two_phase,
+                            two_phase_at: at,
+                        }
                     },
                 ),
         )
@@ -479,15 +597,28 @@ mod properties {
                 0u64..1000,
                 0u64..1000,
                 0u32..100,
+                any::<bool>(),
+                0u64..3,
             )
                 .prop_map(
-                    |(ours, persistent, invalidated, restart_lsn, flush, catalog_xmin)| Local {
+                    |(
+                        ours,
+                        persistent,
+                        invalidated,
+                        restart_lsn,
+                        flush,
+                        catalog_xmin,
+                        two_phase,
+                        two_phase_at,
+                    )| Local {
                         ours,
                         persistent,
                         invalidated,
                         restart_lsn,
                         confirmed_flush: restart_lsn + flush,
                         catalog_xmin,
+                        two_phase,
+                        two_phase_at,
                     },
                 ),
         )
@@ -512,7 +643,21 @@ mod properties {
                 (Action::Drop | Action::Update { .. }, None) => prop_assert!(false, "change without a copy: {d:?}"),
                 _ => {}
             }
-            if let (Action::Update { restart, confirmed_flush, persist }, Some(local)) = (&d.action, &l) {
+            // Ready means the copy (after this action) sends prepared transactions as the
+            // upstream slot would: same two_phase and, when on, same two_phase_at.
+            if d.state == State::Ready
+                && let (Some(up), Some(local)) = (&up, &l)
+            {
+                let (two_phase, at) = match &d.action {
+                    Action::Update { two_phase: Some(tp), .. } => *tp,
+                    _ => (local.two_phase, local.two_phase_at),
+                };
+                prop_assert_eq!(two_phase, up.two_phase, "{:?}", d);
+                if up.two_phase {
+                    prop_assert_eq!(Some(at), up.two_phase_at, "{:?}", d);
+                }
+            }
+            if let (Action::Update { restart, confirmed_flush, persist, .. }, Some(local)) = (&d.action, &l) {
                 let up = up.as_ref().expect("an update follows the upstream");
                 // Never backward.
                 if let Some((r, x)) = restart {

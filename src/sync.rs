@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::compat;
 use crate::copy;
 use crate::readiness::{self, Action, State};
 use crate::upstream::{Problem, RemoteSlot, Upstream};
@@ -34,7 +35,23 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
         restart_lsn: r.restart_lsn.unwrap_or(0),
         confirmed_flush: r.confirmed_flush.unwrap_or(0),
         catalog_xmin: r.catalog_xmin.unwrap_or(0),
+        two_phase: r.two_phase,
+        // Not in pg_replication_slots: read from the upstream's state file when needed (see
+        // upstream_two_phase_at); nothing to know when two_phase is off or on 14.
+        two_phase_at: (!r.two_phase || !compat::HAS_TWO_PHASE_AT).then_some(0),
     })
+}
+
+/// The upstream slot's two_phase_at, for a copy that does not carry it yet: read from the
+/// upstream's slot state file. None while that file does not show two_phase on yet (it is
+/// saved right after two_phase is switched on).
+fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, String> {
+    let Some(bytes) = up.slot_state_file(name)? else {
+        return Ok(None);
+    };
+    let (two_phase, at) = compat::two_phase_from_state_file(&bytes, name)
+        .map_err(|e| format!("could not read two_phase_at from the upstream's slot state file: {e}"))?;
+    Ok(two_phase.then_some(at))
 }
 
 /// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
@@ -104,9 +121,26 @@ fn handle_slot(
         detail,
         upstream_confirmed_flush,
     };
-    let upstream = to_upstream(remote);
+    let mut upstream = to_upstream(remote);
     let mut created = false;
     for _ in 0..2 {
+        // A copy that already carries two_phase_at keeps it (it changes only when two_phase
+        // is switched off and on again, which the copy follows through two_phase); otherwise
+        // the upstream's is read now.
+        if let (Some(u), Some(l)) = (&mut upstream, &local)
+            && l.ours
+            && u.two_phase
+            && u.two_phase_at.is_none()
+        {
+            u.two_phase_at = if l.two_phase && l.two_phase_at != 0 {
+                Some(l.two_phase_at)
+            } else {
+                match upstream_two_phase_at(up, &remote.name) {
+                    Ok(at) => at,
+                    Err(e) => return report("none", State::Error, e),
+                }
+            };
+        }
         let mut snapshot = false;
         if let (Some(u), Some(l)) = (&upstream, &local)
             && l.ours
@@ -133,10 +167,18 @@ fn handle_slot(
             Action::Update {
                 restart,
                 confirmed_flush,
+                two_phase,
                 persist,
             } => {
-                let updated =
-                    isolated(|| copy::update(&remote.name, *restart, *confirmed_flush, *persist));
+                let updated = isolated(|| {
+                    copy::update(
+                        &remote.name,
+                        *restart,
+                        *confirmed_flush,
+                        *two_phase,
+                        *persist,
+                    )
+                });
                 if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
                     // Not ready yet and it failed (its WAL is gone, say): start over.
                     let _ = isolated(|| {

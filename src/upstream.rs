@@ -365,6 +365,28 @@ impl Upstream {
         Ok(rows.iter().map(|r| remote_slot(r)).collect())
     }
 
+    /// The upstream's state file of slot `name` (`pg_replslot/<name>/state`, as of its last
+    /// save), if it has one: where `two_phase_at` is read on majors whose pg_replication_slots
+    /// does not show it. Same privilege as [`snapshot_file`](Upstream::snapshot_file).
+    pub fn slot_state_file(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        crate::slot_name::validate(name).map_err(|e| format!("bad slot name {name:?}: {e:?}"))?;
+        let sql = format!(
+            "SELECT pg_catalog.pg_read_binary_file({}, 0, {SLOT_STATE_FILE_MAX}, true)",
+            quote_literal(&format!("pg_replslot/{name}/state"))
+        );
+        let rows = self.query(&sql, 1).map_err(|p| match p {
+            Problem::Query(e) if e.contains("permission denied") => format!(
+                "could not read the upstream's slot state file: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
+            ),
+            Problem::Query(e) => format!("could not read the upstream's slot state file: {e}"),
+            other => other.to_string(),
+        })?;
+        let Some(hex) = rows.first().and_then(|r| r[0].clone()) else {
+            return Ok(None);
+        };
+        decode_bytea_hex(&hex).map(Some)
+    }
+
     /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
     /// EXECUTE on pg_read_binary_file on the upstream (superusers have it); the file is inside
     /// the data directory, so pg_read_server_files is not needed.
@@ -390,6 +412,9 @@ impl Upstream {
 /// Snapshot files hold a few arrays of xids: 256 MiB is far beyond any real one (a longer
 /// file would be cut short, and its checksum would then fail loudly when restored).
 const SNAPSHOT_FILE_MAX: u64 = 256 << 20;
+
+/// A slot's state file is a few hundred bytes on every major.
+const SLOT_STATE_FILE_MAX: u64 = 8192;
 
 /// bytea in hex output format (`\x0a1b...`) to bytes.
 fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
