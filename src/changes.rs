@@ -10,7 +10,9 @@
 //!   acquired slot's `confirmed_flush`, `restart_lsn` and `catalog_xmin` with what it saw last
 //!   time; when a **marked** slot moved it bumps [`CHANGES`] and broadcasts the condition
 //!   variable in [`WAKEUP`]. The commit of `enable()`, `disable()` and their standby
-//!   counterparts does the same, so a new mark reaches the standbys at once too.
+//!   counterparts does the same, so a new mark reaches the standbys at once too. On a standby,
+//!   its worker does the same for each copy it changes ([`copy_changed`]), so that a standby
+//!   cascading from it follows at once too.
 //! * **Who waits.** A standby's worker, between two rounds, runs
 //!   `slot_failover.wait_for_slot_change(seen, timeout_ms)` on its upstream connection. It
 //!   returns the counter at once when it differs from `seen`, else as soon as it changes, else
@@ -149,6 +151,12 @@ pub fn note_own_slot() {
         return;
     }
     bump(name.to_bytes());
+}
+
+/// A copy on this standby changed (it moved, became ready or was dropped): wake the workers
+/// of the standbys that cascade from this one, which wait here like a standby of a primary.
+pub fn copy_changed(name: &str) {
+    bump(name.as_bytes());
 }
 
 /// Wake every waiter because the marks changed (at the commit of `enable()`, `disable()`

@@ -234,7 +234,10 @@ pub fn two_phase_from_state_file(bytes: &[u8], name: &str) -> Result<(bool, u64)
     use std::mem::{offset_of, size_of};
     type Data = pg_sys::ReplicationSlotPersistentData;
     if bytes.len() < SLOT_STATE_HEADER + size_of::<Data>() {
-        return Err(format!("slot state file of {} bytes is too short", bytes.len()));
+        return Err(format!(
+            "slot state file of {} bytes is too short",
+            bytes.len()
+        ));
     }
     let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     if u32_at(0) != SLOT_STATE_MAGIC {

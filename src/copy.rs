@@ -84,11 +84,11 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
                     .to_string_lossy()
                     .into_owned();
                 if only.is_none_or(|names| names.contains(&name)) {
-                    let temporary = data.persistency
-                        == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
+                    let temporary =
+                        data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
                     // As the view's wal_status 'lost': invalidated, or its WAL is gone.
-                    let wal_removed = data.restart_lsn != 0
-                        && last_removed >= data.restart_lsn / segment_size;
+                    let wal_removed =
+                        data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
                     seen.push(Seen {
                         name,
                         logical: data.database != pg_sys::InvalidOid,

@@ -125,10 +125,13 @@ pub fn lsn(v: u64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
 }
 
-/// How the copy's two-phase settings compare with the upstream's: Ok(None) when they match,
-/// Ok(Some(new)) when the copy must take `new`, Err(detail) when the upstream's two_phase_at
-/// is not known yet.
-fn two_phase_change(up: &Upstream, l: &Local) -> Result<Option<(bool, u64)>, String> {
+/// How the copy's two-phase settings compare with the upstream's, for a copy whose
+/// confirmed_flush is (after this round) `flush`: Ok(None) when they match, Ok(Some(new)) when
+/// the copy must take `new`, Err(detail) when it cannot yet. two_phase_at is taken only once
+/// the copy's confirmed_flush has reached it (as PostgreSQL 18's slot sync does): with
+/// two_phase_at ahead of confirmed_flush, a transaction prepared in between would be decoded
+/// at its PREPARE and again, whole, at its COMMIT PREPARED.
+fn two_phase_change(up: &Upstream, l: &Local, flush: u64) -> Result<Option<(bool, u64)>, String> {
     if !up.two_phase {
         // Switched off upstream (18 can): the copy follows; two_phase_at no longer matters.
         return Ok(l.two_phase.then_some((false, l.two_phase_at)));
@@ -138,6 +141,10 @@ fn two_phase_change(up: &Upstream, l: &Local) -> Result<Option<(bool, u64)>, Str
             "the upstream slot has two_phase on, and its two_phase_at is not known here yet".into(),
         ),
         Some(at) if l.two_phase && l.two_phase_at == at => Ok(None),
+        Some(at) if at > flush => Err(format!(
+            "the upstream slot switched two_phase on at {}; waiting for the copy's confirmed_flush to reach it",
+            lsn(at)
+        )),
         Some(at) => Ok(Some((true, at))),
     }
 }
@@ -247,7 +254,7 @@ pub fn decide(
                 ),
             );
         }
-        let two_phase = match two_phase_change(up, l) {
+        let two_phase = match two_phase_change(up, l, up.confirmed_flush.max(l.confirmed_flush)) {
             Ok(change) => change,
             Err(detail) => return decision(Nothing, WaitingForUpstream, detail),
         };
@@ -274,7 +281,8 @@ pub fn decide(
             None
         };
     let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
-    let (two_phase, state, detail) = match two_phase_change(up, l) {
+    let flush = confirmed_flush.unwrap_or(l.confirmed_flush);
+    let (two_phase, state, detail) = match two_phase_change(up, l, flush) {
         Ok(change) => (
             change,
             Ready,
@@ -656,6 +664,10 @@ mod properties {
                 if up.two_phase {
                     prop_assert_eq!(Some(at), up.two_phase_at, "{:?}", d);
                 }
+            }
+            // two_phase_at is never taken ahead of the copy's confirmed_flush.
+            if let (Action::Update { two_phase: Some((true, at)), confirmed_flush, .. }, Some(local)) = (&d.action, &l) {
+                prop_assert!(*at <= confirmed_flush.unwrap_or(local.confirmed_flush), "{:?}", d);
             }
             if let (Action::Update { restart, confirmed_flush, persist, .. }, Some(local)) = (&d.action, &l) {
                 let up = up.as_ref().expect("an update follows the upstream");

@@ -50,8 +50,7 @@ pub fn crossings(
     threshold: Option<u64>,
 ) -> Crossings {
     let mut out = Crossings::default();
-    let now: HashMap<&str, Option<u64>> =
-        retained.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let now: HashMap<&str, Option<u64>> = retained.iter().map(|(n, r)| (n.as_str(), *r)).collect();
     for (name, bytes) in retained {
         if let (Some(limit), Some(bytes)) = (threshold, bytes)
             && *bytes > limit
@@ -240,7 +239,11 @@ mod tests {
     #[test]
     fn gone_or_switched_off_ends_the_crossing() {
         let mut above = HashSet::new();
-        crossings(&mut above, &slots(&[("a", Some(150)), ("b", Some(150))]), Some(100));
+        crossings(
+            &mut above,
+            &slots(&[("a", Some(150)), ("b", Some(150))]),
+            Some(100),
+        );
         let c = crossings(&mut above, &slots(&[("a", None)]), Some(100));
         assert_eq!(
             c.below,

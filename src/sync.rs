@@ -28,6 +28,11 @@ pub struct SlotReport {
 }
 
 fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
+    // A temporary slot upstream is a cascading upstream's copy that is not ready: for us it is
+    // not there yet (a copy of it could be ready here before it is there).
+    if r.temporary {
+        return None;
+    }
     let slot_type = r.slot_type.as_deref()?;
     Some(readiness::Upstream {
         logical: slot_type == "logical",
@@ -49,8 +54,9 @@ fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, Strin
     let Some(bytes) = up.slot_state_file(name)? else {
         return Ok(None);
     };
-    let (two_phase, at) = compat::two_phase_from_state_file(&bytes, name)
-        .map_err(|e| format!("could not read two_phase_at from the upstream's slot state file: {e}"))?;
+    let (two_phase, at) = compat::two_phase_from_state_file(&bytes, name).map_err(|e| {
+        format!("could not read two_phase_at from the upstream's slot state file: {e}")
+    })?;
     Ok(two_phase.then_some(at))
 }
 
@@ -151,8 +157,16 @@ fn handle_slot(
                 Err(e) => return report("none", State::Error, e),
             }
         }
-        let decision =
+        let mut decision =
             readiness::decide(upstream.as_ref(), local.as_ref(), standby_flush, snapshot);
+        if remote.temporary {
+            decision.detail = if decision.action == Action::Drop {
+                "the upstream server is a standby whose copy of this slot is not ready; dropping the copy"
+            } else {
+                "the upstream server is a standby whose copy of this slot is not ready yet"
+            }
+            .into();
+        }
         let outcome = match &decision.action {
             Action::Nothing => {
                 let action = if created { "created" } else { "none" };
@@ -196,7 +210,12 @@ fn handle_slot(
                 created = true;
                 local = copy::local_slots().remove(&remote.name);
             }
-            Ok(action) => return report(action, decision.state, decision.detail),
+            Ok(action) => {
+                if action != "none" {
+                    crate::changes::copy_changed(&remote.name);
+                }
+                return report(action, decision.state, decision.detail);
+            }
         }
     }
     report("created", State::WaitingForUpstream, "created".into())
@@ -240,11 +259,15 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
             Ok(())
         });
         let (action, state, detail) = match outcome {
-            Ok(()) => (
-                "dropped",
-                State::UpstreamMissing,
-                "the slot is no longer marked on the upstream server; dropped the copy".to_string(),
-            ),
+            Ok(()) => {
+                crate::changes::copy_changed(&name);
+                (
+                    "dropped",
+                    State::UpstreamMissing,
+                    "the slot is no longer marked on the upstream server; dropped the copy"
+                        .to_string(),
+                )
+            }
             Err(e) => ("none", State::Error, e),
         };
         reports.push(SlotReport {

@@ -90,6 +90,9 @@ pub struct RemoteSlot {
     pub catalog_xmin: Option<u32>,
     pub two_phase: bool,
     pub invalidated: bool,
+    /// The upstream's slot is temporary: on an upstream that is itself a standby (cascading),
+    /// its copy that is not ready yet.
+    pub temporary: bool,
 }
 
 /// An open connection to the upstream's walsender. Closed when dropped.
@@ -326,7 +329,7 @@ impl Upstream {
             "EXECUTE slot_failover_wait({seen}, {})",
             timeout.as_millis().min(60_000)
         );
-        let rows = self.query(&sql, 11)?;
+        let rows = self.query(&sql, 12)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no row".into()))?;
@@ -361,7 +364,7 @@ impl Upstream {
             "SELECT {} {SLOTS_FROM} ORDER BY m.slot_name",
             slot_columns()
         );
-        let rows = self.query(&sql, 9)?;
+        let rows = self.query(&sql, 10)?;
         Ok(rows.iter().map(|r| remote_slot(r)).collect())
     }
 
@@ -436,7 +439,7 @@ fn slot_columns() -> String {
          (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
-         {inv}::pg_catalog.text",
+         {inv}::pg_catalog.text, s.temporary::pg_catalog.text",
         inv = compat::SLOT_INVALIDATED_SQL
     )
 }
@@ -444,7 +447,7 @@ const SLOTS_FROM: &str = "FROM slot_failover.marked_slots AS m
        LEFT JOIN pg_catalog.pg_replication_slots AS s
          ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name";
 
-/// A row of [`slot_columns`] (nine text columns) as a [`RemoteSlot`].
+/// A row of [`slot_columns`] (ten text columns) as a [`RemoteSlot`].
 fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
     let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
     RemoteSlot {
@@ -457,5 +460,6 @@ fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
         catalog_xmin: r[6].as_deref().and_then(|s| s.parse().ok()),
         two_phase: r[7].as_deref() == Some("true"),
         invalidated: r[8].as_deref() == Some("true"),
+        temporary: r[9].as_deref() == Some("true"),
     }
 }

@@ -1,0 +1,218 @@
+//! Cascading standbys: primary -> standby A -> standby B. B's worker reads the marked slots
+//! from A, where they are A's copies, and copies those (PostgreSQL 17/18's slot sync refuses a
+//! standby as its upstream). A copy on A that is not ready is a temporary slot there, which B
+//! treats as not there yet: B is ready only when A is. A's worker wakes B's when it moves a
+//! copy, as a primary's walsender does. After primary and A are gone, B is promoted and the
+//! subscriber continues from B with nothing lost or repeated. Runs on every major: B never
+//! decodes on A, it copies A's positions and the snapshot files A copied from the primary.
+
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::wait::{self, Check};
+use pg_test::{Cluster, StopMode};
+
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+
+fn state(node: &Cluster) -> String {
+    node.safe_psql(
+        "postgres",
+        "SELECT coalesce((SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'), 'none')",
+    )
+}
+
+fn rounds(node: &Cluster) -> i64 {
+    node.safe_psql(
+        "postgres",
+        "SELECT rounds FROM slot_failover.worker_rounds()",
+    )
+    .parse()
+    .expect("rounds")
+}
+
+fn ids(node: &Cluster) -> String {
+    node.safe_psql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
+}
+
+/// Write rows `from..=to` on `primary` and wait until the subscriber has them.
+fn write(primary: &Cluster, subscriber: &Cluster, from: i32, to: i32) {
+    primary.safe_psql(
+        "postgres",
+        &format!("INSERT INTO t SELECT generate_series({from}, {to}); CHECKPOINT;"),
+    );
+    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
+}
+
+/// Wait until `node` has replayed the primary's WAL up to `lsn`.
+fn wait_for_replay(node: &Cluster, lsn: &str) {
+    node.poll_query_until(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{lsn}'"),
+        "t",
+    );
+}
+
+#[test]
+fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    // A does not synchronize at first: B must not get ahead of it.
+    let mut a = standby_of(
+        &primary,
+        "standby_a",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.enabled = off"),
+    );
+    a.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('slot_b')",
+    );
+    // B's configuration comes from A's backup: switch its worker on explicitly.
+    let b = standby_of(
+        &a,
+        "standby_b",
+        "slot_b",
+        &format!("{SYNCING}\nslot_failover.enabled = on"),
+    );
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    write(&primary, &subscriber, 1, 10);
+
+    // With no copy on A, B has none either, however many rounds it runs.
+    let from = rounds(&b);
+    wait::until("ten rounds on B", wait::default_timeout(), || {
+        if rounds(&b) >= from + 10 {
+            Check::Done(())
+        } else {
+            Check::NotYet(state(&b))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        state(&b).starts_with("upstream_missing"),
+        "B without a copy on A: {}",
+        state(&b)
+    );
+    assert_eq!(
+        b.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub' AND NOT temporary"
+        ),
+        "0"
+    );
+
+    // A starts: A's copy becomes ready, and then B's.
+    a.set_and_reload("slot_failover.enabled", "on");
+    let mut next = 11;
+    wait::until(
+        "the copies on A and B to be ready",
+        wait::default_timeout(),
+        || {
+            write(&primary, &subscriber, next, next + 4);
+            next += 5;
+            let (sa, sb) = (state(&a), state(&b));
+            // Never B ready while A is not.
+            assert!(
+                !sb.starts_with("ready") || sa.starts_with("ready") || a_was_ready(&a),
+                "B ready before A: A {sa}, B {sb}"
+            );
+            if sa.starts_with("ready") && sb.starts_with("ready") {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("A {sa}; B {sb}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // And in that order (both logs carry the same machine's clock, to the millisecond).
+    let (ready_a, ready_b) = (ready_at(&a), ready_at(&b));
+    assert!(ready_b >= ready_a, "B ready at {ready_b}, A at {ready_a}");
+
+    // More rows; B follows A's copy to the primary's position.
+    write(&primary, &subscriber, next, next + 49);
+    let last = next + 49;
+    let upstream = primary.safe_psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+    );
+    let end = primary.safe_psql("postgres", "SELECT pg_catalog.pg_current_wal_lsn()");
+    wait_for_replay(&b, &end);
+    b.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT state = 'ready' AND confirmed_flush_lsn >= '{upstream}' FROM slot_failover.status WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+
+    // Primary and A are lost; B takes over.
+    primary.stop(StopMode::Fast);
+    a.stop(StopMode::Fast);
+    let offset = b.log_position();
+    b.promote();
+    b.wait_for_log(
+        r#"replication slot "sub" was ready and is kept on this promoted server"#,
+        offset,
+    );
+    // The failover standby list (replicated) names A's slot on the old primary, which does not
+    // exist on B: senders would wait for it (with a WARNING saying so). The runbook step:
+    b.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
+    );
+    repoint(&subscriber, "sub", &b);
+    b.safe_psql(
+        "postgres",
+        &format!(
+            "INSERT INTO t SELECT generate_series({}, {})",
+            last + 1,
+            last + 20
+        ),
+    );
+    subscriber.poll_query_until(
+        "postgres",
+        "SELECT max(id) FROM t",
+        &(last + 20).to_string(),
+    );
+    assert_eq!(
+        ids(&subscriber),
+        ids(&b),
+        "the subscriber has exactly B's rows"
+    );
+    assert_eq!(
+        ids(&b),
+        (1..=last + 20)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
+
+/// Whether A's worker has logged its copy ready (the status can move on between two looks).
+fn a_was_ready(a: &Cluster) -> bool {
+    a.log_from(0)
+        .contains(r#"replication slot "sub" is ready for failover"#)
+}
+
+/// The log timestamp of the worker's "ready" line for `sub`.
+fn ready_at(node: &Cluster) -> String {
+    let log = node.log_from(0);
+    let line = log
+        .lines()
+        .find(|l| l.contains(r#"replication slot "sub" is ready for failover"#))
+        .unwrap_or_else(|| panic!("{}: no ready line", node.name()));
+    line.chars().take(23).collect()
+}
