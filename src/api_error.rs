@@ -23,8 +23,6 @@ pub enum ApiError {
     NoSuchSlot(String),
     #[error("replication slot \"{0}\" is temporary")]
     TemporarySlot(String),
-    #[error("failover of physical replication slot \"{0}\" is not supported yet")]
-    PhysicalSlot(String),
     #[error("replication slot \"{0}\" is not a physical replication slot")]
     NotPhysical(String),
     #[error("physical replication slot \"{0}\" does not exist")]
@@ -42,7 +40,6 @@ impl ApiError {
             ApiError::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             ApiError::NoSuchSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             ApiError::TemporarySlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            ApiError::PhysicalSlot(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
             ApiError::NotPhysical(_) => ERRCODE_WRONG_OBJECT_TYPE,
             ApiError::NoSuchPhysicalSlot(_) => ERRCODE_UNDEFINED_OBJECT,
         }
@@ -64,9 +61,6 @@ impl ApiError {
             ApiError::TemporarySlot(_) => Some(
                 "A temporary slot is dropped when its session ends, so it cannot fail over.".into(),
             ),
-            ApiError::PhysicalSlot(_) => {
-                Some("Only logical replication slots can be marked in this version.".into())
-            }
             ApiError::NotPhysical(_) => Some(
                 "A failover standby is named by the physical slot it streams from (its primary_slot_name).".into(),
             ),
@@ -86,7 +80,6 @@ impl ApiError {
                 "Create the slot first (CREATE SUBSCRIPTION, or pg_create_logical_replication_slot()); see pg_replication_slots.".into(),
             ),
             ApiError::TemporarySlot(_) => Some("Create a permanent slot instead.".into()),
-            ApiError::PhysicalSlot(_) => None,
             ApiError::NotPhysical(_) => Some("See pg_replication_slots for the physical slots of your standbys.".into()),
             ApiError::NoSuchPhysicalSlot(_) => Some(
                 "Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby.".into(),

@@ -94,20 +94,35 @@ pub const SLOT_INVALIDATED_SQL: &str = "(s.invalidation_reason IS NOT NULL)";
 /// # Safety
 /// In a transaction, in a process with a PGPROC, holding no slot (MyReplicationSlot NULL).
 pub unsafe fn create_temporary_slot(name: &CStr, two_phase: bool) {
+    // SAFETY: as the caller guarantees.
+    unsafe { create_temporary(name, true, two_phase) }
+}
+
+/// Create a physical slot named `name`, RS_TEMPORARY, and acquire it (a copy of a marked
+/// physical slot, before it is ready).
+///
+/// # Safety
+/// As [`create_temporary_slot`].
+pub unsafe fn create_temporary_physical_slot(name: &CStr) {
+    // SAFETY: as the caller guarantees.
+    unsafe { create_temporary(name, false, false) }
+}
+
+unsafe fn create_temporary(name: &CStr, db_specific: bool, two_phase: bool) {
     // SAFETY: as the caller guarantees; ReplicationSlotCreate raises an ERROR (name taken, no
     // free slot) rather than returning a failure.
     unsafe {
         #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
         pg_sys::ReplicationSlotCreate(
             name.as_ptr(),
-            true,
+            db_specific,
             pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
             two_phase,
         );
         #[cfg(any(feature = "pg17", feature = "pg18"))]
         pg_sys::ReplicationSlotCreate(
             name.as_ptr(),
-            true,
+            db_specific,
             pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
             two_phase,
             false,

@@ -58,7 +58,6 @@ pub fn local_slots() -> HashMap<String, Local> {
 pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
     struct Seen {
         name: String,
-        logical: bool,
         temporary_here: bool,
         local: Local,
     }
@@ -91,7 +90,6 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
                         data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
                     seen.push(Seen {
                         name,
-                        logical: data.database != pg_sys::InvalidOid,
                         temporary_here: temporary && (*slot).active_pid == pg_sys::MyProcPid,
                         local: Local {
                             ours: false,
@@ -114,7 +112,7 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
         .map(|s| {
             // A temporary slot held by this very process was created by it: ours even if an
             // error came between creating it and writing its marker.
-            let ours = s.logical && (s.temporary_here || is_ours(&s.name));
+            let ours = s.temporary_here || is_ours(&s.name);
             (s.name, Local { ours, ..s.local })
         })
         .collect()
@@ -178,6 +176,42 @@ pub fn store_snapshot(at: u64, bytes: &[u8]) -> Result<(), String> {
 
 fn cname(name: &str) -> CString {
     CString::new(name).expect("slot names have no NUL bytes (validated)")
+}
+
+/// Create the copy of the physical slot `remote`: RS_TEMPORARY, WAL reserved here from the
+/// upstream's restart_lsn (or the redo pointer, if that WAL is gone here; nothing when the
+/// upstream slot reserves nothing), then released (it stays owned by this process, see the
+/// module comment). The marker is written when it becomes ready.
+pub fn create_physical(remote: &RemoteSlot) -> Result<(), String> {
+    let name = cname(&remote.name);
+    // SAFETY: the caller holds no slot; creation and WAL reservation as in create(), with
+    // ReplicationSlotAllocationLock held while the position is chosen and published.
+    unsafe {
+        compat::create_temporary_physical_slot(name.as_c_str());
+        let slot = pg_sys::MyReplicationSlot;
+        if let Some(restart) = remote.restart_lsn.filter(|&r| r != 0) {
+            let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
+            pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let min_safe = pg_sys::GetRedoRecPtr();
+            pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+            (*slot).data.restart_lsn = restart.max(min_safe);
+            let reserved = (*slot).data.restart_lsn;
+            pg_sys::SpinLockRelease(&mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+            let removed = pg_sys::XLogGetLastRemovedSegno();
+            pg_sys::LWLockRelease(allocation_lock);
+            if removed >= reserved / pg_sys::wal_segment_size as u64 {
+                pg_sys::ReplicationSlotRelease();
+                pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+                return Err(format!(
+                    "WAL at {} was removed from this standby while reserving it",
+                    lsn(reserved)
+                ));
+            }
+        }
+        pg_sys::ReplicationSlotRelease();
+    }
+    Ok(())
 }
 
 /// Create the copy of `remote`: RS_TEMPORARY, WAL and catalog_xmin reserved here, marker

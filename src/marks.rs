@@ -168,7 +168,6 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let (slot_type, temporary) = slot_type_and_temporary(name);
     match (slot_type.as_deref(), temporary) {
         (None, _) => return Err(ApiError::NoSuchSlot(name.into())),
-        (Some("physical"), _) => return Err(ApiError::PhysicalSlot(name.into())),
         (_, Some(true)) => return Err(ApiError::TemporarySlot(name.into())),
         _ => {}
     }
@@ -186,7 +185,8 @@ fn disable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Mark an existing, permanent logical replication slot as a failover slot. Idempotent.
+/// Mark an existing, permanent replication slot (logical or physical) as a failover slot.
+/// Idempotent.
 #[pg_extern(volatile)]
 fn enable(slot_name: Option<&str>) {
     enable_slot(slot_name).unwrap_or_else(|e| e.report())
@@ -258,17 +258,16 @@ mod tests {
     }
 
     #[pg_test]
-    fn missing_and_physical_slots_are_refused() {
+    fn missing_slots_are_refused_and_physical_ones_marked() {
         install_error_of();
         assert_eq!(
             error_of("SELECT slot_failover.enable('sf_t_nosuch')"),
             "42704|replication slot \"sf_t_nosuch\" does not exist||Create the slot first (CREATE SUBSCRIPTION, or pg_create_logical_replication_slot()); see pg_replication_slots."
         );
         Spi::run("SELECT pg_catalog.pg_create_physical_replication_slot('sf_t_phys')").unwrap();
-        assert_eq!(
-            error_of("SELECT slot_failover.enable('sf_t_phys')"),
-            "0A000|failover of physical replication slot \"sf_t_phys\" is not supported yet|Only logical replication slots can be marked in this version.|"
-        );
+        Spi::run("SELECT slot_failover.enable('sf_t_phys')").unwrap();
+        assert!(marks().split(',').any(|m| m == "sf_t_phys"), "{}", marks());
+        Spi::run("SELECT slot_failover.disable('sf_t_phys')").unwrap();
         drop_slot("sf_t_phys");
         assert!(
             !marks().split(',').any(|m| m.starts_with("sf_t_")),

@@ -25,6 +25,11 @@
 //! * A ready copy whose `two_phase` or `two_phase_at` no longer matches the upstream's takes
 //!   them over; until it can (the upstream's `two_phase_at` is not known yet) it is not
 //!   reported ready.
+//! * A **physical** slot's copy keeps WAL from the upstream slot's restart_lsn, never past
+//!   this standby's flushed WAL and never backward; it is ready once its reservation is not
+//!   ahead of the upstream's (the WAL the upstream keeps for the slot is here). No snapshot,
+//!   catalog_xmin or confirmed_flush is involved. A standby's own slot upstream (its
+//!   primary_slot_name there) is not copied (`skipped`, decided by the caller).
 //! * Only copies this extension created are ever changed or dropped.
 
 /// The upstream's view of a marked slot (`None` in [`decide`]: no such slot upstream).
@@ -64,6 +69,8 @@ pub enum State {
     AheadOfStandby,
     Invalidated,
     UpstreamMissing,
+    /// Nothing to copy: the standby's own physical slot on its upstream.
+    Skipped,
     Error,
 }
 
@@ -75,6 +82,7 @@ impl State {
             State::AheadOfStandby => "ahead_of_standby",
             State::Invalidated => "invalidated",
             State::UpstreamMissing => "upstream_missing",
+            State::Skipped => "skipped",
             State::Error => "error",
         }
     }
@@ -123,6 +131,57 @@ pub fn xid_precedes(a: u32, b: u32) -> bool {
 
 pub fn lsn(v: u64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+/// A physical slot's copy (see the module comment): keep WAL from the upstream slot's
+/// restart_lsn, never past `standby_flush`, never backward.
+fn decide_physical(up: &Upstream, l: &Local, standby_flush: u64) -> Decision {
+    use Action::*;
+    use State::*;
+    let target = up.restart_lsn.min(standby_flush);
+    // catalog_xmin stays what it is (none, for a physical copy).
+    let restart = (target > l.restart_lsn).then_some((target, l.catalog_xmin));
+    if !l.persistent {
+        if up.restart_lsn != 0 && up.restart_lsn < l.restart_lsn {
+            return decision(
+                Nothing,
+                WaitingForUpstream,
+                format!(
+                    "the upstream slot keeps WAL from {}, but this standby has WAL from {} only; waiting for the upstream slot to advance",
+                    lsn(up.restart_lsn),
+                    lsn(l.restart_lsn)
+                ),
+            );
+        }
+        return decision(
+            Update {
+                restart,
+                confirmed_flush: None,
+                two_phase: None,
+                persist: true,
+            },
+            Ready,
+            "the copy became ready",
+        );
+    }
+    let detail = if up.restart_lsn > standby_flush {
+        "ready; restart_lsn follows once this standby has flushed the upstream's"
+    } else {
+        "ready"
+    };
+    match restart {
+        None => decision(Nothing, Ready, detail),
+        Some(_) => decision(
+            Update {
+                restart,
+                confirmed_flush: None,
+                two_phase: None,
+                persist: false,
+            },
+            Ready,
+            detail,
+        ),
+    }
 }
 
 /// How the copy's two-phase settings compare with the upstream's, for a copy whose
@@ -184,9 +243,6 @@ pub fn decide(
             ),
         };
     };
-    if !up.logical {
-        return decision(Nothing, Error, "physical slots are not synchronized yet");
-    }
     if up.invalidated {
         return match local {
             Some(_) => decision(
@@ -210,6 +266,9 @@ pub fn decide(
             Invalidated,
             "the copy was invalidated on this standby; it will be created again",
         );
+    }
+    if !up.logical {
+        return decide_physical(up, l, standby_flush);
     }
     if up.confirmed_flush > standby_flush {
         return decision(
@@ -655,6 +714,7 @@ mod properties {
             // upstream slot would: same two_phase and, when on, same two_phase_at.
             if d.state == State::Ready
                 && let (Some(up), Some(local)) = (&up, &l)
+                && up.logical
             {
                 let (two_phase, at) = match &d.action {
                     Action::Update { two_phase: Some(tp), .. } => *tp,
@@ -681,16 +741,28 @@ mod properties {
                     // Never past what the standby flushed.
                     prop_assert!(*f <= standby_flush, "{d:?}");
                 }
-                // restart_lsn moves only to a position whose snapshot is here.
-                if let Some((r, _)) = restart {
-                    prop_assert!(*r == local.restart_lsn || snapshot, "{d:?}");
-                }
-                // Ready only with WAL, catalog rows and the snapshot in place.
-                if *persist {
-                    prop_assert!(!local.persistent);
-                    prop_assert!(snapshot && up.restart_lsn >= local.restart_lsn, "{d:?}");
-                    prop_assert!(!xid_precedes(up.catalog_xmin, local.catalog_xmin), "{d:?}");
-                    prop_assert_eq!(d.state, State::Ready);
+                if up.logical {
+                    // restart_lsn moves only to a position whose snapshot is here.
+                    if let Some((r, _)) = restart {
+                        prop_assert!(*r == local.restart_lsn || snapshot, "{d:?}");
+                    }
+                    // Ready only with WAL, catalog rows and the snapshot in place.
+                    if *persist {
+                        prop_assert!(!local.persistent);
+                        prop_assert!(snapshot && up.restart_lsn >= local.restart_lsn, "{d:?}");
+                        prop_assert!(!xid_precedes(up.catalog_xmin, local.catalog_xmin), "{d:?}");
+                        prop_assert_eq!(d.state, State::Ready);
+                    }
+                } else {
+                    // A physical copy keeps no more than the upstream and the standby have.
+                    if let Some((r, _)) = restart {
+                        prop_assert!(*r <= standby_flush && *r <= up.restart_lsn, "{d:?}");
+                    }
+                    prop_assert!(confirmed_flush.is_none(), "{d:?}");
+                    if *persist {
+                        prop_assert!(!local.persistent);
+                        prop_assert!(up.restart_lsn == 0 || up.restart_lsn >= local.restart_lsn, "{d:?}");
+                    }
                 }
             }
             // A copy that is not ready never reports ready.

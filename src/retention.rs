@@ -17,7 +17,7 @@
 //! * Slots are read from shared memory: `ReplicationSlotControlLock` shared while looking, each
 //!   slot's spinlock for its fields; nothing in between can raise an ERROR. A slot without a
 //!   `restart_lsn` (invalidated, or not reserved yet) keeps no WAL and is never reported.
-//! * On a standby only copies (logical slots carrying our marker) are looked at; a same-named
+//! * On a standby only our copies (slots carrying our marker) are looked at; a same-named
 //!   slot that is not ours is not this extension's to report.
 //! * The decision ([`crossings`]) is a pure function, tested without a server.
 
@@ -110,19 +110,14 @@ fn restart_lsns(names: &[String], standby: bool) -> Vec<(String, Option<u64>)> {
             let seen = if (*slot).in_use && !compat::slot_data_invalidated(&(*slot).data) {
                 let data = &(*slot).data;
                 let name = CStr::from_ptr(data.name.data.as_ptr()).to_string_lossy();
-                Some((
-                    name.into_owned(),
-                    data.restart_lsn,
-                    data.database != pg_sys::InvalidOid,
-                ))
+                Some((name.into_owned(), data.restart_lsn))
             } else {
                 None
             };
             pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-            if let Some((name, restart, logical)) = seen
+            if let Some((name, restart)) = seen
                 && restart != 0
                 && names.contains(&name)
-                && (!standby || logical)
             {
                 found.insert(name, restart);
             }

@@ -79,12 +79,13 @@ pub(crate) fn get(src: &[u8]) -> String {
     String::from_utf8_lossy(&src[..end]).into_owned()
 }
 
-const STATES: [State; 6] = [
+const STATES: [State; 7] = [
     State::Ready,
     State::WaitingForUpstream,
     State::AheadOfStandby,
     State::Invalidated,
     State::UpstreamMissing,
+    State::Skipped,
     State::Error,
 ];
 const ACTIONS: [&str; 4] = ["none", "created", "updated", "dropped"];

@@ -128,6 +128,28 @@ fn handle_slot(
         upstream_confirmed_flush,
     };
     let mut upstream = to_upstream(remote);
+    // This standby streams through its own slot upstream: there is nothing to keep here for it
+    // (after a promotion nobody streams through it). A copy of it, if one was made while the
+    // standby streamed through another slot, goes.
+    if remote.slot_type.as_deref() == Some("physical")
+        && crate::hold::own_upstream_slot().as_deref() == Some(remote.name.as_str())
+    {
+        if local.as_ref().is_some_and(|l| l.ours) {
+            if let Err(e) = isolated(|| {
+                copy::drop_copy(&remote.name);
+                Ok(())
+            }) {
+                return report("none", State::Error, e);
+            }
+            crate::changes::copy_changed(&remote.name);
+        }
+        return report(
+            "none",
+            State::Skipped,
+            "this standby's own slot on the upstream (its primary_slot_name): nothing to keep here"
+                .into(),
+        );
+    }
     let mut created = false;
     for _ in 0..2 {
         // A copy that already carries two_phase_at keeps it (it changes only when two_phase
@@ -171,6 +193,9 @@ fn handle_slot(
             Action::Nothing => {
                 let action = if created { "created" } else { "none" };
                 return report(action, decision.state, decision.detail);
+            }
+            Action::Create if remote.slot_type.as_deref() == Some("physical") => {
+                isolated(|| copy::create_physical(remote)).map(|()| "created")
             }
             Action::Create => isolated(|| copy::create(remote)).map(|()| "created"),
             Action::Drop => isolated(|| {

@@ -16,6 +16,9 @@ use std::process::Command;
 use pg_test::topology::{PRELOAD, extension_version};
 use pg_test::{Cluster, InitOptions, PgInstall};
 
+/// The release before this one: its upgrade script to this version must ship.
+const PREVIOUS: &str = "0.2.0";
+
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -114,7 +117,10 @@ fn check_installation(pg_config: &Path, version: &str, major: u32) {
         "SELECT string_agg(source || '>' || target, ',' ORDER BY source)
            FROM pg_catalog.pg_extension_update_paths('slot_failover') WHERE path IS NOT NULL",
     );
-    assert!(scripts.contains(&format!("0.1.0>{version}")), "{scripts}");
+    assert!(
+        scripts.contains(&format!("{PREVIOUS}>{version}")),
+        "{scripts}"
+    );
 }
 
 /// A temporary directory the server user can read (the copies run as that user).
@@ -161,7 +167,7 @@ fn packages_install_a_working_extension() {
         "monitoring/postgres_exporter.yaml".to_string(),
         "extension/slot_failover.control".to_string(),
         format!("extension/slot_failover--{version}.sql"),
-        format!("extension/slot_failover--0.1.0--{version}.sql"),
+        format!("extension/slot_failover--{PREVIOUS}--{version}.sql"),
     ] {
         assert!(
             contents.contains(&format!("{name}/{file}\n")),

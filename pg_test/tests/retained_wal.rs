@@ -11,11 +11,11 @@ use pg_test::wait::{self, Check};
 
 const MB: i64 = 1024 * 1024;
 const SETTINGS: &str = "slot_failover.retained_wal_warning = 1\nslot_failover.naptime = 50ms";
-const ABOVE_PRIMARY: &str =
-    r#"WARNING:  replication slot "stalled" keeps \d+ MB of WAL, more than slot_failover.retained_wal_warning \(1 MB\)"#;
+const ABOVE_PRIMARY: &str = r#"WARNING:  replication slot "stalled" keeps \d+ MB of WAL, more than slot_failover.retained_wal_warning \(1 MB\)"#;
 const ABOVE_STANDBY: &str = r#"WARNING:  the copy of replication slot "stalled" keeps \d+ MB of WAL, more than slot_failover.retained_wal_warning \(1 MB\)"#;
 const BELOW_PRIMARY: &str = r#"LOG:  replication slot "stalled" keeps \d+ MB of WAL again"#;
-const BELOW_STANDBY: &str = r#"LOG:  the copy of replication slot "stalled" keeps \d+ MB of WAL again"#;
+const BELOW_STANDBY: &str =
+    r#"LOG:  the copy of replication slot "stalled" keeps \d+ MB of WAL again"#;
 
 fn retained(node: &Cluster) -> i64 {
     node.safe_psql(
@@ -47,19 +47,26 @@ fn write_wal(primary: &Cluster) {
 fn wait_for_rounds(standby: &Cluster, n: i64) {
     let rounds = || -> i64 {
         standby
-            .safe_psql("postgres", "SELECT rounds FROM slot_failover.worker_rounds()")
+            .safe_psql(
+                "postgres",
+                "SELECT rounds FROM slot_failover.worker_rounds()",
+            )
             .parse()
             .expect("rounds")
     };
     let from = rounds();
-    wait::until(&format!("{n} more worker rounds"), wait::default_timeout(), || {
-        let now = rounds();
-        if now >= from + n {
-            Check::Done(())
-        } else {
-            Check::NotYet(format!("{} rounds", now - from))
-        }
-    })
+    wait::until(
+        &format!("{n} more worker rounds"),
+        wait::default_timeout(),
+        || {
+            let now = rounds();
+            if now >= from + n {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{} rounds", now - from))
+            }
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -90,7 +97,12 @@ fn one_warning_per_crossing_on_both_sides() {
     primary.wait_for_catchup(&standby);
     // The precondition: nothing above the threshold yet, so nothing logged.
     for node in [&primary, &standby] {
-        assert!(retained(node) < MB, "{}: {} bytes", node.name(), retained(node));
+        assert!(
+            retained(node) < MB,
+            "{}: {} bytes",
+            node.name(),
+            retained(node)
+        );
     }
     assert_eq!(count(&primary, ABOVE_PRIMARY), 0);
     assert_eq!(count(&standby, ABOVE_STANDBY), 0);
@@ -101,26 +113,45 @@ fn one_warning_per_crossing_on_both_sides() {
     primary.wait_for_log(ABOVE_PRIMARY, 0);
     standby.wait_for_log(ABOVE_STANDBY, 0);
     for node in [&primary, &standby] {
-        assert!(retained(node) > MB, "{}: {} bytes", node.name(), retained(node));
+        assert!(
+            retained(node) > MB,
+            "{}: {} bytes",
+            node.name(),
+            retained(node)
+        );
     }
     wait_for_rounds(&standby, 10);
-    assert_eq!(count(&primary, ABOVE_PRIMARY), 1, "{}", primary.log_tail(20));
-    assert_eq!(count(&standby, ABOVE_STANDBY), 1, "{}", standby.log_tail(20));
+    assert_eq!(
+        count(&primary, ABOVE_PRIMARY),
+        1,
+        "{}",
+        primary.log_tail(20)
+    );
+    assert_eq!(
+        count(&standby, ABOVE_STANDBY),
+        1,
+        "{}",
+        standby.log_tail(20)
+    );
 
     // The consumer catches up: both sides say so (the copy follows within a naptime).
-    wait::until("the slot to keep less than 1 MB", wait::default_timeout(), || {
-        primary.safe_psql(
-            "postgres",
-            "CHECKPOINT;
+    wait::until(
+        "the slot to keep less than 1 MB",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "CHECKPOINT;
              SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('stalled', NULL, NULL)",
-        );
-        let bytes = retained(&primary);
-        if bytes < MB {
-            Check::Done(())
-        } else {
-            Check::NotYet(format!("{bytes} bytes"))
-        }
-    })
+            );
+            let bytes = retained(&primary);
+            if bytes < MB {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{bytes} bytes"))
+            }
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     primary.wait_for_log(BELOW_PRIMARY, 0);
     standby.wait_for_log(BELOW_STANDBY, 0);
@@ -129,12 +160,14 @@ fn one_warning_per_crossing_on_both_sides() {
     write_wal(&primary);
     primary.wait_for_catchup(&standby);
     let second = |node: &Cluster, pattern: &str| {
-        wait::until("a second warning", wait::default_timeout(), || {
-            match count(node, pattern) {
+        wait::until(
+            "a second warning",
+            wait::default_timeout(),
+            || match count(node, pattern) {
                 2 => Check::Done(()),
                 n => Check::NotYet(format!("{n} warnings")),
-            }
-        })
+            },
+        )
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name(), node.log_tail(20)));
     };
     second(&primary, ABOVE_PRIMARY);
@@ -150,7 +183,10 @@ fn one_warning_per_crossing_on_both_sides() {
         node.set_and_reload("slot_failover.retained_wal_warning", "-1");
     }
     primary.wait_for_log(r#"replication slot "stalled" no longer keeps WAL above"#, 0);
-    standby.wait_for_log(r#"the copy of replication slot "stalled" no longer keeps WAL above"#, 0);
+    standby.wait_for_log(
+        r#"the copy of replication slot "stalled" no longer keeps WAL above"#,
+        0,
+    );
     write_wal(&primary);
     primary.wait_for_catchup(&standby);
     wait_for_rounds(&standby, 10);

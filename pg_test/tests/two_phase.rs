@@ -137,7 +137,10 @@ fn a_transaction_prepared_before_failover_is_decoded_once() {
         !after.contains("id[integer]:1"),
         "the prepared transaction must not be decoded a second time:\n{after}"
     );
-    assert!(after.contains("id[integer]:2"), "later changes follow:\n{after}");
+    assert!(
+        after.contains("id[integer]:2"),
+        "later changes follow:\n{after}"
+    );
 }
 
 /// A subscriber with `two_phase = true` and two transactions left prepared across the
@@ -208,7 +211,10 @@ fn a_two_phase_subscriber_gets_each_prepared_transaction_once() {
     );
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t WHERE id = 4", "1");
     assert_eq!(
-        subscriber.safe_psql("postgres", "SELECT count(*) FROM pg_catalog.pg_prepared_xacts"),
+        subscriber.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_prepared_xacts"
+        ),
         "1",
         "the late PREPARE reached the subscriber, the early one did not"
     );
@@ -236,7 +242,10 @@ fn a_two_phase_subscriber_gets_each_prepared_transaction_once() {
         "the subscriber has exactly the new primary's rows"
     );
     assert_eq!(
-        subscriber.safe_psql("postgres", "SELECT count(*) FROM pg_catalog.pg_prepared_xacts"),
+        subscriber.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_prepared_xacts"
+        ),
         "0"
     );
 }

@@ -1,0 +1,153 @@
+//! Physical slots survive a failover too. A marked physical slot (another standby's, a
+//! pg_receivewal's) gets a copy on each failover standby whose restart_lsn follows the
+//! upstream slot's, never past the standby's own flushed WAL and never backward; after the
+//! promotion the other standby reconnects to the new primary through the same slot and finds
+//! its WAL retained, even after the new primary recycled everything else. The copy of the
+//! promoted standby's own slot (its primary_slot_name upstream) is skipped. Runs on every
+//! major: nothing here depends on a version (physical slots and their WAL reservation are the
+//! same on 14 to 18).
+
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
+use pg_test::wait::{self, Check};
+use pg_test::{Cluster, StopMode};
+
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+
+fn slot_field(node: &Cluster, slot: &str, column: &str) -> String {
+    node.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT coalesce({column}::text, '-') FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
+    )
+}
+
+fn status(node: &Cluster, slot: &str) -> String {
+    node.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT coalesce((SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = '{slot}'), 'none')"
+        ),
+    )
+}
+
+fn count(node: &Cluster) -> i64 {
+    node.safe_psql("postgres", "SELECT count(*) FROM t")
+        .parse()
+        .expect("count")
+}
+
+#[test]
+fn a_marked_physical_slot_keeps_its_standby_going_after_failover() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, pad text);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_physical_replication_slot('sb2', true);
+             SELECT slot_failover.enable('sb2');
+             SELECT slot_failover.enable('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby1 = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    // standby2 only consumes: its own worker stays off.
+    let mut standby2 = standby_of(
+        &primary,
+        "standby2",
+        "sb2",
+        "hot_standby_feedback = on\nslot_failover.enabled = off",
+    );
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g",
+    );
+    primary.wait_for_catchup(&standby2);
+
+    // The copy of sb2 is ready on standby1 and follows; standby1's own slot is skipped.
+    standby1.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'sb2'",
+        "ready",
+    );
+    standby1.poll_query_until(
+        "postgres",
+        &format!("SELECT state FROM slot_failover.status WHERE slot_name = '{STANDBY_SLOT}'"),
+        "skipped",
+    );
+    assert_eq!(slot_field(&standby1, STANDBY_SLOT, "slot_type"), "");
+    assert_eq!(
+        standby1.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "t",
+        "{}",
+        status(&standby1, "sb2")
+    );
+    assert_eq!(slot_field(&standby1, "sb2", "slot_type"), "physical");
+    assert_eq!(slot_field(&standby1, "sb2", "temporary"), "false");
+
+    // standby2 stops; the primary writes on. The copy keeps where standby2 stopped.
+    standby2.stop(StopMode::Fast);
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'y' FROM generate_series(101, 200) g",
+    );
+    primary.wait_for_catchup(&standby1);
+    let kept = slot_field(&primary, "sb2", "restart_lsn");
+    standby1.poll_query_until(
+        "postgres",
+        &format!("SELECT restart_lsn = '{kept}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'"),
+        "t",
+    );
+
+    // Fail over to standby1; it writes and recycles WAL (several segments, checkpoints).
+    primary.stop(StopMode::Fast);
+    let offset = standby1.log_position();
+    standby1.promote();
+    standby1.wait_for_log(r"this server was promoted and is now a primary", offset);
+    standby1.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
+    );
+    for i in 0..4 {
+        let from = 201 + i * 100;
+        standby1.safe_psql(
+            "postgres",
+            &format!(
+                "INSERT INTO t SELECT g, 'z' FROM generate_series({from}, {}) g;
+                 SELECT pg_catalog.pg_switch_wal(); CHECKPOINT;",
+                from + 99
+            ),
+        );
+    }
+    assert_eq!(
+        slot_field(&standby1, "sb2", "restart_lsn"),
+        kept,
+        "the copy holds standby2's position"
+    );
+    assert_ne!(slot_field(&standby1, "sb2", "wal_status"), "lost");
+
+    // standby2 follows the new primary through the same slot and gets everything.
+    standby2.append_conf(
+        "postgresql.conf",
+        &format!(
+            "primary_conninfo = '{} application_name=standby2'",
+            standby1.connstr("postgres")
+        ),
+    );
+    standby2.start();
+    let expected = count(&standby1);
+    wait::until(
+        "standby2 to catch up with the new primary",
+        wait::default_timeout(),
+        || {
+            let have = count(&standby2);
+            if have == expected {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{have} of {expected} rows"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", standby2.log_tail(20)));
+    assert_eq!(slot_field(&standby1, "sb2", "active"), "true");
+}

@@ -1,0 +1,67 @@
+-- slot_failover 0.2.0 -> 0.3.0
+--
+-- Physical slots can be marked; a standby skips the copy of its own physical slot upstream
+-- (its primary_slot_name there): the view's state says 'skipped', and ready is true for it.
+-- (The two_phase, cascading and retained-WAL work of 0.3.0 changes no SQL object.)
+
+\echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.3.0'" to load this file. \quit
+
+CREATE OR REPLACE VIEW slot_failover.status AS
+SELECT m.slot_name,
+       s.slot_type::pg_catalog.text AS slot_type,
+       s.database::pg_catalog.text AS database,
+       s.plugin::pg_catalog.text AS plugin,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
+                CASE WHEN s.slot_name IS NULL THEN 'slot_missing'
+                     WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
+                     ELSE 'primary' END
+            WHEN w.state IS NULL THEN 'not_synced'
+            WHEN w.state OPERATOR(pg_catalog.=) 'skipped' THEN 'skipped'
+            WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
+                THEN 'not_synced'
+            ELSE w.state END AS state,
+       -- The state column as a boolean for monitoring: NULL on a primary (no copy to judge).
+       -- A skipped slot (this standby's own physical slot upstream) needs no copy.
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+                COALESCE((w.state OPERATOR(pg_catalog.=) 'ready' AND s.slot_name IS NOT NULL
+                          AND NOT s.temporary)
+                         OR w.state OPERATOR(pg_catalog.=) 'skipped', false)
+       END AS ready,
+       CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
+                CASE WHEN s.slot_name IS NULL THEN 'the marked slot does not exist on this server'
+                     ELSE (SELECT pg_catalog.format('failover standby slot %I is ignored here: it is this server''s own primary_slot_name', n.slot_name)
+                             FROM slot_failover.standby_names() AS n WHERE n.ignored LIMIT 1) END
+            WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
+            ELSE w.detail END AS detail,
+       s.restart_lsn,
+       s.confirmed_flush_lsn,
+       s.catalog_xmin,
+       w.upstream_confirmed_flush_lsn,
+       -- The copy's position is read now, the upstream's at the worker's last round: a round
+       -- that just moved the copy can put it past the published value; that is no lag.
+       CASE WHEN w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.>=) s.confirmed_flush_lsn
+            THEN (w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.-) s.confirmed_flush_lsn)::pg_catalog.int8
+            WHEN w.upstream_confirmed_flush_lsn OPERATOR(pg_catalog.<) s.confirmed_flush_lsn THEN 0
+       END AS lag_bytes,
+       ((CASE WHEN pg_catalog.pg_is_in_recovery()
+              THEN GREATEST(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn())
+              ELSE pg_catalog.pg_current_wal_lsn() END) OPERATOR(pg_catalog.-) s.restart_lsn)::pg_catalog.int8
+           AS retained_wal_bytes,
+       w.last_sync_at,
+       h.held_since,
+       (h.held_lsn OPERATOR(pg_catalog.-) h.confirmed_lsn)::pg_catalog.int8 AS held_back_bytes,
+       h.held_by
+  FROM slot_failover.marked_slots AS m
+  LEFT JOIN LATERAL (SELECT x.held_since, x.held_lsn::pg_catalog.pg_lsn AS held_lsn,
+                            x.confirmed_lsn::pg_catalog.pg_lsn AS confirmed_lsn, x.held_by
+                       FROM slot_failover.holds() AS x
+                      WHERE x.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text
+                      ORDER BY x.held_since LIMIT 1) AS h ON true
+  LEFT JOIN pg_catalog.pg_replication_slots AS s
+    ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+  LEFT JOIN (SELECT r.slot_name, r.state, r.detail,
+                    r.upstream_confirmed_flush_lsn::pg_catalog.pg_lsn AS upstream_confirmed_flush_lsn,
+                    r.last_sync_at
+               FROM slot_failover.worker_state() AS r
+              WHERE pg_catalog.pg_is_in_recovery()) AS w
+    ON w.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text;
