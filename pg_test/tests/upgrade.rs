@@ -140,7 +140,8 @@ fn update_from_the_previous_release_keeps_marks_and_matches_a_fresh_install() {
     advance_until_ready(&primary, &standby, "b");
 
     // The old schema really is the one installed: its status view knows no `skipped` state.
-    let knows_skipped = "SELECT pg_catalog.pg_get_viewdef('slot_failover.status'::pg_catalog.regclass)
+    let knows_skipped =
+        "SELECT pg_catalog.pg_get_viewdef('slot_failover.status'::pg_catalog.regclass)
                            LIKE '%skipped%'";
     assert_eq!(primary.safe_psql("postgres", knows_skipped), "f");
     let marks_before = primary.safe_psql("postgres", MARKS);
