@@ -207,6 +207,19 @@ pub unsafe fn slot_data_invalidated(data: &pg_sys::ReplicationSlotPersistentData
     }
 }
 
+/// Whether PostgreSQL's own slot sync (17+) made this slot (`synced`); false before 17.
+pub fn slot_data_synced(data: &pg_sys::ReplicationSlotPersistentData) -> bool {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        data.synced != 0
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        let _ = data;
+        false
+    }
+}
+
 /// Whether slots record `two_phase_at` (15+): the LSN from which a two_phase slot sent
 /// prepared transactions at their PREPARE.
 pub const HAS_TWO_PHASE_AT: bool = cfg!(not(feature = "pg14"));

@@ -40,6 +40,31 @@ fn marker_path(name: &str) -> String {
     format!("pg_replslot/{name}/{MARKER}")
 }
 
+/// Whether the slot `name` was made by PostgreSQL's own slot sync (17+): never ours to drop.
+pub fn is_synced_by_postgres(name: &str) -> bool {
+    let mut synced = false;
+    // SAFETY: as in local_slots_named(): the control lock shared, each slot's spinlock for
+    // its fields, nothing in between that can raise an ERROR.
+    unsafe {
+        let lock = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots as usize {
+            let slot = slots.add(i);
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            if (*slot).in_use
+                && std::ffi::CStr::from_ptr((*slot).data.name.data.as_ptr()).to_bytes()
+                    == name.as_bytes()
+            {
+                synced = compat::slot_data_synced(&(*slot).data);
+            }
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        }
+        pg_sys::LWLockRelease(lock);
+    }
+    synced
+}
+
 /// Whether the slot `name` is one of our copies (its marker file is there).
 pub fn is_ours(name: &str) -> bool {
     fs::metadata(marker_path(name)).is_ok()

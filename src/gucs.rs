@@ -10,6 +10,7 @@
 //! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
+//! | `slot_failover.drop_stale_slots` | bool, on | on a standby, a slot named like a marked slot upstream that slot_failover did not make and nobody uses is dropped (WARNING) and replaced by a copy |
 //! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
 
 use std::ffi::{CString, c_char, c_int, c_void};
@@ -29,6 +30,7 @@ pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
+pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
@@ -106,6 +108,14 @@ pub fn define() {
             None,
         );
     }
+    GucRegistry::define_bool_guc(
+        c"slot_failover.drop_stale_slots",
+        c"Whether the slot_failover worker on a standby replaces stale slots named like marked slots.",
+        c"A slot of that name that slot_failover did not create and no process uses (typically left from when the server was a primary) is dropped with a WARNING and a copy is made in its place. Off: it is left, and that slot gets no copy.",
+        &DROP_STALE_SLOTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"slot_failover.retained_wal_warning",
         c"WAL a marked slot or its copy may keep before the slot_failover worker logs a WARNING.",
@@ -138,6 +148,10 @@ pub fn database() -> String {
 
 pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_millis(NAPTIME_MS.get().max(1) as u64)
+}
+
+pub fn drop_stale_slots() -> bool {
+    DROP_STALE_SLOTS.get()
 }
 
 /// `slot_failover.retained_wal_warning` in MB, None when off (-1).

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 use crate::compat;
 use crate::copy;
+use crate::gucs;
 use crate::readiness::{self, Action, State};
 use crate::upstream::{Problem, RemoteSlot, Upstream};
 
@@ -149,6 +150,38 @@ fn handle_slot(
             "this standby's own slot on the upstream (its primary_slot_name): nothing to keep here"
                 .into(),
         );
+    }
+    // A slot of this name that we did not make: typically left from when this server was a
+    // primary (pg_rewind keeps pg_replslot), and stale. Unless it is PostgreSQL's own synced
+    // slot (17+) or in use, it is dropped, loudly, and the copy is made in its place; it would
+    // otherwise keep WAL and catalog rows here and leave the slot without a copy.
+    if let (Some(l), Some(u)) = (&local, &upstream)
+        && !l.ours
+        && !u.invalidated
+        && gucs::drop_stale_slots()
+        && !copy::is_synced_by_postgres(&remote.name)
+    {
+        match isolated(|| {
+            copy::drop_copy(&remote.name);
+            Ok(())
+        }) {
+            Ok(()) => {
+                pgrx::warning!(
+                    "slot_failover dropped stale replication slot \"{}\" on this standby: it was not made by slot_failover, and a slot of that name is marked on the upstream server, whose copy takes its place",
+                    remote.name
+                );
+                local = None;
+            }
+            Err(e) => {
+                return report(
+                    "none",
+                    State::Error,
+                    format!(
+                        "a replication slot of this name exists on this standby, was not created by slot_failover and could not be dropped ({e}); it is left alone"
+                    ),
+                );
+            }
+        }
     }
     let mut created = false;
     for _ in 0..2 {

@@ -375,7 +375,7 @@ impl Upstream {
         crate::slot_name::validate(name).map_err(|e| format!("bad slot name {name:?}: {e:?}"))?;
         let sql = format!(
             "SELECT pg_catalog.pg_read_binary_file({}, 0, {SLOT_STATE_FILE_MAX}, true)",
-            quote_literal(&format!("pg_replslot/{name}/state"))
+            quote_literal(format!("pg_replslot/{name}/state"))
         );
         let rows = self.query(&sql, 1).map_err(|p| match p {
             Problem::Query(e) if e.contains("permission denied") => format!(

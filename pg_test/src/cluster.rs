@@ -432,6 +432,30 @@ impl Cluster {
         self.poll_query_until("postgres", "SELECT NOT pg_catalog.pg_is_in_recovery()", "t");
     }
 
+    /// Rewind this stopped cluster (a former primary) to `source` with pg_rewind, then make it
+    /// a standby of `source` streaming through physical slot `slot`. pg_rewind copies the
+    /// source's configuration files, so this cluster's own location (port, socket directory)
+    /// is written again after them.
+    pub fn rewind_to_standby_of(&mut self, source: &Cluster, slot: &str) {
+        assert!(!self.running, "{}: stop it before pg_rewind", self.name);
+        let mut cmd = self.install.command("pg_rewind");
+        cmd.arg("--target-pgdata")
+            .arg(self.data_dir())
+            .arg(format!("--source-server={}", source.connstr("postgres")))
+            .arg("--no-sync");
+        check_output(&format!("{}: pg_rewind", self.name), cmd.output());
+        let mut conf = self.location_conf();
+        let conninfo = format!(
+            "{} application_name={}",
+            source.connstr("postgres"),
+            self.name
+        );
+        let _ = writeln!(conf, "primary_conninfo = {}", conf_quote(&conninfo));
+        let _ = writeln!(conf, "primary_slot_name = {}", conf_quote(slot));
+        self.append_conf("postgresql.conf", &conf);
+        self.append_conf("standby.signal", "");
+    }
+
     /// Take a base backup named `name` (pg_basebackup, fast checkpoint, WAL streamed).
     pub fn backup(&self, name: &str) {
         let dir = self.backup_dir();

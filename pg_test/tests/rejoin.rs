@@ -1,0 +1,161 @@
+//! Rejoin: after a failover the old primary is rewound with pg_rewind and started as a standby
+//! of the promoted one. pg_rewind keeps its pg_replslot, so it still has its own slots of the
+//! marked names, stale (their positions are the old primary's). Left there they would keep WAL
+//! and catalog rows and leave those slots without copies, so the worker drops each (one WARNING
+//! per slot, `slot_failover.drop_stale_slots`, on by default) and makes its copy in its place;
+//! no stale slot holds up another. Then the roles swap back: the old primary, now with ready
+//! copies, is promoted again and the subscriber continues from it with exactly its rows.
+//! Runs on every major (pg_rewind and the slot files are the same on 14 to 18).
+
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, primary_with_extension, repoint, standby_of, subscriber_of,
+};
+use pg_test::{Cluster, StopMode};
+
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+const STATES: &str = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
+
+fn ids(node: &Cluster) -> String {
+    node.safe_psql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
+}
+
+fn write(node: &Cluster, subscriber: &Cluster, from: i32, to: i32) {
+    node.safe_psql(
+        "postgres",
+        &format!("INSERT INTO t SELECT generate_series({from}, {to}); CHECKPOINT;"),
+    );
+    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
+}
+
+/// Wait until the copies of `sub` and `td` on `standby` are ready at the upstream's positions.
+fn wait_for_ready_copies(
+    upstream: &Cluster,
+    standby: &Cluster,
+    subscriber: &Cluster,
+    next: &mut i32,
+) {
+    consume_until_ready(upstream, standby, &["td"]);
+    pg_test::wait::until(
+        "both copies ready",
+        pg_test::wait::default_timeout(),
+        || {
+            write(upstream, subscriber, *next, *next + 4);
+            *next += 5;
+            upstream.safe_psql(
+                "postgres",
+                "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+            );
+            let states = standby.safe_psql("postgres", STATES);
+            if states == "sub:ready,td:ready" {
+                pg_test::wait::Check::Done(())
+            } else {
+                pg_test::wait::Check::NotYet(states)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    upstream.wait_for_catchup(standby);
+    let flush = upstream.safe_psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+    );
+    standby.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{flush}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+}
+
+#[test]
+fn the_old_primary_rejoins_replaces_its_stale_slots_and_can_take_over_again() {
+    let mut old = primary_with_extension();
+    old.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let mut new = standby_of(&old, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(&old, "sub", "pub", "CREATE TABLE t (id int PRIMARY KEY)");
+    old.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('sub'); SELECT slot_failover.enable('td');",
+    );
+    let mut next = 1;
+    wait_for_ready_copies(&old, &new, &subscriber, &mut next);
+
+    // Fail over: the old primary stops cleanly (pg_rewind needs that), the standby takes over.
+    old.stop(StopMode::Fast);
+    new.promote();
+    new.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('old_slot')",
+    );
+    repoint(&subscriber, "sub", &new);
+    write(&new, &subscriber, next, next + 9);
+    next += 10;
+
+    // The old primary rejoins as a standby of the new one, which then names it a failover
+    // standby. Its own 'sub' and 'td' are still in its pg_replslot: stale, not made by
+    // slot_failover.
+    old.rewind_to_standby_of(&new, "old_slot");
+    old.append_conf("postgresql.conf", SYNCING);
+    old.start();
+    new.wait_for_catchup(&old);
+    new.safe_psql(
+        "postgres",
+        "SELECT slot_failover.enable_standby('old_slot')",
+    );
+    for slot in ["sub", "td"] {
+        old.wait_for_log(
+            &format!(
+                r#"WARNING:  slot_failover dropped stale replication slot "{slot}" on this standby"#
+            ),
+            0,
+        );
+    }
+    wait_for_ready_copies(&new, &old, &subscriber, &mut next);
+    assert_eq!(
+        old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "t"
+    );
+    // One WARNING per stale slot, not one per round.
+    let log = old.log_from(0);
+    assert_eq!(
+        log.matches("dropped stale replication slot").count(),
+        2,
+        "{log}"
+    );
+
+    // And back: the old primary takes over again, the subscriber follows it. Its failover
+    // standby list still names the new primary's slot here (stale, nobody streams from it):
+    // the runbook step after a failover is to name the standbys anew.
+    new.stop(StopMode::Fast);
+    old.promote();
+    old.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
+    );
+    repoint(&subscriber, "sub", &old);
+    write(&old, &subscriber, next, next + 19);
+    assert_eq!(
+        ids(&subscriber),
+        ids(&old),
+        "the subscriber has exactly the old primary's rows"
+    );
+    assert_eq!(
+        ids(&old),
+        (1..next + 20)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
