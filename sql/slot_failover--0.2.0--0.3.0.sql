@@ -2,6 +2,8 @@
 --
 -- Physical slots can be marked; a standby skips the copy of its own physical slot upstream
 -- (its primary_slot_name there): the view's state says 'skipped', and ready is true for it.
+-- On 17+, a slot left to PostgreSQL's own slot sync says 'native_sync', ready once PostgreSQL
+-- made its copy persistent.
 -- (The two_phase, cascading and retained-WAL work of 0.3.0 changes no SQL object.)
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.3.0'" to load this file. \quit
@@ -16,15 +18,16 @@ SELECT m.slot_name,
                      WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
                      ELSE 'primary' END
             WHEN w.state IS NULL THEN 'not_synced'
-            WHEN w.state OPERATOR(pg_catalog.=) 'skipped' THEN 'skipped'
+            WHEN w.state OPERATOR(pg_catalog.=) ANY ('{skipped,native_sync}') THEN w.state
             WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
                 THEN 'not_synced'
             ELSE w.state END AS state,
        -- The state column as a boolean for monitoring: NULL on a primary (no copy to judge).
-       -- A skipped slot (this standby's own physical slot upstream) needs no copy.
+       -- A skipped slot (this standby's own physical slot upstream) needs no copy; one left to
+       -- PostgreSQL's slot sync (native_sync) is ready once that has made it persistent.
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN
-                COALESCE((w.state OPERATOR(pg_catalog.=) 'ready' AND s.slot_name IS NOT NULL
-                          AND NOT s.temporary)
+                COALESCE((w.state OPERATOR(pg_catalog.=) ANY ('{ready,native_sync}')
+                          AND s.slot_name IS NOT NULL AND NOT s.temporary)
                          OR w.state OPERATOR(pg_catalog.=) 'skipped', false)
        END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN

@@ -207,6 +207,30 @@ pub unsafe fn slot_data_invalidated(data: &pg_sys::ReplicationSlotPersistentData
     }
 }
 
+/// The upstream slot's `failover` flag (17+) in the marked-slot query; false before 17.
+#[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+pub const SLOT_FAILOVER_SQL: &str = "false";
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub const SLOT_FAILOVER_SQL: &str = "s.failover";
+
+/// Whether PostgreSQL's own slot sync worker runs on this standby (`sync_replication_slots`,
+/// 17+); always false before 17.
+pub fn builtin_slot_sync_on() -> bool {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        // SAFETY: GetConfigOption with missing_ok returns NULL or a pointer into the GUC table,
+        // valid until the next configuration change; compared at once.
+        unsafe {
+            let v = pg_sys::GetConfigOption(c"sync_replication_slots".as_ptr(), true, false);
+            !v.is_null() && CStr::from_ptr(v).to_bytes() == b"on"
+        }
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        false
+    }
+}
+
 /// Whether PostgreSQL's own slot sync (17+) made this slot (`synced`); false before 17.
 pub fn slot_data_synced(data: &pg_sys::ReplicationSlotPersistentData) -> bool {
     #[cfg(any(feature = "pg17", feature = "pg18"))]

@@ -71,6 +71,9 @@ pub enum State {
     UpstreamMissing,
     /// Nothing to copy: the standby's own physical slot on its upstream.
     Skipped,
+    /// Left to PostgreSQL's own slot sync (17+, `sync_replication_slots` on, the slot has its
+    /// `failover` flag).
+    NativeSync,
     Error,
 }
 
@@ -83,6 +86,7 @@ impl State {
             State::Invalidated => "invalidated",
             State::UpstreamMissing => "upstream_missing",
             State::Skipped => "skipped",
+            State::NativeSync => "native_sync",
             State::Error => "error",
         }
     }

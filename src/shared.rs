@@ -79,13 +79,14 @@ pub(crate) fn get(src: &[u8]) -> String {
     String::from_utf8_lossy(&src[..end]).into_owned()
 }
 
-const STATES: [State; 7] = [
+const STATES: [State; 8] = [
     State::Ready,
     State::WaitingForUpstream,
     State::AheadOfStandby,
     State::Invalidated,
     State::UpstreamMissing,
     State::Skipped,
+    State::NativeSync,
     State::Error,
 ];
 const ACTIONS: [&str; 4] = ["none", "created", "updated", "dropped"];

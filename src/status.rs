@@ -34,15 +34,16 @@ SELECT m.slot_name,
                      WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
                      ELSE 'primary' END
             WHEN w.state IS NULL THEN 'not_synced'
-            WHEN w.state OPERATOR(pg_catalog.=) 'skipped' THEN 'skipped'
+            WHEN w.state OPERATOR(pg_catalog.=) ANY ('{skipped,native_sync}') THEN w.state
             WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
                 THEN 'not_synced'
             ELSE w.state END AS state,
        -- The state column as a boolean for monitoring: NULL on a primary (no copy to judge).
-       -- A skipped slot (this standby's own physical slot upstream) needs no copy.
+       -- A skipped slot (this standby's own physical slot upstream) needs no copy; one left to
+       -- PostgreSQL's slot sync (native_sync) is ready once that has made it persistent.
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN
-                COALESCE((w.state OPERATOR(pg_catalog.=) 'ready' AND s.slot_name IS NOT NULL
-                          AND NOT s.temporary)
+                COALESCE((w.state OPERATOR(pg_catalog.=) ANY ('{ready,native_sync}')
+                          AND s.slot_name IS NOT NULL AND NOT s.temporary)
                          OR w.state OPERATOR(pg_catalog.=) 'skipped', false)
        END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
@@ -214,7 +215,7 @@ fn failover_ready() -> bool {
             .select(
                 "SELECT slot_name::pg_catalog.text, state, coalesce(detail, '')
                    FROM slot_failover.status
-                  WHERE state OPERATOR(pg_catalog.<>) ALL ('{ready,skipped}') ORDER BY slot_name",
+                  WHERE NOT coalesce(ready, false) ORDER BY slot_name",
                 None,
                 &[],
             )

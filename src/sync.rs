@@ -151,6 +151,28 @@ fn handle_slot(
                 .into(),
         );
     }
+    // PostgreSQL 17+'s own slot sync keeps the slots that have its failover flag on a standby
+    // with sync_replication_slots on: they are left to it (a copy of ours in its way would
+    // make it stop, "same name slot already exists"), and a copy of ours made before it was
+    // switched on goes, so that it can make its own.
+    if remote.failover && compat::builtin_slot_sync_on() {
+        let mut action = "none";
+        if local.as_ref().is_some_and(|l| l.ours) {
+            if let Err(e) = isolated(|| {
+                copy::drop_copy(&remote.name);
+                Ok(())
+            }) {
+                return report("none", State::Error, e);
+            }
+            crate::changes::copy_changed(&remote.name);
+            action = "dropped";
+        }
+        return report(
+            action,
+            State::NativeSync,
+            "left to PostgreSQL's slot synchronization (sync_replication_slots = on, and the slot has failover = true)".into(),
+        );
+    }
     // A slot of this name that we did not make: typically left from when this server was a
     // primary (pg_rewind keeps pg_replslot), and stale. Unless it is PostgreSQL's own synced
     // slot (17+) or in use, it is dropped, loudly, and the copy is made in its place; it would

@@ -93,6 +93,8 @@ pub struct RemoteSlot {
     /// The upstream's slot is temporary: on an upstream that is itself a standby (cascading),
     /// its copy that is not ready yet.
     pub temporary: bool,
+    /// PostgreSQL's own `failover` flag (17+; false before).
+    pub failover: bool,
 }
 
 /// An open connection to the upstream's walsender. Closed when dropped.
@@ -329,7 +331,7 @@ impl Upstream {
             "EXECUTE slot_failover_wait({seen}, {})",
             timeout.as_millis().min(60_000)
         );
-        let rows = self.query(&sql, 12)?;
+        let rows = self.query(&sql, 13)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no row".into()))?;
@@ -364,7 +366,7 @@ impl Upstream {
             "SELECT {} {SLOTS_FROM} ORDER BY m.slot_name",
             slot_columns()
         );
-        let rows = self.query(&sql, 10)?;
+        let rows = self.query(&sql, 11)?;
         Ok(rows.iter().map(|r| remote_slot(r)).collect())
     }
 
@@ -439,15 +441,16 @@ fn slot_columns() -> String {
          (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
-         {inv}::pg_catalog.text, s.temporary::pg_catalog.text",
-        inv = compat::SLOT_INVALIDATED_SQL
+         {inv}::pg_catalog.text, s.temporary::pg_catalog.text, {failover}::pg_catalog.text",
+        inv = compat::SLOT_INVALIDATED_SQL,
+        failover = compat::SLOT_FAILOVER_SQL
     )
 }
 const SLOTS_FROM: &str = "FROM slot_failover.marked_slots AS m
        LEFT JOIN pg_catalog.pg_replication_slots AS s
          ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name";
 
-/// A row of [`slot_columns`] (ten text columns) as a [`RemoteSlot`].
+/// A row of [`slot_columns`] (eleven text columns) as a [`RemoteSlot`].
 fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
     let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
     RemoteSlot {
@@ -461,5 +464,6 @@ fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
         two_phase: r[7].as_deref() == Some("true"),
         invalidated: r[8].as_deref() == Some("true"),
         temporary: r[9].as_deref() == Some("true"),
+        failover: r[10].as_deref() == Some("true"),
     }
 }
