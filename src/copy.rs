@@ -42,27 +42,10 @@ fn marker_path(name: &str) -> String {
 
 /// Whether the slot `name` was made by PostgreSQL's own slot sync (17+): never ours to drop.
 pub fn is_synced_by_postgres(name: &str) -> bool {
-    let mut synced = false;
-    // SAFETY: as in local_slots_named(): the control lock shared, each slot's spinlock for
-    // its fields, nothing in between that can raise an ERROR.
-    unsafe {
-        let lock = compat::replication_slot_control_lock();
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
-        for i in 0..pg_sys::max_replication_slots as usize {
-            let slot = slots.add(i);
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            if (*slot).in_use
-                && std::ffi::CStr::from_ptr((*slot).data.name.data.as_ptr()).to_bytes()
-                    == name.as_bytes()
-            {
-                synced = compat::slot_data_synced(&(*slot).data);
-            }
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        }
-        pg_sys::LWLockRelease(lock);
-    }
-    synced
+    crate::slot_array::scan(|slot| {
+        (crate::slot_array::name(slot) == name).then(|| compat::slot_data_synced(&slot.data))
+    })
+    .contains(&true)
 }
 
 /// Whether the slot `name` is one of our copies (its marker file is there).
@@ -77,62 +60,51 @@ pub fn local_slots() -> HashMap<String, Local> {
     local_slots_named(None)
 }
 
-/// [`local_slots`], limited to the slots named in `only` when given. Read from shared memory,
-/// not through SQL: a round that a wake-up started for one moved slot looks at that one only,
-/// and this is on the path from the move upstream to the copy here.
+/// [`local_slots`], limited to the slots named in `only` when given. Read from shared memory
+/// (`slot_array`), not through SQL: a round that a wake-up started for one moved slot looks at
+/// that one only, and this is on the path from the move upstream to the copy here. The marker
+/// files are looked at after the scan, outside the locks.
 pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
     struct Seen {
         name: String,
         temporary_here: bool,
         local: Local,
     }
-    let mut seen = Vec::new();
-    // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots
-    // from being created or dropped while we look, each slot's spinlock makes its fields
-    // consistent, and nothing between acquire and release can raise an ERROR (the names are
-    // copied out; the marker files are looked at after the lock is released). MyProcPid is
-    // this process's pid. Valid on every supported major and in any process attached to
-    // shared memory.
-    unsafe {
-        let last_removed = pg_sys::XLogGetLastRemovedSegno();
-        let segment_size = pg_sys::wal_segment_size as u64;
-        let lock = compat::replication_slot_control_lock();
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
-        for i in 0..pg_sys::max_replication_slots as usize {
-            let slot = slots.add(i);
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            if (*slot).in_use {
-                let data = &(*slot).data;
-                let name = std::ffi::CStr::from_ptr(data.name.data.as_ptr())
-                    .to_string_lossy()
-                    .into_owned();
-                if only.is_none_or(|names| names.contains(&name)) {
-                    let temporary =
-                        data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
-                    // As the view's wal_status 'lost': invalidated, or its WAL is gone.
-                    let wal_removed =
-                        data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
-                    seen.push(Seen {
-                        name,
-                        temporary_here: temporary && (*slot).active_pid == pg_sys::MyProcPid,
-                        local: Local {
-                            ours: false,
-                            persistent: !temporary,
-                            invalidated: compat::slot_data_invalidated(data) || wal_removed,
-                            restart_lsn: data.restart_lsn,
-                            confirmed_flush: data.confirmed_flush,
-                            catalog_xmin: data.catalog_xmin.into_inner(),
-                            two_phase: data.two_phase,
-                            two_phase_at: compat::slot_two_phase_at(data),
-                        },
-                    });
-                }
-            }
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+    // SAFETY: both read positions kept in shared memory (under XLogCtl's lock); valid in any
+    // process attached to it.
+    let (last_removed, segment_size) = unsafe {
+        (
+            pg_sys::XLogGetLastRemovedSegno(),
+            pg_sys::wal_segment_size as u64,
+        )
+    };
+    // SAFETY: MyProcPid is this process's pid, set at its start.
+    let me = unsafe { pg_sys::MyProcPid };
+    let seen = crate::slot_array::scan(|slot| {
+        let name = crate::slot_array::name(slot);
+        if !only.is_none_or(|names| names.contains(&name)) {
+            return None;
         }
-        pg_sys::LWLockRelease(lock);
-    }
+        let data = &slot.data;
+        let temporary = data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
+        // As the view's wal_status 'lost': invalidated, or its WAL is gone.
+        let wal_removed = data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
+        Some(Seen {
+            name,
+            temporary_here: temporary && slot.active_pid == me,
+            local: Local {
+                ours: false,
+                persistent: !temporary,
+                // SAFETY: read under the slot's spinlock (slot_array::scan).
+                invalidated: unsafe { compat::slot_data_invalidated(data) } || wal_removed,
+                restart_lsn: data.restart_lsn,
+                confirmed_flush: data.confirmed_flush,
+                catalog_xmin: data.catalog_xmin.into_inner(),
+                two_phase: data.two_phase,
+                two_phase_at: compat::slot_two_phase_at(data),
+            },
+        })
+    });
     seen.into_iter()
         .map(|s| {
             // A temporary slot held by this very process was created by it: ours even if an
@@ -203,36 +175,56 @@ fn cname(name: &str) -> CString {
     CString::new(name).expect("slot names have no NUL bytes (validated)")
 }
 
+/// Reserve WAL for the temporary slot this process just created and holds
+/// (`MyReplicationSlot`, named `name`): the upstream's `restart`, or the redo pointer if that is
+/// later (WAL from the redo pointer on is kept for crash recovery; older WAL may be gone; 17+
+/// could also use the oldest slot's restart_lsn, but before 17 that function is private to
+/// xlog.c, so every major reserves from the redo pointer). ReplicationSlotAllocationLock is
+/// held while the position is chosen and published, as in ReplicationSlotReserveWal; like it,
+/// we check afterwards that the WAL is still there. If it is not, the slot is released and
+/// dropped (it is temporary and ours) and the error says so.
+///
+/// # Safety
+/// In the process that created the slot and still holds it, outside any spinlock.
+unsafe fn reserve_wal(name: &CString, restart: u64) -> Result<(), String> {
+    // SAFETY: as the caller guarantees; entry 36 of the main LWLock array is
+    // ReplicationSlotAllocationLock on 14 to 18 (as entry 37 is the control lock, see compat).
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
+        pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let min_safe = pg_sys::GetRedoRecPtr();
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).data.restart_lsn = restart.max(min_safe);
+        let reserved = (*slot).data.restart_lsn;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::ReplicationSlotsComputeRequiredLSN();
+        let removed = pg_sys::XLogGetLastRemovedSegno();
+        pg_sys::LWLockRelease(allocation_lock);
+        if removed >= reserved / pg_sys::wal_segment_size as u64 {
+            pg_sys::ReplicationSlotRelease(); // temporary: stays ours; dropped now
+            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+            return Err(format!(
+                "WAL at {} was removed from this standby while reserving it",
+                lsn(reserved)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Create the copy of the physical slot `remote`: RS_TEMPORARY, WAL reserved here from the
 /// upstream's restart_lsn (or the redo pointer, if that WAL is gone here; nothing when the
 /// upstream slot reserves nothing), then released (it stays owned by this process, see the
 /// module comment). The marker is written when it becomes ready.
 pub fn create_physical(remote: &RemoteSlot) -> Result<(), String> {
     let name = cname(&remote.name);
-    // SAFETY: the caller holds no slot; creation and WAL reservation as in create(), with
-    // ReplicationSlotAllocationLock held while the position is chosen and published.
+    // SAFETY: the caller holds no slot; the slot is created (and held) here, its WAL reserved
+    // by reserve_wal() in this same process, then released.
     unsafe {
         compat::create_temporary_physical_slot(name.as_c_str());
-        let slot = pg_sys::MyReplicationSlot;
         if let Some(restart) = remote.restart_lsn.filter(|&r| r != 0) {
-            let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
-            pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-            let min_safe = pg_sys::GetRedoRecPtr();
-            pg_sys::SpinLockAcquire(&mut (*slot).mutex);
-            (*slot).data.restart_lsn = restart.max(min_safe);
-            let reserved = (*slot).data.restart_lsn;
-            pg_sys::SpinLockRelease(&mut (*slot).mutex);
-            pg_sys::ReplicationSlotsComputeRequiredLSN();
-            let removed = pg_sys::XLogGetLastRemovedSegno();
-            pg_sys::LWLockRelease(allocation_lock);
-            if removed >= reserved / pg_sys::wal_segment_size as u64 {
-                pg_sys::ReplicationSlotRelease();
-                pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
-                return Err(format!(
-                    "WAL at {} was removed from this standby while reserving it",
-                    lsn(reserved)
-                ));
-            }
+            reserve_wal(&name, restart)?;
         }
         pg_sys::ReplicationSlotRelease();
     }
@@ -277,29 +269,7 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
 
         // Reserve WAL: the upstream's restart_lsn, or the oldest WAL this standby keeps.
-        let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
-        pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        // WAL from the redo pointer on is kept for crash recovery; older WAL may be gone.
-        // (17+ could also use the oldest slot's restart_lsn; before 17 that function is
-        // private to xlog.c, so every major reserves from the redo pointer.)
-        let min_safe = pg_sys::GetRedoRecPtr();
-        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
-        (*slot).data.restart_lsn = restart.max(min_safe);
-        let reserved = (*slot).data.restart_lsn;
-        pg_sys::SpinLockRelease(&mut (*slot).mutex);
-        pg_sys::ReplicationSlotsComputeRequiredLSN();
-        let segno = reserved / pg_sys::wal_segment_size as u64;
-        let removed = pg_sys::XLogGetLastRemovedSegno();
-        pg_sys::LWLockRelease(allocation_lock);
-        if removed >= segno {
-            pg_sys::ReplicationSlotRelease(); // temporary: stays ours; dropped below
-            let name = cname(&remote.name);
-            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
-            return Err(format!(
-                "WAL at {} was removed from this standby while reserving it",
-                lsn(reserved)
-            ));
-        }
+        reserve_wal(&cname(&remote.name), restart)?;
 
         // Reserve catalog rows: the oldest xid still safe to decode from here.
         let control_lock = &raw mut (*pg_sys::MainLWLockArray.add(37)).lock;

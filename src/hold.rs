@@ -344,43 +344,28 @@ pub fn read_standbys(names: &[String]) -> Vec<(String, Standby)> {
     if found.is_empty() {
         return found;
     }
-    // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots from
-    // being created or dropped while we look, and each slot's spinlock makes its fields
-    // consistent. Nothing between acquire and release can raise an ERROR.
-    unsafe {
-        let lock = compat::replication_slot_control_lock();
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
-        for i in 0..pg_sys::max_replication_slots as usize {
-            let slot = slots.add(i);
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            let seen = if (*slot).in_use {
-                let data = &(*slot).data;
-                let name = CStr::from_ptr(data.name.data.as_ptr());
-                let state = if data.database != pg_sys::InvalidOid {
-                    Standby::Logical
-                } else if compat::slot_data_invalidated(data) {
-                    Standby::Invalidated
-                } else {
-                    Standby::Physical {
-                        restart_lsn: data.restart_lsn,
-                        active: (*slot).active_pid != 0,
-                    }
-                };
-                Some((name.to_bytes().to_vec(), state))
-            } else {
-                None
-            };
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-            if let Some((name, state)) = seen {
-                for entry in found.iter_mut() {
-                    if entry.0.as_bytes() == name.as_slice() {
-                        entry.1 = state;
-                    }
-                }
+    let seen = crate::slot_array::scan(|slot| {
+        let data = &slot.data;
+        let state = if data.database != pg_sys::InvalidOid {
+            Standby::Logical
+        // SAFETY: read under the slot's spinlock (slot_array::scan).
+        } else if unsafe { compat::slot_data_invalidated(data) } {
+            Standby::Invalidated
+        } else {
+            Standby::Physical {
+                restart_lsn: data.restart_lsn,
+                active: slot.active_pid != 0,
+            }
+        };
+        let name = crate::slot_array::name(slot);
+        names.contains(&name).then_some((name, state))
+    });
+    for (name, state) in seen {
+        for entry in found.iter_mut() {
+            if entry.0 == name {
+                entry.1 = state;
             }
         }
-        pg_sys::LWLockRelease(lock);
     }
     found
 }

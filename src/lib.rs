@@ -33,6 +33,7 @@ mod quorum;
 mod readiness;
 mod retention;
 mod shared;
+mod slot_array;
 mod slot_name;
 mod standbys;
 mod status;

@@ -14,18 +14,15 @@
 //! * Runs in the worker only, once per naptime (after the marks were read), on both sides.
 //! * "WAL now" is what this server has flushed: `GetFlushRecPtr()` on a primary, the received
 //!   or replayed end (the larger) on a standby, as in the status view.
-//! * Slots are read from shared memory: `ReplicationSlotControlLock` shared while looking, each
-//!   slot's spinlock for its fields; nothing in between can raise an ERROR. A slot without a
-//!   `restart_lsn` (invalidated, or not reserved yet) keeps no WAL and is never reported.
+//! * Slots are read from shared memory (`slot_array`). A slot without a `restart_lsn`
+//!   (invalidated, or not reserved yet) keeps no WAL and is never reported.
 //! * On a standby only our copies (slots carrying our marker) are looked at; a same-named
 //!   slot that is not ours is not this extension's to report.
 //! * The decision ([`crossings`]) is a pure function, tested without a server.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
-use std::ffi::CStr;
 
-use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
@@ -96,34 +93,18 @@ fn wal_now(standby: bool) -> u64 {
 /// restart_lsn of each named slot (None: missing, not reserved or invalidated; on a standby
 /// also when it is not our copy).
 fn restart_lsns(names: &[String], standby: bool) -> Vec<(String, Option<u64>)> {
-    let mut found: HashMap<String, u64> = HashMap::new();
-    // SAFETY: ReplicationSlotCtl is in shared memory; the control lock (shared) keeps slots
-    // from being created or dropped while we look, each slot's spinlock makes its fields
-    // consistent, and nothing between acquire and release can raise an ERROR.
-    unsafe {
-        let lock = compat::replication_slot_control_lock();
-        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
-        for i in 0..pg_sys::max_replication_slots as usize {
-            let slot = slots.add(i);
-            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-            let seen = if (*slot).in_use && !compat::slot_data_invalidated(&(*slot).data) {
-                let data = &(*slot).data;
-                let name = CStr::from_ptr(data.name.data.as_ptr()).to_string_lossy();
-                Some((name.into_owned(), data.restart_lsn))
-            } else {
-                None
-            };
-            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-            if let Some((name, restart)) = seen
-                && restart != 0
-                && names.contains(&name)
-            {
-                found.insert(name, restart);
-            }
+    let found: HashMap<String, u64> = crate::slot_array::scan(|slot| {
+        // SAFETY: read under the slot's spinlock (slot_array::scan).
+        if unsafe { compat::slot_data_invalidated(&slot.data) } || slot.data.restart_lsn == 0 {
+            return None;
         }
-        pg_sys::LWLockRelease(lock);
-    }
+        let name = crate::slot_array::name(slot);
+        names
+            .contains(&name)
+            .then_some((name, slot.data.restart_lsn))
+    })
+    .into_iter()
+    .collect();
     names
         .iter()
         .map(|n| {

@@ -114,6 +114,17 @@ fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
         && (!local.persistent || up.restart_lsn > local.restart_lsn)
 }
 
+/// Drop our copy `name` (in a subtransaction: an ERROR becomes the Err) and wake the
+/// standbys that cascade from this one.
+fn drop_ours(name: &str) -> Result<(), String> {
+    isolated(|| {
+        copy::drop_copy(name);
+        Ok(())
+    })?;
+    crate::changes::copy_changed(name);
+    Ok(())
+}
+
 fn handle_slot(
     up: &Upstream,
     remote: &RemoteSlot,
@@ -135,14 +146,10 @@ fn handle_slot(
     if remote.slot_type.as_deref() == Some("physical")
         && crate::hold::own_upstream_slot().as_deref() == Some(remote.name.as_str())
     {
-        if local.as_ref().is_some_and(|l| l.ours) {
-            if let Err(e) = isolated(|| {
-                copy::drop_copy(&remote.name);
-                Ok(())
-            }) {
-                return report("none", State::Error, e);
-            }
-            crate::changes::copy_changed(&remote.name);
+        if local.as_ref().is_some_and(|l| l.ours)
+            && let Err(e) = drop_ours(&remote.name)
+        {
+            return report("none", State::Error, e);
         }
         return report(
             "none",
@@ -158,13 +165,9 @@ fn handle_slot(
     if remote.failover && compat::builtin_slot_sync_on() {
         let mut action = "none";
         if local.as_ref().is_some_and(|l| l.ours) {
-            if let Err(e) = isolated(|| {
-                copy::drop_copy(&remote.name);
-                Ok(())
-            }) {
+            if let Err(e) = drop_ours(&remote.name) {
                 return report("none", State::Error, e);
             }
-            crate::changes::copy_changed(&remote.name);
             action = "dropped";
         }
         return report(

@@ -375,36 +375,36 @@ impl Upstream {
     /// does not show it. Same privilege as [`snapshot_file`](Upstream::snapshot_file).
     pub fn slot_state_file(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
         crate::slot_name::validate(name).map_err(|e| format!("bad slot name {name:?}: {e:?}"))?;
-        let sql = format!(
-            "SELECT pg_catalog.pg_read_binary_file({}, 0, {SLOT_STATE_FILE_MAX}, true)",
-            quote_literal(format!("pg_replslot/{name}/state"))
-        );
-        let rows = self.query(&sql, 1).map_err(|p| match p {
-            Problem::Query(e) if e.contains("permission denied") => format!(
-                "could not read the upstream's slot state file: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
-            ),
-            Problem::Query(e) => format!("could not read the upstream's slot state file: {e}"),
-            other => other.to_string(),
-        })?;
-        let Some(hex) = rows.first().and_then(|r| r[0].clone()) else {
-            return Ok(None);
-        };
-        decode_bytea_hex(&hex).map(Some)
+        self.read_file(
+            &format!("pg_replslot/{name}/state"),
+            SLOT_STATE_FILE_MAX,
+            "slot state file",
+        )
     }
 
     /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
     /// EXECUTE on pg_read_binary_file on the upstream (superusers have it); the file is inside
     /// the data directory, so pg_read_server_files is not needed.
     pub fn snapshot_file(&self, at: u64) -> Result<Option<Vec<u8>>, String> {
+        self.read_file(
+            &crate::copy::snapshot_path(at),
+            SNAPSHOT_FILE_MAX,
+            "snapshot file",
+        )
+    }
+
+    /// At most `max` bytes of the upstream's file `path` (inside its data directory), None
+    /// when there is no such file; `what` names it in errors.
+    fn read_file(&self, path: &str, max: u64, what: &str) -> Result<Option<Vec<u8>>, String> {
         let sql = format!(
-            "SELECT pg_catalog.pg_read_binary_file({}, 0, {SNAPSHOT_FILE_MAX}, true)",
-            quote_literal(crate::copy::snapshot_path(at))
+            "SELECT pg_catalog.pg_read_binary_file({}, 0, {max}, true)",
+            quote_literal(path)
         );
         let rows = self.query(&sql, 1).map_err(|p| match p {
             Problem::Query(e) if e.contains("permission denied") => format!(
-                "could not read the upstream's snapshot file: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
+                "could not read the upstream's {what}: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
             ),
-            Problem::Query(e) => format!("could not read the upstream's snapshot file: {e}"),
+            Problem::Query(e) => format!("could not read the upstream's {what}: {e}"),
             other => other.to_string(),
         })?;
         let Some(hex) = rows.first().and_then(|r| r[0].clone()) else {

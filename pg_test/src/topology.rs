@@ -128,3 +128,22 @@ pub fn consume_until_ready(primary: &Cluster, standby: &Cluster, slots: &[&str])
     })
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The ids in table `t` of `node`, in order, comma-separated (the tests' way to compare a
+/// subscriber's rows with a publisher's).
+pub fn ids(node: &Cluster) -> String {
+    node.safe_psql(
+        "postgres",
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
+}
+
+/// Insert ids `from..=to` into `t` on `publisher` (then a checkpoint, so that running-xacts
+/// records keep the slots' positions moving) and wait until `subscriber` has them.
+pub fn write_rows(publisher: &Cluster, subscriber: &Cluster, from: i32, to: i32) {
+    publisher.safe_psql(
+        "postgres",
+        &format!("INSERT INTO t SELECT generate_series({from}, {to}); CHECKPOINT;"),
+    );
+    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
+}

@@ -6,7 +6,9 @@
 //! subscriber continues from B with nothing lost or repeated. Runs on every major: B never
 //! decodes on A, it copies A's positions and the snapshot files A copied from the primary.
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{
+    STANDBY_SLOT, ids, primary_with_extension, repoint, standby_of, subscriber_of, write_rows,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, StopMode};
 
@@ -26,22 +28,6 @@ fn rounds(node: &Cluster) -> i64 {
     )
     .parse()
     .expect("rounds")
-}
-
-fn ids(node: &Cluster) -> String {
-    node.safe_psql(
-        "postgres",
-        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
-    )
-}
-
-/// Write rows `from..=to` on `primary` and wait until the subscriber has them.
-fn write(primary: &Cluster, subscriber: &Cluster, from: i32, to: i32) {
-    primary.safe_psql(
-        "postgres",
-        &format!("INSERT INTO t SELECT generate_series({from}, {to}); CHECKPOINT;"),
-    );
-    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
 }
 
 /// Wait until `node` has replayed the primary's WAL up to `lsn`.
@@ -89,7 +75,7 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
         "CREATE TABLE t (id int PRIMARY KEY)",
     );
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
-    write(&primary, &subscriber, 1, 10);
+    write_rows(&primary, &subscriber, 1, 10);
 
     // With no copy on A, B has none either, however many rounds it runs.
     let from = rounds(&b);
@@ -121,7 +107,7 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
         "the copies on A and B to be ready",
         wait::default_timeout(),
         || {
-            write(&primary, &subscriber, next, next + 4);
+            write_rows(&primary, &subscriber, next, next + 4);
             next += 5;
             let (sa, sb) = (state(&a), state(&b));
             // Never B ready while A is not.
@@ -142,7 +128,7 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
     assert!(ready_b >= ready_a, "B ready at {ready_b}, A at {ready_a}");
 
     // More rows; B follows A's copy to the primary's position.
-    write(&primary, &subscriber, next, next + 49);
+    write_rows(&primary, &subscriber, next, next + 49);
     let last = next + 49;
     let upstream = primary.safe_psql(
         "postgres",

@@ -3,20 +3,14 @@
 //! is dropped, loudly, at promotion.
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, primary_with_extension, repoint, standby_of, subscriber_of,
+    STANDBY_SLOT, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
+    subscriber_of,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
 
 /// Standby settings of these tests: feedback on, and quick rounds.
 const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
-
-fn ids(cluster: &Cluster) -> String {
-    cluster.safe_psql(
-        "postgres",
-        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
-    )
-}
 
 fn range(from: i32, to: i32) -> Vec<String> {
     (from..=to).map(|i| i.to_string()).collect()

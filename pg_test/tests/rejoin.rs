@@ -8,27 +8,13 @@
 //! Runs on every major (pg_rewind and the slot files are the same on 14 to 18).
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, primary_with_extension, repoint, standby_of, subscriber_of,
+    STANDBY_SLOT, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
+    subscriber_of, write_rows,
 };
 use pg_test::{Cluster, StopMode};
 
 const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const STATES: &str = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
-
-fn ids(node: &Cluster) -> String {
-    node.safe_psql(
-        "postgres",
-        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
-    )
-}
-
-fn write(node: &Cluster, subscriber: &Cluster, from: i32, to: i32) {
-    node.safe_psql(
-        "postgres",
-        &format!("INSERT INTO t SELECT generate_series({from}, {to}); CHECKPOINT;"),
-    );
-    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
-}
 
 /// Wait until the copies of `sub` and `td` on `standby` are ready at the upstream's positions.
 fn wait_for_ready_copies(
@@ -42,7 +28,7 @@ fn wait_for_ready_copies(
         "both copies ready",
         pg_test::wait::default_timeout(),
         || {
-            write(upstream, subscriber, *next, *next + 4);
+            write_rows(upstream, subscriber, *next, *next + 4);
             *next += 5;
             upstream.safe_psql(
                 "postgres",
@@ -100,7 +86,7 @@ fn the_old_primary_rejoins_replaces_its_stale_slots_and_can_take_over_again() {
         "SELECT pg_catalog.pg_create_physical_replication_slot('old_slot')",
     );
     repoint(&subscriber, "sub", &new);
-    write(&new, &subscriber, next, next + 9);
+    write_rows(&new, &subscriber, next, next + 9);
     next += 10;
 
     // The old primary rejoins as a standby of the new one, which then names it a failover
@@ -145,7 +131,7 @@ fn the_old_primary_rejoins_replaces_its_stale_slots_and_can_take_over_again() {
         &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
     );
     repoint(&subscriber, "sub", &old);
-    write(&old, &subscriber, next, next + 19);
+    write_rows(&old, &subscriber, next, next + 19);
     assert_eq!(
         ids(&subscriber),
         ids(&old),
