@@ -72,7 +72,7 @@ pub fn wake_at_commit() {
 /// Read the marks and the failover standbys from the catalog and publish them to the logical
 /// senders (`hold.rs`). In the worker's database; where the extension is not installed there
 /// can be no marks, which is published too (with one WARNING), so that senders do not wait.
-/// Publish the marks and the failover standbys for the logical senders; returns the marks.
+/// Returns the marks (for the retained-WAL check).
 fn publish_hold_config(warned_missing: &mut bool) -> Vec<String> {
     // Read-only SPI (Spi::get_one would ask for an xid, which a standby cannot assign).
     let installed = Spi::connect(|client| {
