@@ -131,16 +131,16 @@ impl Watch {
             return;
         }
         let now = wal_now(standby);
-        let retained: Vec<(String, Option<u64>)> = restart_lsns(names, standby)
-            .into_iter()
-            .map(|(n, restart)| (n, restart.map(|r| now.saturating_sub(r))))
+        let restarts = restart_lsns(names, standby);
+        let retained: Vec<(String, Option<u64>)> = restarts
+            .iter()
+            .map(|(n, restart)| (n.clone(), restart.map(|r| now.saturating_sub(r))))
             .collect();
         let restart_of = |name: &str| {
-            retained
+            restarts
                 .iter()
                 .find(|(n, _)| n == name)
                 .and_then(|(_, r)| *r)
-                .map(|bytes| now.saturating_sub(bytes))
         };
         let what = if standby {
             "the copy of replication slot"
