@@ -27,6 +27,10 @@ pub enum ApiError {
     NotPhysical(String),
     #[error("physical replication slot \"{0}\" does not exist")]
     NoSuchPhysicalSlot(String),
+    #[error("permission denied to {action}")]
+    NoReplicationRole { action: &'static str },
+    #[error("slot_failover.restore_slots() cannot run in a transaction that has written data")]
+    TransactionHasWritten,
 }
 
 impl ApiError {
@@ -42,6 +46,8 @@ impl ApiError {
             ApiError::TemporarySlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             ApiError::NotPhysical(_) => ERRCODE_WRONG_OBJECT_TYPE,
             ApiError::NoSuchPhysicalSlot(_) => ERRCODE_UNDEFINED_OBJECT,
+            ApiError::NoReplicationRole { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            ApiError::TransactionHasWritten => ERRCODE_ACTIVE_SQL_TRANSACTION,
         }
     }
 
@@ -64,6 +70,12 @@ impl ApiError {
             ApiError::NotPhysical(_) => Some(
                 "A failover standby is named by the physical slot it streams from (its primary_slot_name).".into(),
             ),
+            ApiError::NoReplicationRole { .. } => Some(
+                "Creating replication slots needs the REPLICATION attribute (or superuser).".into(),
+            ),
+            ApiError::TransactionHasWritten => Some(
+                "Creating a logical slot waits for every transaction with a transaction id to end, this one included.".into(),
+            ),
             ApiError::NullSlotName | ApiError::NoSuchSlot(_) | ApiError::NoSuchPhysicalSlot(_) => None,
         }
     }
@@ -84,6 +96,8 @@ impl ApiError {
             ApiError::NoSuchPhysicalSlot(_) => Some(
                 "Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby.".into(),
             ),
+            ApiError::NoReplicationRole { .. } => Some("Run it as a role with REPLICATION, e.g. ALTER ROLE ... REPLICATION.".into()),
+            ApiError::TransactionHasWritten => Some("Run it in a transaction of its own.".into()),
         }
     }
 

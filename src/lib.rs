@@ -28,6 +28,7 @@ mod copy;
 mod gucs;
 mod hold;
 mod log_redaction;
+mod major_upgrade;
 mod marks;
 mod quorum;
 mod readiness;

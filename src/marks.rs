@@ -20,10 +20,17 @@ extension_sql!(
 CREATE TABLE slot_failover.marked_slots (
     slot_name name PRIMARY KEY,
     marked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    marked_by name NOT NULL DEFAULT CURRENT_USER
+    marked_by name NOT NULL DEFAULT CURRENT_USER,
+    slot_type text,
+    plugin name,
+    database name,
+    two_phase boolean,
+    details_at timestamptz
 );
 COMMENT ON TABLE slot_failover.marked_slots IS
     'Replication slots marked as failover slots with slot_failover.enable(); replicated to standbys';
+COMMENT ON COLUMN slot_failover.marked_slots.details_at IS
+    'When slot_type, plugin, database and two_phase were last read from the slot (by enable() or upgrade_check()); restore_slots() re-creates the slot from them after pg_upgrade';
 -- pg_dump keeps the marks.
 SELECT pg_catalog.pg_extension_config_dump('slot_failover.marked_slots', '');
 
@@ -36,7 +43,7 @@ END
 $$;
 COMMENT ON ROLE slot_failover_admin IS 'May mark and unmark failover slots (slot_failover extension)';
 GRANT USAGE ON SCHEMA slot_failover TO slot_failover_admin, pg_monitor;
-GRANT SELECT, INSERT, DELETE ON slot_failover.marked_slots TO slot_failover_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON slot_failover.marked_slots TO slot_failover_admin;
 GRANT SELECT ON slot_failover.marked_slots TO pg_monitor;
 "#,
     name = "catalog",
@@ -163,6 +170,46 @@ pub(crate) fn remove_name(table: Table, name: &str) -> bool {
     deleted != Some(0)
 }
 
+/// Copy what re-creating a slot needs (type, plugin, database, two_phase) from
+/// pg_replication_slots into the marks of slot `name` (None: of every marked slot), where it
+/// changed. Returns how many marks changed: none means no row was written (and no transaction
+/// id taken).
+pub(crate) fn record_details(name: Option<&str>) -> i64 {
+    // The library is updated before `ALTER EXTENSION slot_failover UPDATE`: a schema older
+    // than 0.4.0 has no columns for the details, and then there is nothing to record.
+    let has_columns = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                         WHERE attrelid OPERATOR(pg_catalog.=)
+                               'slot_failover.marked_slots'::pg_catalog.regclass
+                           AND attname OPERATOR(pg_catalog.=) 'details_at'
+                           AND NOT attisdropped)",
+    )
+    .unwrap_or_else(|e| panic!("reading pg_attribute: {e}"));
+    if has_columns != Some(true) {
+        return 0;
+    }
+    Spi::get_one_with_args::<i64>(
+        "WITH upd AS (
+            UPDATE slot_failover.marked_slots AS m
+               SET slot_type = s.slot_type, plugin = s.plugin, database = s.database,
+                   two_phase = s.two_phase, details_at = pg_catalog.now()
+              FROM pg_catalog.pg_replication_slots AS s
+             WHERE s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+               AND NOT s.temporary
+               AND ($1::pg_catalog.name IS NULL OR m.slot_name OPERATOR(pg_catalog.=) $1)
+               AND NOT coalesce(
+                       m.slot_type OPERATOR(pg_catalog.=) s.slot_type
+                   AND coalesce(m.plugin, '') OPERATOR(pg_catalog.=) coalesce(s.plugin, '')
+                   AND coalesce(m.database, '') OPERATOR(pg_catalog.=) coalesce(s.database, '')
+                   AND m.two_phase OPERATOR(pg_catalog.=) s.two_phase, false)
+            RETURNING 1)
+         SELECT pg_catalog.count(*) FROM upd",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("recording slot details in slot_failover.marked_slots: {e}"))
+    .unwrap_or(0)
+}
+
 fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let name = precheck(slot_name, "mark replication slots")?;
     let (slot_type, temporary) = slot_type_and_temporary(name);
@@ -174,6 +221,7 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     if !add_name(Table::MarkedSlots, name) {
         notice!("replication slot \"{name}\" is already marked for failover");
     }
+    record_details(Some(name));
     Ok(())
 }
 
