@@ -31,6 +31,8 @@ pub enum ApiError {
     NoReplicationRole { action: &'static str },
     #[error("slot_failover.restore_slots() cannot run in a transaction that has written data")]
     TransactionHasWritten,
+    #[error("replication slot \"{0}\" has the failover flag and slot_failover.mark_failover_slots is on")]
+    FlaggedSlot(String),
 }
 
 impl ApiError {
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::NoSuchPhysicalSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             ApiError::NoReplicationRole { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             ApiError::TransactionHasWritten => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            ApiError::FlaggedSlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
 
@@ -76,6 +79,9 @@ impl ApiError {
             ApiError::TransactionHasWritten => Some(
                 "Creating a logical slot waits for every transaction with a transaction id to end, this one included.".into(),
             ),
+            ApiError::FlaggedSlot(_) => Some(
+                "The slot_failover worker would mark it again at once; its mark was kept.".into(),
+            ),
             ApiError::NullSlotName | ApiError::NoSuchSlot(_) | ApiError::NoSuchPhysicalSlot(_) => None,
         }
     }
@@ -98,6 +104,9 @@ impl ApiError {
             ),
             ApiError::NoReplicationRole { .. } => Some("Run it as a role with REPLICATION, e.g. ALTER ROLE ... REPLICATION.".into()),
             ApiError::TransactionHasWritten => Some("Run it in a transaction of its own.".into()),
+            ApiError::FlaggedSlot(_) => Some(
+                "Clear the slot's failover flag first (ALTER SUBSCRIPTION ... SET (failover = false), or ALTER_REPLICATION_SLOT), or set slot_failover.mark_failover_slots = off.".into(),
+            ),
         }
     }
 

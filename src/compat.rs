@@ -213,6 +213,9 @@ pub const SLOT_FAILOVER_SQL: &str = "false";
 #[cfg(any(feature = "pg17", feature = "pg18"))]
 pub const SLOT_FAILOVER_SQL: &str = "s.failover";
 
+/// Whether slots have PostgreSQL's `failover` flag (17+).
+pub const HAS_FAILOVER_FLAG: bool = cfg!(any(feature = "pg17", feature = "pg18"));
+
 /// Whether PostgreSQL's own slot sync worker runs on this standby (`sync_replication_slots`,
 /// 17+); always false before 17.
 pub fn builtin_slot_sync_on() -> bool {

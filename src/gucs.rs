@@ -12,6 +12,7 @@
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 //! | `slot_failover.drop_stale_slots` | bool, on | on a standby, a slot named like a marked slot upstream that slot_failover did not make and nobody uses is dropped (WARNING) and replaced by a copy |
 //! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
+//! | `slot_failover.mark_failover_slots` | bool, off | on a 17+ primary, the worker marks every slot that has PostgreSQL's `failover` flag (`marked_by` = this setting's name), and removes such a mark when its slot loses the flag or is dropped |
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MARK_FAILOVER_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
@@ -126,6 +128,14 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_MB,
     );
+    GucRegistry::define_bool_guc(
+        c"slot_failover.mark_failover_slots",
+        c"Whether the slot_failover worker on a primary marks every slot that has PostgreSQL's failover flag.",
+        c"PostgreSQL 17 and later. Such marks have marked_by = 'slot_failover.mark_failover_slots' and are removed when their slot loses the flag or is dropped; switching this off keeps the marks made so far.",
+        &MARK_FAILOVER_SLOTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     crate::compat::reserve_guc_prefix(c"slot_failover");
 }
 
@@ -157,6 +167,10 @@ pub fn drop_stale_slots() -> bool {
 /// `slot_failover.retained_wal_warning` in MB, None when off (-1).
 pub fn retained_wal_warning_mb() -> Option<u64> {
     u64::try_from(RETAINED_WAL_WARNING_MB.get()).ok()
+}
+
+pub fn mark_failover_slots() -> bool {
+    MARK_FAILOVER_SLOTS.get()
 }
 
 pub fn enabled() -> bool {

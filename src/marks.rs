@@ -6,6 +6,11 @@
 //! mark: dropping a marked slot on the primary is allowed, and its mark then names a slot that
 //! is gone.
 //!
+//! With `slot_failover.mark_failover_slots` on (17+), the worker on the primary also marks
+//! every permanent slot that has PostgreSQL's own `failover` flag (see
+//! [`follow_failover_flags`]); such marks say `marked_by = 'slot_failover.mark_failover_slots'`
+//! and go away when their slot loses the flag or is dropped.
+//!
 //! Who may mark: superusers and members of role `slot_failover_admin` (created by
 //! `CREATE EXTENSION` when missing). EXECUTE on both functions is revoked from PUBLIC; the
 //! functions check the role again themselves, in case EXECUTE is granted to someone else.
@@ -175,39 +180,182 @@ pub(crate) fn remove_name(table: Table, name: &str) -> bool {
 /// changed. Returns how many marks changed: none means no row was written (and no transaction
 /// id taken).
 pub(crate) fn record_details(name: Option<&str>) -> i64 {
-    // The library is updated before `ALTER EXTENSION slot_failover UPDATE`: a schema older
-    // than 0.4.0 has no columns for the details, and then there is nothing to record.
-    let has_columns = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
-                         WHERE attrelid OPERATOR(pg_catalog.=)
-                               'slot_failover.marked_slots'::pg_catalog.regclass
-                           AND attname OPERATOR(pg_catalog.=) 'details_at'
-                           AND NOT attisdropped)",
-    )
-    .unwrap_or_else(|e| panic!("reading pg_attribute: {e}"));
-    if has_columns != Some(true) {
+    // Read-only first: pgrx's read-write SPI takes a transaction id even for an UPDATE that
+    // changes nothing, and its commit would then be WAL a consumer has not confirmed
+    // (upgrade_check() would call a slot safe that pg_upgrade 17+ then refuses).
+    let stale = Spi::connect(|client| {
+        // The library is updated before `ALTER EXTENSION slot_failover UPDATE`: a schema
+        // older than 0.4.0 has no columns for the details, and then there is nothing to record.
+        let has_columns = client
+            .select(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                                 WHERE attrelid OPERATOR(pg_catalog.=)
+                                       'slot_failover.marked_slots'::pg_catalog.regclass
+                                   AND attname OPERATOR(pg_catalog.=) 'details_at'
+                                   AND NOT attisdropped)",
+                None,
+                &[],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+            .unwrap_or_else(|e| panic!("reading pg_attribute: {e}"));
+        if has_columns != Some(true) {
+            return false;
+        }
+        client
+            .select(
+                &format!(
+                    "SELECT EXISTS (SELECT FROM slot_failover.marked_slots AS m, {DETAILS_STALE})"
+                ),
+                None,
+                &[name.into()],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+            .unwrap_or_else(|e| panic!("reading slot_failover.marked_slots: {e}"))
+            == Some(true)
+    });
+    if !stale {
         return 0;
     }
     Spi::get_one_with_args::<i64>(
-        "WITH upd AS (
-            UPDATE slot_failover.marked_slots AS m
-               SET slot_type = s.slot_type, plugin = s.plugin, database = s.database,
-                   two_phase = s.two_phase, details_at = pg_catalog.now()
-              FROM pg_catalog.pg_replication_slots AS s
-             WHERE s.slot_name OPERATOR(pg_catalog.=) m.slot_name
-               AND NOT s.temporary
-               AND ($1::pg_catalog.name IS NULL OR m.slot_name OPERATOR(pg_catalog.=) $1)
-               AND NOT coalesce(
-                       m.slot_type OPERATOR(pg_catalog.=) s.slot_type
-                   AND coalesce(m.plugin, '') OPERATOR(pg_catalog.=) coalesce(s.plugin, '')
-                   AND coalesce(m.database, '') OPERATOR(pg_catalog.=) coalesce(s.database, '')
-                   AND m.two_phase OPERATOR(pg_catalog.=) s.two_phase, false)
-            RETURNING 1)
-         SELECT pg_catalog.count(*) FROM upd",
+        &format!(
+            "WITH upd AS (
+                UPDATE slot_failover.marked_slots AS m
+                   SET slot_type = s.slot_type, plugin = s.plugin, database = s.database,
+                       two_phase = s.two_phase, details_at = pg_catalog.now()
+                  FROM {DETAILS_STALE}
+                RETURNING 1)
+             SELECT pg_catalog.count(*) FROM upd"
+        ),
         &[name.into()],
     )
     .unwrap_or_else(|e| panic!("recording slot details in slot_failover.marked_slots: {e}"))
     .unwrap_or(0)
+}
+
+/// The marks (`m`) whose recorded details differ from their slot (`s`) in
+/// pg_replication_slots; `$1`: one slot's name, or NULL for all. The probe and the UPDATE of
+/// [`record_details`] both put it after a `FROM`.
+const DETAILS_STALE: &str = "pg_catalog.pg_replication_slots AS s
+     WHERE s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+       AND NOT s.temporary
+       AND ($1::pg_catalog.name IS NULL OR m.slot_name OPERATOR(pg_catalog.=) $1)
+       AND NOT coalesce(
+               m.slot_type OPERATOR(pg_catalog.=) s.slot_type
+           AND coalesce(m.plugin, '') OPERATOR(pg_catalog.=) coalesce(s.plugin, '')
+           AND coalesce(m.database, '') OPERATOR(pg_catalog.=) coalesce(s.database, '')
+           AND m.two_phase OPERATOR(pg_catalog.=) s.two_phase, false)";
+
+/// `marked_by` of the marks made because of `slot_failover.mark_failover_slots`.
+pub(crate) const FLAG_MARKER: &str = "slot_failover.mark_failover_slots";
+
+/// Whether the worker keeps marks for the failover flags here: the setting is on and slots
+/// have the flag (17+).
+pub(crate) fn following_failover_flags() -> bool {
+    crate::gucs::mark_failover_slots() && crate::compat::HAS_FAILOVER_FLAG
+}
+
+/// What [`follow_failover_flags`] changed.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct FlagChanges {
+    /// Slots marked because they have the failover flag.
+    pub marked: Vec<String>,
+    /// Marks removed, with why: `"dropped"` or `"unflagged"`.
+    pub unmarked: Vec<(String, String)>,
+}
+
+/// Make the marks follow PostgreSQL's `failover` flag (17+, on a primary, with
+/// `slot_failover.mark_failover_slots` on): mark every permanent flagged slot that has no
+/// mark, and remove the marks made this way whose slot lost the flag, became temporary (it
+/// cannot) or was dropped. Marks made with `enable()` are never removed here.
+///
+/// Reads first, read-only: a round with nothing to change writes nothing and takes no
+/// transaction id (the worker calls this on every wake-up).
+pub(crate) fn follow_failover_flags() -> FlagChanges {
+    let mut changes = FlagChanges::default();
+    if !following_failover_flags() {
+        return changes;
+    }
+    let todo: Vec<(String, String)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT 'mark', s.slot_name::pg_catalog.text
+                   FROM pg_catalog.pg_replication_slots AS s
+                  WHERE s.failover AND NOT s.temporary
+                    AND NOT EXISTS (SELECT FROM slot_failover.marked_slots AS m
+                                     WHERE m.slot_name OPERATOR(pg_catalog.=) s.slot_name)
+                 UNION ALL
+                 SELECT CASE WHEN s.slot_name IS NULL THEN 'dropped' ELSE 'unflagged' END,
+                        m.slot_name::pg_catalog.text
+                   FROM slot_failover.marked_slots AS m
+                   LEFT JOIN pg_catalog.pg_replication_slots AS s
+                     ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name
+                  WHERE m.marked_by OPERATOR(pg_catalog.=) $1::pg_catalog.name
+                    AND (s.slot_name IS NULL OR NOT s.failover OR s.temporary)
+                  ORDER BY 2",
+                None,
+                &[FLAG_MARKER.into()],
+            )
+            .unwrap_or_else(|e| panic!("reading failover flags: {e}"))
+            .filter_map(|row| {
+                let what = row.get::<String>(1).ok().flatten()?;
+                let name = row.get::<String>(2).ok().flatten()?;
+                Some((what, name))
+            })
+            .collect()
+    });
+    for (what, name) in todo {
+        if what == "mark" {
+            let added = Spi::get_one_with_args::<i64>(
+                "WITH ins AS (INSERT INTO slot_failover.marked_slots (slot_name, marked_by)
+                              VALUES ($1::pg_catalog.name, $2::pg_catalog.name)
+                              ON CONFLICT (slot_name) DO NOTHING RETURNING 1)
+                 SELECT pg_catalog.count(*) FROM ins",
+                &[name.as_str().into(), FLAG_MARKER.into()],
+            )
+            .unwrap_or_else(|e| panic!("marking replication slot \"{name}\": {e}"));
+            if added == Some(1) {
+                record_details(Some(&name));
+                changes.marked.push(name);
+            }
+        } else {
+            let removed = Spi::get_one_with_args::<i64>(
+                "WITH del AS (DELETE FROM slot_failover.marked_slots
+                               WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name
+                                 AND marked_by OPERATOR(pg_catalog.=) $2::pg_catalog.name
+                              RETURNING 1)
+                 SELECT pg_catalog.count(*) FROM del",
+                &[name.as_str().into(), FLAG_MARKER.into()],
+            )
+            .unwrap_or_else(|e| panic!("unmarking replication slot \"{name}\": {e}"));
+            if removed == Some(1) {
+                changes.unmarked.push((name, what));
+            }
+        }
+    }
+    if !changes.marked.is_empty() || !changes.unmarked.is_empty() {
+        // The standbys' workers waiting on this server hear of it at commit.
+        crate::worker::wake_at_commit();
+    }
+    changes
+}
+
+/// Whether slot `name` has PostgreSQL's failover flag (false before 17).
+fn has_failover_flag(name: &str) -> bool {
+    if !crate::compat::HAS_FAILOVER_FLAG {
+        return false;
+    }
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT s.failover FROM pg_catalog.pg_replication_slots AS s
+                  WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                None,
+                &[name.into()],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+    })
+    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"))
+    .unwrap_or(false)
 }
 
 fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
@@ -219,7 +367,25 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
         _ => {}
     }
     if !add_name(Table::MarkedSlots, name) {
-        notice!("replication slot \"{name}\" is already marked for failover");
+        // A mark the worker made for the failover flag becomes the caller's: it then stays
+        // when the flag goes.
+        let claimed = Spi::get_one_with_args::<i64>(
+            "WITH upd AS (UPDATE slot_failover.marked_slots
+                             SET marked_by = CURRENT_USER, marked_at = pg_catalog.now()
+                           WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name
+                             AND marked_by OPERATOR(pg_catalog.=) $2::pg_catalog.name
+                          RETURNING 1)
+             SELECT pg_catalog.count(*) FROM upd",
+            &[name.into(), FLAG_MARKER.into()],
+        )
+        .unwrap_or_else(|e| panic!("updating slot_failover.marked_slots: {e}"));
+        if claimed == Some(1) {
+            notice!(
+                "replication slot \"{name}\" was marked for its failover flag; it now stays marked without the flag"
+            );
+        } else {
+            notice!("replication slot \"{name}\" is already marked for failover");
+        }
     }
     record_details(Some(name));
     Ok(())
@@ -227,6 +393,9 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
 
 fn disable_slot(slot_name: Option<&str>) -> Result<(), ApiError> {
     let name = precheck(slot_name, "unmark replication slots")?;
+    if following_failover_flags() && has_failover_flag(name) {
+        return Err(ApiError::FlaggedSlot(name.into()));
+    }
     if !remove_name(Table::MarkedSlots, name) {
         notice!("replication slot \"{name}\" was not marked for failover");
     }

@@ -99,6 +99,9 @@ fn publish_hold_config(warned_missing: &mut bool) -> Vec<String> {
         return Vec::new();
     }
     *warned_missing = false;
+    if !crate::in_recovery() {
+        report_flag_changes(&marks::follow_failover_flags());
+    }
     let marked = marks::names(Table::MarkedSlots);
     let standbys = marks::names(Table::FailoverStandbys);
     if hold::publish_config(&marked, &standbys) {
@@ -109,6 +112,44 @@ fn publish_hold_config(warned_missing: &mut bool) -> Vec<String> {
         );
     }
     marked
+}
+
+/// `slot_failover.mark_failover_slots` is on where slots have no failover flag (before 17):
+/// one WARNING per time it is switched on.
+fn warn_if_no_failover_flags(warned: &mut bool) {
+    let useless = gucs::mark_failover_slots() && !crate::compat::HAS_FAILOVER_FLAG;
+    if useless && !*warned {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{WORKER_TYPE}: slot_failover.mark_failover_slots has no effect on this server"),
+            "slot_failover",
+        )
+        .set_detail("Replication slots have a failover flag from PostgreSQL 17 on.")
+        .set_hint(
+            "Mark the slots with slot_failover.enable(), or set slot_failover.mark_failover_slots = off.",
+        )
+        .report(PgLogLevel::WARNING);
+    }
+    *warned = useless;
+}
+
+/// One LOG line per mark that `slot_failover.mark_failover_slots` added or removed.
+fn report_flag_changes(changes: &marks::FlagChanges) {
+    for name in &changes.marked {
+        log!(
+            "{WORKER_TYPE}: marked replication slot \"{name}\" for failover: it has PostgreSQL's failover flag (slot_failover.mark_failover_slots is on)"
+        );
+    }
+    for (name, why) in &changes.unmarked {
+        let why = if why == "dropped" {
+            "the slot was dropped"
+        } else {
+            "the slot no longer has the failover flag"
+        };
+        log!(
+            "{WORKER_TYPE}: removed the mark of replication slot \"{name}\" made for its failover flag: {why}"
+        );
+    }
 }
 
 /// Register the worker with the postmaster. Only valid while shared_preload_libraries are
@@ -443,6 +484,8 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     }
     let mut state = SyncState::new();
     let mut warned_missing = false;
+    let mut warned_no_flags = false;
+    warn_if_no_failover_flags(&mut warned_no_flags);
     let mut retained = retention::Watch::default();
     // The logical senders wait until the marks are known: publish them before anything else.
     let marked = in_transaction(|| publish_hold_config(&mut warned_missing));
@@ -529,6 +572,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
             debug1!("{WORKER_TYPE} reloaded its configuration");
+            warn_if_no_failover_flags(&mut warned_no_flags);
             if gucs::database() != database {
                 log!(
                     "{WORKER_TYPE} restarting to connect to database \"{}\" (slot_failover.database changed)",

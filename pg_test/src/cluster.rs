@@ -456,6 +456,89 @@ impl Cluster {
         self.append_conf("standby.signal", "");
     }
 
+    /// Upgrade this stopped cluster with pg_upgrade to `install` (a newer major): a new
+    /// cluster `name` is made with initdb (logical streaming settings, as [`Cluster::init`]),
+    /// then pg_upgrade copies this cluster into it. Returns the new cluster, stopped; the old
+    /// one is left as pg_upgrade leaves it (copy mode: untouched).
+    pub fn pg_upgrade(&self, name: &str, install: &'static PgInstall) -> Cluster {
+        assert!(!self.running, "{}: stop it before pg_upgrade", self.name);
+        // pg_upgrade needs the same data checksum setting on both sides; initdb's default
+        // changed in 18 (on), so say it explicitly.
+        let control = self
+            .install
+            .command("pg_controldata")
+            .arg(self.data_dir())
+            .output()
+            .expect("run pg_controldata");
+        let control = String::from_utf8_lossy(&control.stdout);
+        let checksums = control
+            .lines()
+            .find_map(|l| l.strip_prefix("Data page checksum version:"))
+            .map(|v| v.trim() != "0")
+            .unwrap_or_else(|| panic!("no checksum line in pg_controldata's output:\n{control}"));
+        let checksum_arg = if checksums {
+            "--data-checksums"
+        } else if install.major >= 18 {
+            "--no-data-checksums"
+        } else {
+            ""
+        };
+        let new = Cluster::init(
+            name,
+            InitOptions {
+                install: Some(install),
+                extra: [checksum_arg]
+                    .into_iter()
+                    .filter(|a| !a.is_empty())
+                    .map(String::from)
+                    .collect(),
+                ..InitOptions::logical()
+            },
+        );
+        let mut cmd = install.command("pg_upgrade");
+        // pg_upgrade runs both majors' server programs: either may need its libraries.
+        let libs = std::env::join_paths([&install.libdir, &self.install.libdir])
+            .expect("library paths");
+        cmd.env("LD_LIBRARY_PATH", libs)
+            // Its logs, and the sockets of the servers it starts, go to the current directory.
+            .current_dir(&new.base)
+            .arg("--old-bindir")
+            .arg(&self.install.bindir)
+            .arg("--new-bindir")
+            .arg(&install.bindir)
+            .arg("--old-datadir")
+            .arg(self.data_dir())
+            .arg("--new-datadir")
+            .arg(new.data_dir())
+            .args(["--old-port", &self.port().to_string()])
+            .args(["--new-port", &new.port().to_string()])
+            .args(["--username", "postgres", "--no-sync"]);
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("pg_upgrade: cannot run: {e}"));
+        if !out.status.success() {
+            // pg_upgrade says what failed on stdout and details it in files of its own.
+            let mut details = String::new();
+            for entry in walk_files(&new.base) {
+                let file = entry.to_string_lossy().to_string();
+                if file.ends_with(".txt") || file.ends_with(".log") {
+                    let text = fs::read_to_string(&entry).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    let _ = writeln!(details, "--- {file} (last lines) ---\n{}", tail.join("\n"));
+                }
+            }
+            panic!(
+                "pg_upgrade from {} to {name} failed ({})\nstdout:\n{}\nstderr:\n{}\n{details}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        new
+    }
+
     /// Take a base backup named `name` (pg_basebackup, fast checkpoint, WAL streamed).
     pub fn backup(&self, name: &str) {
         let dir = self.backup_dir();
@@ -784,4 +867,21 @@ fn run_script(mut config: Config, sql: &str) -> PsqlOutput {
         stderr,
         sqlstate,
     }
+}
+
+/// Every file below `dir`, depth first (unreadable directories are skipped).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

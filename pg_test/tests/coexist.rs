@@ -7,6 +7,7 @@
 //! PostgreSQL 17 and 18 only: before 17 there is no failover flag and no built-in slot sync,
 //! so the test returns at once there.
 
+use pg_test::Cluster;
 use pg_test::topology::{STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of};
 
 const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
@@ -94,4 +95,160 @@ fn slots_with_the_failover_flag_are_left_to_the_built_in_slot_sync() {
         log.matches("same name slot").count() <= 1 && !log[dropped..].contains("same name slot"),
         "the built-in sync met a slot in its way:\n{log}"
     );
+}
+
+const MARKS: &str = "SELECT coalesce(string_agg(slot_name || ':' || marked_by, ',' ORDER BY slot_name), '')
+                       FROM slot_failover.marked_slots";
+
+/// Run a replication command (`ALTER_REPLICATION_SLOT`) on `node` with its psql, over a
+/// `replication=database` connection.
+fn replication_command(node: &Cluster, command: &str) {
+    let out = node
+        .install()
+        .command("psql")
+        .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", command])
+        .arg(format!("{} replication=database", node.connstr("postgres")))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `slot_failover.mark_failover_slots = on`: on a 17+ primary the worker marks every slot
+/// with PostgreSQL's failover flag (a subscription made with `failover = true`, say) without
+/// `enable()`, and the standby's worker copies it like any marked slot. The mark follows the
+/// flag: gone when the flag is cleared or the slot dropped, unless `enable()` made it the
+/// DBA's own. `disable()` of a flagged slot is refused, since the mark would come back.
+///
+/// Before 17 slots have no failover flag: there the test checks that the worker says so once
+/// (WARNING) and that the setting changes nothing.
+#[test]
+fn slots_with_the_failover_flag_are_marked_when_asked() {
+    let primary = primary_with_extension();
+    let offset = primary.log_position();
+    primary.set_and_reload("slot_failover.mark_failover_slots", "on");
+    if primary.install().major < 17 {
+        primary.wait_for_log(
+            "slot_failover.mark_failover_slots has no effect on this server",
+            offset,
+        );
+        primary.safe_psql(
+            "postgres",
+            "SELECT pg_catalog.pg_create_logical_replication_slot('flagless', 'test_decoding');
+             SELECT slot_failover.enable('flagless'); SELECT slot_failover.disable('flagless');",
+        );
+        assert_eq!(primary.safe_psql("postgres", MARKS), "");
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('flagged', 'test_decoding', false, true, true);
+             SELECT pg_catalog.pg_create_logical_replication_slot('plain', 'test_decoding');"
+        ),
+    );
+    primary.poll_query_until("postgres", MARKS, "flagged:slot_failover.mark_failover_slots");
+    primary.wait_for_log(
+        r#"marked replication slot "flagged" for failover: it has PostgreSQL's failover flag"#,
+        offset,
+    );
+    // The mark has what restore_slots() needs, as enable() records it.
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT concat_ws(':', slot_type, plugin, database, two_phase, details_at IS NOT NULL)
+               FROM slot_failover.marked_slots WHERE slot_name = 'flagged'"
+        ),
+        "logical:test_decoding:postgres:t:t"
+    );
+
+    // The standby (no built-in sync) keeps a ready copy, as of any marked slot.
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    primary.safe_psql("postgres", "INSERT INTO t SELECT generate_series(1, 10)");
+    consume_until_ready(&primary, &standby, &["flagged"]);
+    standby.poll_query_until("postgres", STATES, "flagged:ready:true");
+
+    // Unmarking by hand would not last: refused, the mark kept.
+    let refused = primary.psql("postgres", "SELECT slot_failover.disable('flagged')");
+    assert_eq!(refused.sqlstate.as_deref(), Some("55000"), "{refused:?}");
+    assert!(
+        refused.stderr.contains("ALTER SUBSCRIPTION ... SET (failover = false)"),
+        "{}",
+        refused.stderr
+    );
+
+    // The flag goes: so does the mark, and the standby drops its copy.
+    let offset = primary.log_position();
+    replication_command(&primary, "ALTER_REPLICATION_SLOT flagged (FAILOVER false)");
+    primary.poll_query_until("postgres", MARKS, "");
+    primary.wait_for_log(
+        r#"removed the mark of replication slot "flagged" made for its failover flag: the slot no longer has the failover flag"#,
+        offset,
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'flagged'",
+        "0",
+    );
+    assert_eq!(
+        primary.safe_psql("postgres", "SELECT slot_failover.disable('plain')"),
+        "",
+        "an unflagged, unmarked slot is still just not marked"
+    );
+
+    // enable() makes a flag's mark the DBA's own: it stays without the flag. A dropped
+    // slot's flag mark goes.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('mine', 'test_decoding', false, false, true);
+         SELECT pg_catalog.pg_create_logical_replication_slot('brief', 'test_decoding', false, false, true);",
+    );
+    primary.poll_query_until(
+        "postgres",
+        MARKS,
+        "brief:slot_failover.mark_failover_slots,mine:slot_failover.mark_failover_slots",
+    );
+    let claimed = primary.psql("postgres", "SELECT slot_failover.enable('mine')");
+    assert!(
+        claimed
+            .stderr
+            .contains(r#"replication slot "mine" was marked for its failover flag; it now stays marked without the flag"#),
+        "{claimed:?}"
+    );
+    let offset = primary.log_position();
+    replication_command(&primary, "ALTER_REPLICATION_SLOT mine (FAILOVER false)");
+    primary.safe_psql("postgres", "SELECT pg_catalog.pg_drop_replication_slot('brief')");
+    primary.wait_for_log(
+        r#"removed the mark of replication slot "brief" made for its failover flag: the slot was dropped"#,
+        offset,
+    );
+    assert_eq!(primary.safe_psql("postgres", MARKS), "mine:postgres");
+
+    // Switched off: the marks made so far stay, and can be removed by hand.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('kept', 'test_decoding', false, false, true)",
+    );
+    primary.poll_query_until(
+        "postgres",
+        MARKS,
+        "kept:slot_failover.mark_failover_slots,mine:postgres",
+    );
+    primary.set_and_reload("slot_failover.mark_failover_slots", "off");
+    primary.poll_query_until(
+        "postgres",
+        "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'slot_failover.mark_failover_slots'",
+        "off",
+    );
+    assert_eq!(
+        primary.safe_psql("postgres", "SELECT slot_failover.disable('kept')"),
+        "",
+        "with the setting off, a flagged slot's mark can be removed by hand"
+    );
+    assert_eq!(primary.safe_psql("postgres", MARKS), "mine:postgres");
 }
