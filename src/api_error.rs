@@ -31,7 +31,9 @@ pub enum ApiError {
     NoReplicationRole { action: &'static str },
     #[error("slot_failover.restore_slots() cannot run in a transaction that has written data")]
     TransactionHasWritten,
-    #[error("replication slot \"{0}\" has the failover flag and slot_failover.mark_failover_slots is on")]
+    #[error(
+        "replication slot \"{0}\" has the failover flag and slot_failover.mark_failover_slots is on"
+    )]
     FlaggedSlot(String),
 }
 

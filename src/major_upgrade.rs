@@ -147,8 +147,12 @@ fn check_rows() -> Result<Vec<CheckRow>, ApiError> {
                 let wal_status = text(6);
                 let active = row.get::<bool>(7).ok().flatten().unwrap_or(false);
                 let unconsumed = row.get::<i64>(8).ok().flatten().map(|n| n.max(0));
-                let (safe, reason) =
-                    verdict(slot_type.is_some(), wal_status.as_deref(), active, unconsumed);
+                let (safe, reason) = verdict(
+                    slot_type.is_some(),
+                    wal_status.as_deref(),
+                    active,
+                    unconsumed,
+                );
                 CheckRow {
                     slot_name: text(1).unwrap_or_default(),
                     slot_type,
@@ -296,9 +300,8 @@ fn slot_exists(name: &str) -> bool {
 /// The worker's argument: the database to connect to, and whether the slot is logical and
 /// two-phase. (Slot name and plugin travel in bgw_extra.)
 fn encode_argument(database: pg_sys::Oid, logical: bool, two_phase: bool) -> pg_sys::Datum {
-    let bits = u64::from(database.to_u32())
-        | (u64::from(logical) << 32)
-        | (u64::from(two_phase) << 33);
+    let bits =
+        u64::from(database.to_u32()) | (u64::from(logical) << 32) | (u64::from(two_phase) << 33);
     pg_sys::Datum::from(bits)
 }
 
@@ -349,7 +352,10 @@ fn create_in_worker(
 
 fn restore_one(mark: &Mark) -> (Action, String) {
     if mark.exists {
-        return (Action::Exists, "a slot of this name exists; left as it is".into());
+        return (
+            Action::Exists,
+            "a slot of this name exists; left as it is".into(),
+        );
     }
     let Some(slot_type) = mark.slot_type.as_deref() else {
         return (
@@ -384,10 +390,7 @@ fn restore_one(mark: &Mark) -> (Action, String) {
         return (Action::Failed, why);
     }
     if slot_exists(&mark.slot_name) {
-        (
-            Action::Created,
-            "created at the current end of WAL".into(),
-        )
+        (Action::Created, "created at the current end of WAL".into())
     } else {
         (
             Action::Failed,
@@ -529,7 +532,11 @@ mod tests {
 
     #[test]
     fn the_argument_round_trips() {
-        for (db, logical, two_phase) in [(5u32, true, false), (u32::MAX, false, true), (1, true, true)] {
+        for (db, logical, two_phase) in [
+            (5u32, true, false),
+            (u32::MAX, false, true),
+            (1, true, true),
+        ] {
             let arg = encode_argument(pg_sys::Oid::from(db), logical, two_phase);
             assert_eq!(
                 decode_argument(arg),

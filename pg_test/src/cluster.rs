@@ -497,8 +497,8 @@ impl Cluster {
         );
         let mut cmd = install.command("pg_upgrade");
         // pg_upgrade runs both majors' server programs: either may need its libraries.
-        let libs = std::env::join_paths([&install.libdir, &self.install.libdir])
-            .expect("library paths");
+        let libs =
+            std::env::join_paths([&install.libdir, &self.install.libdir]).expect("library paths");
         cmd.env("LD_LIBRARY_PATH", libs)
             // Its logs, and the sockets of the servers it starts, go to the current directory.
             .current_dir(&new.base)

@@ -97,7 +97,8 @@ fn slots_with_the_failover_flag_are_left_to_the_built_in_slot_sync() {
     );
 }
 
-const MARKS: &str = "SELECT coalesce(string_agg(slot_name || ':' || marked_by, ',' ORDER BY slot_name), '')
+const MARKS: &str =
+    "SELECT coalesce(string_agg(slot_name || ':' || marked_by, ',' ORDER BY slot_name), '')
                        FROM slot_failover.marked_slots";
 
 /// Run a replication command (`ALTER_REPLICATION_SLOT`) on `node` with its psql, over a
@@ -152,7 +153,11 @@ fn slots_with_the_failover_flag_are_marked_when_asked() {
              SELECT pg_catalog.pg_create_logical_replication_slot('plain', 'test_decoding');"
         ),
     );
-    primary.poll_query_until("postgres", MARKS, "flagged:slot_failover.mark_failover_slots");
+    primary.poll_query_until(
+        "postgres",
+        MARKS,
+        "flagged:slot_failover.mark_failover_slots",
+    );
     primary.wait_for_log(
         r#"marked replication slot "flagged" for failover: it has PostgreSQL's failover flag"#,
         offset,
@@ -177,7 +182,9 @@ fn slots_with_the_failover_flag_are_marked_when_asked() {
     let refused = primary.psql("postgres", "SELECT slot_failover.disable('flagged')");
     assert_eq!(refused.sqlstate.as_deref(), Some("55000"), "{refused:?}");
     assert!(
-        refused.stderr.contains("ALTER SUBSCRIPTION ... SET (failover = false)"),
+        refused
+            .stderr
+            .contains("ALTER SUBSCRIPTION ... SET (failover = false)"),
         "{}",
         refused.stderr
     );
@@ -222,7 +229,10 @@ fn slots_with_the_failover_flag_are_marked_when_asked() {
     );
     let offset = primary.log_position();
     replication_command(&primary, "ALTER_REPLICATION_SLOT mine (FAILOVER false)");
-    primary.safe_psql("postgres", "SELECT pg_catalog.pg_drop_replication_slot('brief')");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('brief')",
+    );
     primary.wait_for_log(
         r#"removed the mark of replication slot "brief" made for its failover flag: the slot was dropped"#,
         offset,

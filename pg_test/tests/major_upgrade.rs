@@ -281,7 +281,10 @@ fn subscriber_continues_after_pg_upgrade() {
 
     // Writes on the new primary reach the subscriber, once each.
     upgraded.safe_psql("app", "INSERT INTO t SELECT generate_series(151, 200)");
-    upgraded.safe_psql("postgres", "CREATE TABLE pt (id int); INSERT INTO pt VALUES (7);");
+    upgraded.safe_psql(
+        "postgres",
+        "CREATE TABLE pt (id int); INSERT INTO pt VALUES (7);",
+    );
     subscriber.safe_psql(
         "postgres",
         &format!(
