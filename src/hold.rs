@@ -695,6 +695,15 @@ fn try_release(wait: bool) {
     };
     if !released() {
         if server_stopping() {
+            // Let go of what is held first: it must never be sent, and the FATAL's own report
+            // and the exit path flush the connection through these wrappers, which must then
+            // pass straight through. Still holding, each flush would raise this FATAL again,
+            // recursively, until the error stack overflows: a PANIC, which restarts the whole
+            // server in the middle of its shutdown and cuts its physical standbys off from the
+            // last WAL (seen on 14 in a switchover under load, pg_test/tests/soak.rs).
+            LOCAL.with(|l| l.borrow_mut().held = None);
+            HOLDING.store(false, Ordering::Relaxed);
+            clear_hold();
             ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
                 format!("terminating walsender for replication slot \"{slot}\": the server is shutting down"),

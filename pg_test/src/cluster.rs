@@ -24,6 +24,7 @@ use regex::Regex;
 use crate::install::{PgInstall, as_server_user, give_to_server_user};
 use crate::lsn::Lsn;
 use crate::port::{self, PortLease};
+use crate::process;
 use crate::wait::{self, Check};
 
 /// What a cluster is set up for.
@@ -408,6 +409,38 @@ impl Cluster {
         self.running = false;
     }
 
+    /// kill -9 this server: SIGKILL to the postmaster and every one of its children at once
+    /// (a machine losing power, as far as this server can tell), then wait until all of them
+    /// are gone, reaped included (PostgreSQL takes a zombie's pid in its lock files for a
+    /// live postmaster). The cluster counts as stopped; `start` runs crash recovery.
+    pub fn kill9(&mut self) {
+        let postmaster = self.postmaster_pid();
+        // Stopped, the postmaster can neither fork a new child nor react to its children's
+        // deaths: the list of children is then complete, and all of them die at once.
+        process::kill(postmaster, libc::SIGSTOP)
+            .unwrap_or_else(|e| panic!("{}: SIGSTOP the postmaster: {e}", self.name));
+        let mut pids = process::children_of(postmaster);
+        pids.push(postmaster);
+        for pid in &pids {
+            // An error means the process is already gone.
+            let _ = process::kill(*pid, libc::SIGKILL);
+        }
+        wait::until(
+            &format!("the processes of {} to be gone after kill -9", self.name),
+            wait::default_timeout(),
+            || {
+                let alive: Vec<&i32> = pids.iter().filter(|pid| process::exists(**pid)).collect();
+                if alive.is_empty() {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("{alive:?} still alive"))
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.running = false;
+    }
+
     /// The postmaster's process id, from postmaster.pid.
     pub fn postmaster_pid(&self) -> i32 {
         let text = fs::read_to_string(self.data_dir().join("postmaster.pid"))
@@ -438,6 +471,12 @@ impl Cluster {
     /// is written again after them.
     pub fn rewind_to_standby_of(&mut self, source: &Cluster, slot: &str) {
         assert!(!self.running, "{}: stop it before pg_rewind", self.name);
+        // pg_rewind reads the source's timeline from its control file, which a promoted server
+        // updates only at its first checkpoint (before 16): without one, a source promoted a
+        // moment ago still says its old timeline, and the rewound server cannot follow it
+        // ("requested timeline N does not contain minimum recovery point"). PostgreSQL's own
+        // RewindTest.pm checkpoints for the same reason.
+        source.safe_psql("postgres", "CHECKPOINT");
         let mut cmd = self.install.command("pg_rewind");
         cmd.arg("--target-pgdata")
             .arg(self.data_dir())

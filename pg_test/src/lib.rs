@@ -23,6 +23,7 @@
 
 pub mod cluster;
 pub mod install;
+pub mod load;
 pub mod lsn;
 pub mod port;
 pub mod process;

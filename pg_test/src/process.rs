@@ -1,5 +1,6 @@
 //! Signals to server processes, for tests that crash or kill them on purpose.
 
+use std::fs;
 use std::io;
 
 /// Send `signal` (e.g. `libc::SIGKILL`) to process `pid`.
@@ -23,6 +24,26 @@ pub fn exists(pid: i32) -> bool {
             Ok(()) => true,
             Err(e) => e.raw_os_error() == Some(libc::EPERM),
         }
+}
+
+/// The process ids whose parent is `parent` (from /proc).
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .collect()
+}
+
+/// The parent of process `pid`, from /proc/<pid>/stat (None: it is gone).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; it ends at the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -466,6 +466,13 @@ fn a_held_walsender_can_be_terminated_and_the_primary_shut_down() {
         "{tail}"
     );
     assert!(tail.contains("database system is shut down"), "{tail}");
+    // Ended by a FATAL, not by a PANIC: the FATAL's own report goes through the walsender's
+    // (wrapped) connection, which must not raise it again (it once did, recursively, until
+    // the error stack overflowed and the server restarted in the middle of its shutdown).
+    assert!(
+        !tail.contains("PANIC") && !tail.contains("ERRORDATA_STACK_SIZE"),
+        "{tail}"
+    );
 }
 
 /// Test 5. The failover standbys are named in a replicated catalog: after a promotion the new

@@ -1,0 +1,478 @@
+//! Faults: a failover tool is trusted only once it has survived what breaks clusters. Every
+//! test here ends the same way: the primary crashes (kill -9), the standby is promoted, a real
+//! subscriber is repointed to it, and its rows must equal the new primary's rows exactly
+//! (nothing lost, nothing twice), including a row written after the promotion.
+//!
+//! Faults: kill -9 of the whole standby while sync rounds run (repeated), kill -9 of the
+//! worker alone, a primary crash in the middle of a write stream (repeated, each on new
+//! clusters), the upstream unreachable for a while, a promotion while a copy is being created,
+//! and a slot invalidated on the primary (PostgreSQL's 040_standby_failover_slots_sync.pl
+//! scenario: the copy is dropped, and made again once the slot is re-created).
+//!
+//! Runs on every built major (14-18): nothing here depends on a version's features.
+//! Repeats: 3 kills of the standby and 2 primary crashes by default, 20 of each with
+//! `SLOT_FAILOVER_LONG=1`. The outage lasts `SLOT_FAILOVER_OUTAGE_SECS` (default 30).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use pg_test::load::{Writer, repeats};
+use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::wait::{self, Check};
+use pg_test::{Cluster, Lsn};
+
+const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
+const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
+/// The id the new primary writes after the promotion.
+const AFTER_PROMOTION: i32 = 1_000_000;
+
+fn ids(node: &Cluster) -> BTreeSet<i32> {
+    node.safe_psql("postgres", "SELECT id FROM t ORDER BY id")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().expect("id"))
+        .collect()
+}
+
+fn count(node: &Cluster) -> i64 {
+    node.safe_psql("postgres", "SELECT count(*) FROM t")
+        .parse()
+        .expect("count")
+}
+
+/// A primary with table t and publication pub, its failover standby (named with
+/// enable_standby(), so the subscriber is never ahead of it), and a subscriber whose slot
+/// `sub` is marked and has a ready copy on the standby.
+fn trio() -> (Cluster, Cluster, Cluster) {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    wait_until_ready(&primary, &standby);
+    (primary, standby, subscriber)
+}
+
+/// Write and checkpoint on the primary until every marked slot has a ready copy on the standby
+/// (a copy becomes ready once its slot moves past a point the standby can decode from).
+fn wait_until_ready(primary: &Cluster, standby: &Cluster) {
+    let next = AtomicI32::new(-1);
+    wait::until(
+        "failover_ready() on the standby",
+        wait::default_timeout(),
+        || {
+            let id = next.fetch_sub(1, Ordering::Relaxed);
+            primary.safe_psql(
+                "postgres",
+                &format!("INSERT INTO t VALUES ({id}); CHECKPOINT;"),
+            );
+            match standby
+                .psql("postgres", "SELECT slot_failover.failover_ready()")
+                .stdout
+                .as_str()
+            {
+                "t" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Wait until the subscriber has received at least `n` more rows than it had.
+fn wait_for_rows(subscriber: &Cluster, n: i64) {
+    let start = count(subscriber);
+    wait::until(
+        &format!("{n} more rows on the subscriber"),
+        wait::default_timeout(),
+        || {
+            let now = count(subscriber);
+            if now >= start + n {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{} of {n}", now - start))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The end of every test: kill -9 the primary, promote the standby, repoint the subscriber,
+/// write a row on the new primary; the subscriber's rows must then equal the new primary's.
+fn crash_promote_and_compare(
+    primary: &mut Cluster,
+    standby: &Cluster,
+    subscriber: &Cluster,
+    what: &str,
+) {
+    primary.kill9();
+    let offset = standby.log_position();
+    standby.promote();
+    standby.poll_query_until("postgres", "SELECT pg_catalog.pg_is_in_recovery()", "f");
+    standby.wait_for_log(
+        r#"replication slot "sub" was ready and is kept on this promoted server"#,
+        offset,
+    );
+    repoint(subscriber, "sub", standby);
+    standby.safe_psql(
+        "postgres",
+        &format!("INSERT INTO t VALUES ({AFTER_PROMOTION})"),
+    );
+    subscriber.poll_query_until(
+        "postgres",
+        &format!("SELECT count(*) FROM t WHERE id = {AFTER_PROMOTION}"),
+        "1",
+    );
+    standby.wait_for_catchup("sub");
+    let (got, want) = (ids(subscriber), ids(standby));
+    let missing: Vec<i32> = want.difference(&got).copied().collect();
+    let extra: Vec<i32> = got.difference(&want).copied().collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: the subscriber differs from the new primary: missing {missing:?}, extra {extra:?}"
+    );
+}
+
+/// kill -9 of the standby (postmaster and every child) while the worker runs sync rounds under
+/// a write load, repeated; after each the copy is ready again, and the failover loses nothing.
+#[test]
+fn kill_9_of_the_standby_during_sync_rounds() {
+    let (mut primary, mut standby, subscriber) = trio();
+    let writer = Writer::start(&primary, 1);
+    let kills = repeats(3, 20);
+    for kill in 1..=kills {
+        // Rounds are running: the counter moves while the writes move the slot.
+        let rounds = |s: &Cluster| -> i64 {
+            s.safe_psql(
+                "postgres",
+                "SELECT rounds FROM slot_failover.worker_rounds()",
+            )
+            .parse()
+            .expect("rounds")
+        };
+        let before = rounds(&standby);
+        standby.poll_query_until(
+            "postgres",
+            &format!("SELECT rounds > {before} + 2 FROM slot_failover.worker_rounds()"),
+            "t",
+        );
+        standby.kill9();
+        standby.start();
+        wait_for_rows(&subscriber, 20);
+        standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+        eprintln!(
+            "kill {kill} of {kills}: copy ready again, writer at id {}",
+            writer.last()
+        );
+    }
+    let last = writer.stop();
+    assert!(last > 0, "the writer wrote nothing");
+    crash_promote_and_compare(
+        &mut primary,
+        &standby,
+        &subscriber,
+        &format!("after {kills} kills of the standby"),
+    );
+}
+
+/// kill -9 of the worker alone: the postmaster restarts every process of the standby (a
+/// crash of a child), the worker comes back, the copy is ready again and the failover loses
+/// nothing.
+#[test]
+fn kill_9_of_the_worker_alone() {
+    let (mut primary, standby, subscriber) = trio();
+    let writer = Writer::start(&primary, 1);
+    let worker_pid = || {
+        standby.safe_psql(
+            "postgres",
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'",
+        )
+    };
+    let pid = worker_pid();
+    assert!(!pid.is_empty(), "no worker on the standby");
+    let offset = standby.log_position();
+    pg_test::process::kill(pid.parse().expect("pid"), libc::SIGKILL).expect("kill -9 the worker");
+    standby.wait_for_log("was terminated by signal 9", offset);
+    wait::until("a new worker on the standby", wait::default_timeout(), || {
+        match standby.psql(
+            "postgres",
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'",
+        ) {
+            out if out.rc == 0 && !out.stdout.is_empty() && out.stdout != pid => Check::Done(()),
+            out => Check::NotYet(format!("{out:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_rows(&subscriber, 20);
+    standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    writer.stop();
+    crash_promote_and_compare(
+        &mut primary,
+        &standby,
+        &subscriber,
+        "after kill -9 of the worker",
+    );
+}
+
+/// The primary crashes (kill -9) in the middle of a stream of one-row transactions, repeated on
+/// new clusters: the hold-back kept the subscriber from getting anything the standby lacks, so
+/// after the promotion the two have the same rows.
+#[test]
+fn primary_crash_in_the_middle_of_a_write_stream() {
+    let crashes = repeats(2, 20);
+    for crash in 1..=crashes {
+        let (mut primary, standby, subscriber) = trio();
+        let writer = Writer::start(&primary, 1);
+        wait_for_rows(&subscriber, 50);
+        // Crash with the writer still writing.
+        crash_promote_and_compare(
+            &mut primary,
+            &standby,
+            &subscriber,
+            &format!("crash {crash} of {crashes}"),
+        );
+        let last = writer.stop();
+        assert!(
+            last >= 50,
+            "crash {crash}: the writer stopped early at {last}"
+        );
+        eprintln!("crash {crash} of {crashes}: the writer had reached id {last}");
+    }
+}
+
+/// The standby's worker cannot reach its upstream (slot_failover.upstream_conninfo points at a
+/// port nobody listens on) while the writes and the subscriber go on, for
+/// SLOT_FAILOVER_OUTAGE_SECS; then the upstream is back, the copy catches up, and the failover
+/// loses nothing.
+#[test]
+fn upstream_unreachable_for_a_while() {
+    let (mut primary, standby, subscriber) = trio();
+    let writer = Writer::start(&primary, 1);
+    let outage = Duration::from_secs(
+        std::env::var("SLOT_FAILOVER_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead); // nobody listens there now
+    let offset = standby.log_position();
+    standby.set_and_reload(
+        "slot_failover.upstream_conninfo",
+        &format!("host=127.0.0.1 port={dead_port} user=postgres dbname=postgres connect_timeout=2"),
+    );
+    standby.wait_for_log(
+        "cannot synchronize slots: could not connect to the upstream server",
+        offset,
+    );
+    let started = Instant::now();
+    let rows_then = count(&subscriber);
+    // The fault lasts its time, and the primary moves on meanwhile (the copy falls behind).
+    wait::until(
+        "the outage to last its time with the writes going on",
+        outage + wait::default_timeout(),
+        || {
+            let rows = count(&subscriber) - rows_then;
+            if started.elapsed() >= outage && rows >= 100 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{:?} elapsed, {rows} rows", started.elapsed()))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stale: Lsn = standby
+        .safe_psql(
+            "postgres",
+            "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+        )
+        .parse()
+        .expect("lsn");
+    let upstream: Lsn = primary
+        .safe_psql(
+            "postgres",
+            "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+        )
+        .parse()
+        .expect("lsn");
+    assert!(
+        stale < upstream,
+        "the copy followed without its upstream: {stale} vs {upstream}"
+    );
+
+    let offset = standby.log_position();
+    standby.set_and_reload("slot_failover.upstream_conninfo", "");
+    standby.wait_for_log(
+        "slot_failover worker is connected to the upstream server",
+        offset,
+    );
+    let last = writer.stop();
+    primary.wait_for_catchup("sub");
+    let upstream = primary.safe_psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+    );
+    standby.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{upstream}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+    eprintln!(
+        "outage of {:?}; the writer reached id {last}",
+        started.elapsed()
+    );
+    crash_promote_and_compare(&mut primary, &standby, &subscriber, "after the outage");
+}
+
+/// A slot is marked and the primary crashes before its copy can be ready: at promotion that
+/// slot is either missing (named in a WARNING) or dropped as not ready (WARNING), never kept
+/// as if usable; the ready copy of `sub` is kept and its subscriber loses nothing.
+#[test]
+fn promotion_while_a_copy_is_being_created() {
+    let (mut primary, standby, subscriber) = trio();
+    let writer = Writer::start(&primary, 1);
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('late', 'test_decoding');
+         SELECT slot_failover.enable('late');",
+    );
+    wait_for_rows(&subscriber, 20);
+    let offset = standby.log_position();
+    crash_promote_and_compare(
+        &mut primary,
+        &standby,
+        &subscriber,
+        "promotion during a copy's creation",
+    );
+    writer.stop();
+    let log = standby.log_from(offset);
+    let kept = standby.safe_psql(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'late'",
+    );
+    if kept == "1" {
+        assert!(
+            log.contains(r#"replication slot "late" was ready and is kept"#),
+            "a copy of 'late' is on the promoted server without having been ready:\n{log}"
+        );
+    } else {
+        assert!(
+            log.contains(r#"dropped replication slot "late" at promotion: its copy was not ready"#)
+                || log.contains("with no copy on this promoted server: late"),
+            "the promotion said nothing of 'late':\n{log}"
+        );
+    }
+}
+
+/// PostgreSQL's 040 scenario: a marked slot invalidated on the primary (its WAL removed,
+/// max_slot_wal_keep_size) has its copy dropped; once the DBA re-creates the slot, the copy is
+/// made again and becomes ready.
+#[test]
+fn a_slot_invalidated_upstream_is_dropped_and_made_again() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!("{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    // After the base backup, whose segment switch alone is more WAL than the slot may keep.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('td');",
+    );
+    let consume_until_ready = |primary: &Cluster| {
+        wait::until(
+            "the copy of td to be ready",
+            wait::default_timeout(),
+            || {
+                primary.safe_psql(
+                    "postgres",
+                    "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
+                 SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+                );
+                match standby
+                    .psql(
+                        "postgres",
+                        "SELECT state FROM slot_failover.status WHERE slot_name = 'td'",
+                    )
+                    .stdout
+                    .as_str()
+                {
+                    "ready" => Check::Done(()),
+                    other => Check::NotYet(other.to_string()),
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    consume_until_ready(&primary);
+
+    // td stays idle while WAL goes by: the primary invalidates it. Two segments may be kept:
+    // the standby, streaming all along, stays well within them.
+    primary.set_and_reload("max_slot_wal_keep_size", "32MB");
+    let offset = standby.log_position();
+    wait::until(
+        "td to be invalidated on the primary",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t;
+             SELECT pg_catalog.pg_switch_wal(); CHECKPOINT;",
+            );
+            match primary
+                .safe_psql(
+                    "postgres",
+                    "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+                )
+                .as_str()
+            {
+                "lost" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    standby.wait_for_log(
+        r#"dropped its copy of replication slot "td": the slot was invalidated on the upstream server"#,
+        offset,
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state || ':' || ready || ':' || (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td')
+           FROM slot_failover.status WHERE slot_name = 'td'",
+        "invalidated:false:0",
+    );
+    // The standby's own slot was not invalidated: it streamed all along.
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            &format!("SELECT wal_status <> 'lost' FROM pg_catalog.pg_replication_slots WHERE slot_name = '{STANDBY_SLOT}'")
+        ),
+        "t"
+    );
+
+    // The DBA re-creates the slot (its mark stays): the copy is made again.
+    primary.set_and_reload("max_slot_wal_keep_size", "-1");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('td');
+         SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');",
+    );
+    consume_until_ready(&primary);
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "t"
+    );
+}
