@@ -364,6 +364,38 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     Ok(reports)
 }
 
+/// hot_standby_feedback is off on this standby: the walreceiver has told the upstream at
+/// once, and the upstream no longer keeps the catalog rows this standby's logical copies need
+/// (the physical slot's catalog_xmin is cleared). A vacuum there can remove them at any moment,
+/// after which decoding from a copy goes wrong; on 14 and 15 nothing here would even notice
+/// (16+ invalidates such a slot on replay). So no logical copy may stay: each of ours is
+/// dropped, with a WARNING, and made again the usual way (ready only once safe) when feedback
+/// is back on. Physical copies need no catalog rows and stay. Returns the dropped names.
+pub fn drop_catalog_dependent_copies() -> Vec<String> {
+    let mut dropped = Vec::new();
+    for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
+        // A physical slot has no catalog_xmin (InvalidTransactionId, 0).
+        if local.catalog_xmin == 0 {
+            continue;
+        }
+        match isolated(|| {
+            copy::drop_copy(&name);
+            Ok(())
+        }) {
+            Ok(()) => {
+                pgrx::warning!(
+                    "slot_failover dropped its copy of replication slot \"{name}\": hot_standby_feedback is off, so the upstream server may remove catalog rows the copy needs"
+                );
+                dropped.push(name);
+            }
+            Err(e) => pgrx::warning!(
+                "slot_failover could not drop its copy of replication slot \"{name}\", which hot_standby_feedback = off makes unsafe: {e}; do not use it, drop it by hand"
+            ),
+        }
+    }
+    dropped
+}
+
 /// Drop every copy that is not ready. At promotion (`promotion`) each drop is a WARNING:
 /// decoding from such a copy could have lost changes, and its consumers must know. When sync
 /// is switched off it is a LOG line. Returns the names of the ready copies kept.

@@ -637,7 +637,12 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                 record_round(last_round.elapsed(), woken);
                 match &outcome {
                     Ok(reports) => shared::publish(reports, None),
-                    Err(problem) => shared::publish(&[], Some(&problem.to_string())),
+                    Err(problem) => {
+                        if matches!(problem, Problem::NoHotStandbyFeedback) {
+                            in_transaction(sync::drop_catalog_dependent_copies);
+                        }
+                        shared::publish(&[], Some(&problem.to_string()))
+                    }
                 }
                 state.report(outcome);
             }

@@ -476,3 +476,62 @@ fn a_slot_invalidated_upstream_is_dropped_and_made_again() {
         "t"
     );
 }
+
+/// PostgreSQL's 040 scenario of toggling hot_standby_feedback: with it off, the upstream keeps
+/// no catalog rows for this standby, so a logical copy cannot stay (a vacuum upstream could
+/// remove what decoding from it needs, and on 14/15 nothing would notice): the worker drops it
+/// with a WARNING and failover_ready() says no. A physical copy needs no catalog rows and
+/// stays. Back on, the logical copy is made again and becomes ready.
+#[test]
+fn hot_standby_feedback_off_drops_logical_copies_until_it_is_back() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_physical_replication_slot('arch', true);
+             SELECT slot_failover.enable('arch');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('td');",
+    );
+    let consume_until_ready = || {
+        wait::until("failover_ready() on the standby", wait::default_timeout(), || {
+            primary.safe_psql(
+                "postgres",
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
+                 SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);
+                 SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('arch', pg_catalog.pg_current_wal_lsn());",
+            );
+            match standby.psql("postgres", "SELECT slot_failover.failover_ready()").stdout.as_str() {
+                "t" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    consume_until_ready();
+    let slots =
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_catalog.pg_replication_slots";
+    assert_eq!(standby.safe_psql("postgres", slots), "arch,td");
+
+    let offset = standby.log_position();
+    standby.set_and_reload("hot_standby_feedback", "off");
+    standby.wait_for_log(
+        r#"WARNING:  slot_failover dropped its copy of replication slot "td": hot_standby_feedback is off"#,
+        offset,
+    );
+    assert_eq!(standby.safe_psql("postgres", slots), "arch");
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f"
+    );
+
+    standby.set_and_reload("hot_standby_feedback", "on");
+    consume_until_ready();
+    assert_eq!(standby.safe_psql("postgres", slots), "arch,td");
+}
