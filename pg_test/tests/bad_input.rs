@@ -196,6 +196,16 @@ fn bad_calls_and_settings_lose_nothing() {
     assert_eq!(
         standby.safe_psql(
             "postgres",
+            "SET ROLE nobody;
+             SELECT count(*) FROM pg_catalog.pg_settings
+              WHERE name IN ('primary_conninfo', 'slot_failover.upstream_conninfo');"
+        ),
+        "0",
+        "pg_settings shows connection strings to a plain role"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
             "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'keep' AND NOT temporary"
         ),
         "1",
