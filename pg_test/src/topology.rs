@@ -1,5 +1,7 @@
 //! The nodes most tests start from: a primary with the extension, and standbys of it.
 
+use std::collections::BTreeSet;
+
 use crate::wait::{self, Check};
 use crate::{BackupOptions, Cluster, InitOptions};
 
@@ -136,6 +138,15 @@ pub fn ids(node: &Cluster) -> String {
         "postgres",
         "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
     )
+}
+
+/// The ids in table `t` of `node` as a set, to say which rows one side lacks.
+pub fn id_set(node: &Cluster) -> BTreeSet<i32> {
+    node.safe_psql("postgres", "SELECT id FROM t ORDER BY id")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().expect("an integer id"))
+        .collect()
 }
 
 /// Insert ids `from..=to` into `t` on `publisher` (then a checkpoint, so that running-xacts

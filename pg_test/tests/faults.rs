@@ -13,12 +13,13 @@
 //! Repeats: 3 kills of the standby and 2 primary crashes by default, 20 of each with
 //! `SLOT_FAILOVER_LONG=1`. The outage lasts `SLOT_FAILOVER_OUTAGE_SECS` (default 30).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use pg_test::load::{Writer, repeats};
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{
+    STANDBY_SLOT, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn};
 
@@ -26,14 +27,6 @@ const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
 /// The id the new primary writes after the promotion.
 const AFTER_PROMOTION: i32 = 1_000_000;
-
-fn ids(node: &Cluster) -> BTreeSet<i32> {
-    node.safe_psql("postgres", "SELECT id FROM t ORDER BY id")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.parse().expect("id"))
-        .collect()
-}
 
 fn count(node: &Cluster) -> i64 {
     node.safe_psql("postgres", "SELECT count(*) FROM t")
@@ -131,7 +124,7 @@ fn crash_promote_and_compare(
         "1",
     );
     standby.wait_for_catchup("sub");
-    let (got, want) = (ids(subscriber), ids(standby));
+    let (got, want) = (id_set(subscriber), id_set(standby));
     let missing: Vec<i32> = want.difference(&got).copied().collect();
     let extra: Vec<i32> = got.difference(&want).copied().collect();
     assert!(

@@ -9,24 +9,14 @@
 //! Runs on every built major (pg_rewind and slot files are the same on 14 to 18). Swaps: 2 by
 //! default, 10 with `SLOT_FAILOVER_LONG=1`.
 
-use std::collections::BTreeSet;
-
 use pg_test::load::{Writer, repeats};
-use pg_test::topology::{primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{id_set, primary_with_extension, repoint, standby_of, subscriber_of};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, StopMode};
 
 const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
 const SUBSCRIPTIONS: [&str; 2] = ["sub1", "sub2"];
-
-fn ids(node: &Cluster) -> BTreeSet<i32> {
-    node.safe_psql("postgres", "SELECT id FROM t ORDER BY id")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.parse().expect("id"))
-        .collect()
-}
 
 /// The physical slot a node streams through when it is the standby: named after it.
 fn slot_of(node: &Cluster) -> String {
@@ -127,7 +117,7 @@ fn switchovers_back_and_forth_under_load_lose_and_duplicate_nothing() {
     written = written.max(writer.stop());
     for (subscriber, name) in subscribers.iter().zip(SUBSCRIPTIONS) {
         primary.wait_for_catchup(name);
-        let (got, want) = (ids(subscriber), ids(&primary));
+        let (got, want) = (id_set(subscriber), id_set(&primary));
         let missing: Vec<i32> = want.difference(&got).copied().collect();
         let extra: Vec<i32> = got.difference(&want).copied().collect();
         assert!(
@@ -136,7 +126,7 @@ fn switchovers_back_and_forth_under_load_lose_and_duplicate_nothing() {
         );
     }
     // Every row the writer saw committed is on the primary.
-    let rows = ids(&primary);
+    let rows = id_set(&primary);
     let lost: Vec<i32> = (1..=written).filter(|id| !rows.contains(id)).collect();
     assert!(
         lost.is_empty(),
