@@ -464,10 +464,7 @@ fn a_slot_invalidated_upstream_is_dropped_and_made_again() {
          SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');",
     );
     consume_until_ready(&primary);
-    assert_eq!(
-        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
-        "t"
-    );
+    standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
 }
 
 /// PostgreSQL's 040 scenario of toggling hot_standby_feedback: with it off, the upstream keeps
