@@ -274,22 +274,8 @@ fn read_marks() -> Vec<Mark> {
     })
 }
 
-/// One text value of a read-only query. (pgrx's `Spi::get_one*` runs read-write, which takes
-/// a transaction id here: then a logical slot cannot be created in this transaction, nor by
-/// a worker this transaction waits for.)
-fn read_one(query: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<String> {
-    Spi::connect(|client| {
-        client
-            .select(query, Some(1), args)
-            .unwrap_or_else(|e| panic!("{query}: {e}"))
-            .first()
-            .get::<String>(1)
-            .unwrap_or_else(|e| panic!("{query}: {e}"))
-    })
-}
-
 fn slot_exists(name: &str) -> bool {
-    read_one(
+    marks::read_one::<String>(
         "SELECT slot_name::pg_catalog.text FROM pg_catalog.pg_replication_slots
           WHERE slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
         &[name.into()],
@@ -491,12 +477,12 @@ pub extern "C-unwind" fn slot_failover_restore_main(arg: pg_sys::Datum) {
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     let lsn = BackgroundWorker::transaction(|| match (logical, plugin.as_deref()) {
-        (true, Some(plugin)) => read_one(
+        (true, Some(plugin)) => marks::read_one::<String>(
             "SELECT lsn::pg_catalog.text
                FROM pg_catalog.pg_create_logical_replication_slot($1, $2, false, $3)",
             &[name.as_str().into(), plugin.into(), two_phase.into()],
         ),
-        _ => read_one(
+        _ => marks::read_one::<String>(
             "SELECT lsn::pg_catalog.text
                FROM pg_catalog.pg_create_physical_replication_slot($1, true)",
             &[name.as_str().into()],

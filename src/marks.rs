@@ -142,6 +142,26 @@ pub(crate) fn names(table: Table) -> Vec<String> {
     })
 }
 
+/// The first column of the first row of a read-only query (None: no row, or NULL).
+/// pgrx's `Spi::get_one*` run read-write, which takes a transaction id even for a query that
+/// writes nothing: impossible on a standby, a commit that consumers have not confirmed on a
+/// primary, and a logical slot cannot be created in such a transaction (nor by a worker it
+/// waits for).
+pub(crate) fn read_one<T: FromDatum + IntoDatum>(
+    query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<T> {
+    Spi::connect(|client| {
+        let rows = client.select(query, Some(1), args)?;
+        // An empty result has no first row to read (pgrx says InvalidPosition).
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.first().get_one::<T>()
+    })
+    .unwrap_or_else(|e: pgrx::spi::SpiError| panic!("{query}: {e}"))
+}
+
 /// Add `name` to `table` (and have the worker publish it at commit). False: it was there.
 pub(crate) fn add_name(table: Table, name: &str) -> bool {
     let table = table.name();
@@ -183,36 +203,23 @@ pub(crate) fn record_details(name: Option<&str>) -> i64 {
     // Read-only first: pgrx's read-write SPI takes a transaction id even for an UPDATE that
     // changes nothing, and its commit would then be WAL a consumer has not confirmed
     // (upgrade_check() would call a slot safe that pg_upgrade 17+ then refuses).
-    let stale = Spi::connect(|client| {
-        // The library is updated before `ALTER EXTENSION slot_failover UPDATE`: a schema
-        // older than 0.4.0 has no columns for the details, and then there is nothing to record.
-        let has_columns = client
-            .select(
-                "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
-                                 WHERE attrelid OPERATOR(pg_catalog.=)
-                                       'slot_failover.marked_slots'::pg_catalog.regclass
-                                   AND attname OPERATOR(pg_catalog.=) 'details_at'
-                                   AND NOT attisdropped)",
-                None,
-                &[],
-            )
-            .and_then(|rows| rows.first().get_one::<bool>())
-            .unwrap_or_else(|e| panic!("reading pg_attribute: {e}"));
-        if has_columns != Some(true) {
-            return false;
-        }
-        client
-            .select(
-                &format!(
-                    "SELECT EXISTS (SELECT FROM slot_failover.marked_slots AS m, {DETAILS_STALE})"
-                ),
-                None,
-                &[name.into()],
-            )
-            .and_then(|rows| rows.first().get_one::<bool>())
-            .unwrap_or_else(|e| panic!("reading slot_failover.marked_slots: {e}"))
-            == Some(true)
-    });
+    // The library is updated before `ALTER EXTENSION slot_failover UPDATE`: a schema older
+    // than 0.4.0 has no columns for the details, and then there is nothing to record.
+    let has_columns = read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                         WHERE attrelid OPERATOR(pg_catalog.=)
+                               'slot_failover.marked_slots'::pg_catalog.regclass
+                           AND attname OPERATOR(pg_catalog.=) 'details_at'
+                           AND NOT attisdropped)",
+        &[],
+    );
+    let stale = has_columns == Some(true)
+        && read_one::<bool>(
+            &format!(
+                "SELECT EXISTS (SELECT FROM slot_failover.marked_slots AS m, {DETAILS_STALE})"
+            ),
+            &[name.into()],
+        ) == Some(true);
     if !stale {
         return 0;
     }
@@ -259,7 +266,7 @@ pub(crate) fn following_failover_flags() -> bool {
 pub(crate) struct FlagChanges {
     /// Slots marked because they have the failover flag.
     pub marked: Vec<String>,
-    /// Marks removed, with why: `"dropped"` or `"unflagged"`.
+    /// Marks removed, with why (the slot was dropped, or lost the flag).
     pub unmarked: Vec<(String, String)>,
 }
 
@@ -284,7 +291,8 @@ pub(crate) fn follow_failover_flags() -> FlagChanges {
                     AND NOT EXISTS (SELECT FROM slot_failover.marked_slots AS m
                                      WHERE m.slot_name OPERATOR(pg_catalog.=) s.slot_name)
                  UNION ALL
-                 SELECT CASE WHEN s.slot_name IS NULL THEN 'dropped' ELSE 'unflagged' END,
+                 SELECT CASE WHEN s.slot_name IS NULL THEN 'the slot was dropped'
+                             ELSE 'the slot no longer has the failover flag' END,
                         m.slot_name::pg_catalog.text
                    FROM slot_failover.marked_slots AS m
                    LEFT JOIN pg_catalog.pg_replication_slots AS s
@@ -344,17 +352,11 @@ fn has_failover_flag(name: &str) -> bool {
     if !crate::compat::HAS_FAILOVER_FLAG {
         return false;
     }
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT s.failover FROM pg_catalog.pg_replication_slots AS s
-                  WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
-                None,
-                &[name.into()],
-            )
-            .and_then(|rows| rows.first().get_one::<bool>())
-    })
-    .unwrap_or_else(|e| panic!("reading pg_replication_slots: {e}"))
+    read_one::<bool>(
+        "SELECT s.failover FROM pg_catalog.pg_replication_slots AS s
+          WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+        &[name.into()],
+    )
     .unwrap_or(false)
 }
 

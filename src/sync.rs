@@ -63,6 +63,14 @@ fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, Strin
 
 /// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
 /// any slot it held released, and the error message returned.
+/// Drop copy `name` in a subtransaction of its own: Err(the error) when it could not be.
+fn drop_isolated(name: &str) -> Result<(), String> {
+    isolated(|| {
+        copy::drop_copy(name);
+        Ok(())
+    })
+}
+
 fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     // SAFETY: we are inside a transaction (the round's); the subtransaction is begun here and
     // always ended below, on success or after an ERROR was caught.
@@ -337,10 +345,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
         .into_iter()
         .filter(|(name, l)| l.ours && !marked.contains(name.as_str()))
     {
-        let outcome = isolated(|| {
-            copy::drop_copy(&name);
-            Ok(())
-        });
+        let outcome = drop_isolated(&name);
         let (action, state, detail) = match outcome {
             Ok(()) => {
                 crate::changes::copy_changed(&name);
@@ -370,30 +375,22 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
 /// after which decoding from a copy goes wrong; on 14 and 15 nothing here would even notice
 /// (16+ invalidates such a slot on replay). So no logical copy may stay: each of ours is
 /// dropped, with a WARNING, and made again the usual way (ready only once safe) when feedback
-/// is back on. Physical copies need no catalog rows and stay. Returns the dropped names.
-pub fn drop_catalog_dependent_copies() -> Vec<String> {
-    let mut dropped = Vec::new();
+/// is back on. Physical copies need no catalog rows and stay.
+pub fn drop_catalog_dependent_copies() {
     for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
         // A physical slot has no catalog_xmin (InvalidTransactionId, 0).
         if local.catalog_xmin == 0 {
             continue;
         }
-        match isolated(|| {
-            copy::drop_copy(&name);
-            Ok(())
-        }) {
-            Ok(()) => {
-                pgrx::warning!(
-                    "slot_failover dropped its copy of replication slot \"{name}\": hot_standby_feedback is off, so the upstream server may remove catalog rows the copy needs"
-                );
-                dropped.push(name);
-            }
+        match drop_isolated(&name) {
+            Ok(()) => pgrx::warning!(
+                "slot_failover dropped its copy of replication slot \"{name}\": hot_standby_feedback is off, so the upstream server may remove catalog rows the copy needs"
+            ),
             Err(e) => pgrx::warning!(
                 "slot_failover could not drop its copy of replication slot \"{name}\", which hot_standby_feedback = off makes unsafe: {e}; do not use it, drop it by hand"
             ),
         }
     }
-    dropped
 }
 
 /// Drop every copy that is not ready. At promotion (`promotion`) each drop is a WARNING:
@@ -406,10 +403,7 @@ pub fn drop_unready(promotion: bool) -> Vec<String> {
             kept.push(name);
             continue;
         }
-        match isolated(|| {
-            copy::drop_copy(&name);
-            Ok(())
-        }) {
+        match drop_isolated(&name) {
             Ok(()) if promotion => pgrx::warning!(
                 "slot_failover dropped replication slot \"{name}\" at promotion: its copy was not ready, so decoding from it could have lost changes"
             ),

@@ -141,11 +141,6 @@ fn report_flag_changes(changes: &marks::FlagChanges) {
         );
     }
     for (name, why) in &changes.unmarked {
-        let why = if why == "dropped" {
-            "the slot was dropped"
-        } else {
-            "the slot no longer has the failover flag"
-        };
         log!(
             "{WORKER_TYPE}: removed the mark of replication slot \"{name}\" made for its failover flag: {why}"
         );

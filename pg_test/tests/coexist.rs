@@ -207,6 +207,13 @@ fn slots_with_the_failover_flag_are_marked_when_asked() {
         "",
         "an unflagged, unmarked slot is still just not marked"
     );
+    let missing = primary.psql("postgres", "SELECT slot_failover.disable('nosuch')");
+    assert!(
+        missing
+            .stderr
+            .contains(r#"replication slot "nosuch" was not marked for failover"#),
+        "{missing:?}"
+    );
 
     // enable() makes a flag's mark the DBA's own: it stays without the flag. A dropped
     // slot's flag mark goes.
