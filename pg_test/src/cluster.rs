@@ -562,9 +562,11 @@ impl Cluster {
                 let file = entry.to_string_lossy().to_string();
                 if file.ends_with(".txt") || file.ends_with(".log") {
                     let text = fs::read_to_string(&entry).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    let _ = writeln!(details, "--- {file} (last lines) ---\n{}", tail.join("\n"));
+                    let _ = writeln!(
+                        details,
+                        "--- {file} (last lines) ---\n{}",
+                        last_lines(&text, 40)
+                    );
                 }
             }
             panic!(
@@ -775,9 +777,7 @@ impl Cluster {
 
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = self.log_from(0);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&self.log_from(0), lines)
     }
 
     /// Decode from logical slot `slot` with pg_recvlogical up to `endpos`, returning what it
@@ -906,6 +906,12 @@ fn run_script(mut config: Config, sql: &str) -> PsqlOutput {
         stderr,
         sqlstate,
     }
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].join("\n")
 }
 
 /// Every file below `dir`, depth first (unreadable directories are skipped).
