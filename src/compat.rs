@@ -213,6 +213,19 @@ pub const SLOT_FAILOVER_SQL: &str = "false";
 #[cfg(any(feature = "pg17", feature = "pg18"))]
 pub const SLOT_FAILOVER_SQL: &str = "s.failover";
 
+/// A slot's `failover` flag (17+); false before 17. `data` is read under the slot's spinlock.
+pub fn slot_data_failover(data: &pg_sys::ReplicationSlotPersistentData) -> bool {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        data.failover
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        let _ = data;
+        false
+    }
+}
+
 /// Whether slots have PostgreSQL's `failover` flag (17+).
 pub const HAS_FAILOVER_FLAG: bool = cfg!(any(feature = "pg17", feature = "pg18"));
 

@@ -25,6 +25,7 @@ mod changes;
 mod compat;
 mod conninfo;
 mod copy;
+mod digest;
 mod gucs;
 mod hold;
 mod log_redaction;

@@ -105,7 +105,21 @@ pub struct Upstream {
     can_wait: std::cell::Cell<bool>,
     /// The wait query is prepared in this session (see [`wait_for_change`](Upstream::wait_for_change)).
     wait_prepared: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.marked_slots_digest()` (0.5.0 and later), as of the
+    /// last [`check`](Upstream::check).
+    can_digest: std::cell::Cell<bool>,
+    /// The digest query is prepared in this session.
+    digest_prepared: std::cell::Cell<bool>,
+    /// The rows of the last read of every marked slot, with the digest read just before them
+    /// (see [`marked_slots`](Upstream::marked_slots)).
+    cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
+    /// How many times in a row `cached` was used instead of reading the rows.
+    reused: std::cell::Cell<u32>,
 }
+
+/// The rows of every marked slot are read at least every this many full rounds, even when the
+/// digest says they did not change (see `digest.rs`).
+const FORCED_READ_EVERY: u32 = 30;
 
 impl Drop for Upstream {
     fn drop(&mut self) {
@@ -183,6 +197,10 @@ impl Upstream {
             conn,
             can_wait: std::cell::Cell::new(false),
             wait_prepared: std::cell::Cell::new(false),
+            can_digest: std::cell::Cell::new(false),
+            digest_prepared: std::cell::Cell::new(false),
+            cached: std::cell::RefCell::new(None),
+            reused: std::cell::Cell::new(0),
         })
         .map_err(Problem::Connect)
     }
@@ -268,10 +286,14 @@ impl Upstream {
                     (EXISTS (SELECT FROM pg_catalog.pg_proc AS p
                                JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
                               WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
-                                AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text",
+                                AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text,
+                    (EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+                               JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+                              WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
+                                AND p.proname OPERATOR(pg_catalog.=) 'marked_slots_digest'))::pg_catalog.text",
             slot = quote_literal(primary_slot)
         );
-        let rows = self.query(&sql, 5)?;
+        let rows = self.query(&sql, 6)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("no row returned".into()))?;
@@ -290,6 +312,10 @@ impl Upstream {
             ));
         }
         self.can_wait.set(row[4].as_deref() == Some("true"));
+        self.can_digest.set(row[5].as_deref() == Some("true"));
+        if !self.can_digest.get() {
+            self.cached.replace(None);
+        }
         Ok(())
     }
 
@@ -360,8 +386,46 @@ impl Upstream {
         Ok((counter, moved.map(|names| (names, slots))))
     }
 
-    /// Every marked slot, with the upstream's view of it.
+    /// Every marked slot, with the upstream's view of it. When the upstream can give a digest
+    /// of these rows (`digest.rs`) and it is the one the rows read last time came with, those
+    /// are returned without reading them again (but not more than `FORCED_READ_EVERY` times
+    /// in a row); otherwise the digest is kept with the rows read right after it.
     pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        if !self.can_digest.get() {
+            return self.read_marked_slots();
+        }
+        let digest = self.digest()?;
+        if self.reused.get() < FORCED_READ_EVERY
+            && let Some((cached, rows)) = &*self.cached.borrow()
+            && *cached == digest
+        {
+            self.reused.set(self.reused.get() + 1);
+            return Ok(rows.clone());
+        }
+        let rows = self.read_marked_slots()?;
+        self.cached.replace(Some((digest, rows.clone())));
+        self.reused.set(0);
+        Ok(rows)
+    }
+
+    /// The upstream's `slot_failover.marked_slots_digest()`, prepared once per connection (it
+    /// runs once per full round).
+    fn digest(&self) -> Result<i64, Problem> {
+        if !self.digest_prepared.get() {
+            self.command(
+                "PREPARE slot_failover_digest AS
+                 SELECT slot_failover.marked_slots_digest()::pg_catalog.text",
+            )?;
+            self.digest_prepared.set(true);
+        }
+        self.query("EXECUTE slot_failover_digest", 1)?
+            .first()
+            .and_then(|r| r[0].as_deref()?.parse().ok())
+            .ok_or_else(|| Problem::Query("marked_slots_digest() returned no digest".into()))
+    }
+
+    /// Read the row of every marked slot.
+    fn read_marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
         let sql = format!(
             "SELECT {} {SLOTS_FROM} ORDER BY m.slot_name",
             slot_columns()

@@ -4,8 +4,15 @@
 //! first one comes from a wake-up: without them the copy would never become ready, let alone
 //! follow; and every round after the first must have been started by a wake-up
 //! (`worker_rounds()`). Runs on every major (the wake-up path is the same on all of them).
+//!
+//! The rounds that run every naptime for what is not signalled read every marked slot's row
+//! from the upstream only when the upstream's `marked_slots_digest()` changed: an idle standby
+//! asks for the digest and nothing more, and a move by a SQL function or a drop makes the very
+//! next round read the rows again.
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of, subscriber_of};
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of, subscriber_of,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn};
 
@@ -137,4 +144,113 @@ fn wait_for_slot_change_returns_at_once_on_a_new_value_and_checks_its_timeout() 
         "CREATE ROLE nobody LOGIN; SET ROLE nobody; SELECT * FROM slot_failover.wait_for_slot_change(0, 0)",
     );
     assert_eq!(out.sqlstate.as_deref(), Some("42501"), "{}", out.stderr);
+}
+
+/// What the worker's walsender ran, in the primary's log (`log_statement = all`) from `from`:
+/// 'D' for a digest, 'R' for a read of every marked slot's row, in order.
+fn upstream_reads(primary: &Cluster, from: u64) -> String {
+    // A log entry starts with its timestamp; a statement's further lines follow it, indented.
+    let mut entries: Vec<String> = Vec::new();
+    for line in primary.log_from(from).lines() {
+        match entries.last_mut() {
+            Some(entry) if line.starts_with(char::is_whitespace) => entry.push_str(line),
+            _ => entries.push(line.to_string()),
+        }
+    }
+    entries
+        .iter()
+        .filter(|e| e.contains("LOG:  statement: "))
+        .filter_map(|e| {
+            if e.contains("EXECUTE slot_failover_digest") {
+                Some('D')
+            } else if e.contains("ORDER BY m.slot_name") {
+                Some('R')
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The rows came in the first two rounds after a change (the first may have asked for the
+/// digest just before the change took effect), not from a forced read 30 rounds later.
+fn read_at_once(primary: &Cluster, from: u64, what: &str) {
+    wait::until(&format!("a read of the rows after {what}"), wait::default_timeout(), || {
+        let seen = upstream_reads(primary, from);
+        match seen.find('R') {
+            Some(at) if seen[..at].matches('D').count() <= 2 => Check::Done(()),
+            Some(_) => panic!("after {what}, the rows were read only after {seen}"),
+            None => Check::NotYet(seen),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn idle_rounds_read_the_marked_slots_only_when_they_changed() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('idle_a', 'test_decoding');
+         SELECT pg_catalog.pg_create_logical_replication_slot('idle_b', 'test_decoding');
+         SELECT slot_failover.enable('idle_a'); SELECT slot_failover.enable('idle_b');",
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        "hot_standby_feedback = on\nslot_failover.naptime = 100ms",
+    );
+    consume_until_ready(&primary, &standby, &["idle_a", "idle_b"]);
+    primary.set_and_reload("log_statement", "all");
+    let from = primary.log_position();
+    primary.wait_for_log("EXECUTE slot_failover_digest", from);
+
+    // Idle: 20 full rounds ask for the digest; the rows are read at most once (the forced read
+    // every 30 rounds may fall among them).
+    let rounds = || -> i64 {
+        standby
+            .safe_psql("postgres", "SELECT rounds FROM slot_failover.worker_rounds()")
+            .parse()
+            .expect("a number")
+    };
+    let from = primary.log_position();
+    let after = rounds() + 20;
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT rounds >= {after} FROM slot_failover.worker_rounds()"),
+        "t",
+    );
+    let seen = upstream_reads(&primary, from);
+    assert!(
+        seen.matches('D').count() >= 15 && seen.matches('R').count() <= 1,
+        "idle rounds should ask for the digest only: {seen}"
+    );
+
+    // A move by a SQL function is not signalled: the digest changes, the next round reads the
+    // rows and the copy follows.
+    let from = primary.log_position();
+    let target = primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_switch_wal(); CREATE TABLE moved (); SELECT end_lsn FROM pg_catalog.pg_replication_slot_advance('idle_a', pg_catalog.pg_current_wal_lsn())",
+    );
+    let target = target.lines().last().expect("end_lsn").to_string();
+    read_at_once(&primary, from, "pg_replication_slot_advance()");
+    standby.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{target}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'idle_a'"
+        ),
+        "t",
+    );
+
+    // A drop is not signalled either: the copy goes.
+    let from = primary.log_position();
+    primary.safe_psql("postgres", "SELECT pg_catalog.pg_drop_replication_slot('idle_b')");
+    read_at_once(&primary, from, "pg_drop_replication_slot()");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'idle_b'",
+        "0",
+    );
 }
