@@ -105,8 +105,8 @@ pub struct Upstream {
     can_wait: std::cell::Cell<bool>,
     /// The wait query is prepared in this session (see [`wait_for_change`](Upstream::wait_for_change)).
     wait_prepared: std::cell::Cell<bool>,
-    /// The upstream has `slot_failover.marked_slots_digest()` (0.5.0 and later), as of the
-    /// last [`check`](Upstream::check).
+    /// The upstream has `slot_failover.marked_slots_digest()` (0.5.0 and later) and we may
+    /// run it, as of the last [`check`](Upstream::check).
     can_digest: std::cell::Cell<bool>,
     /// The digest query is prepared in this session.
     digest_prepared: std::cell::Cell<bool>,
@@ -287,10 +287,9 @@ impl Upstream {
                                JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
                               WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
                                 AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text,
-                    (EXISTS (SELECT FROM pg_catalog.pg_proc AS p
-                               JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
-                              WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
-                                AND p.proname OPERATOR(pg_catalog.=) 'marked_slots_digest'))::pg_catalog.text",
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.marked_slots_digest()'), 'EXECUTE'),
+                        false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         );
         let rows = self.query(&sql, 6)?;

@@ -35,6 +35,10 @@
 //! Reported as p50 / p99 / max, with the ratios A/B and A/floor (and A over "replayed after
 //! the move", for comparison). Every sampler quantizes time to its period, so each lag carries
 //! up to one period of noise (about 1 ms with `--sample-ms 1`); all rows carry the same.
+//! A sampler that is not scheduled for a while makes every move in that while look late, so
+//! A's copy lag also gets a lower bound: from the move until the last poll that still saw the
+//! copy behind it. The run prints how many moves took over 5 ms, and in how many of them A's
+//! sampler had not polled since 2 ms after the move (the delay was the sampler's).
 //!
 //! **Scale.** With 10, 100 and 1,000 more marked slots (all created with `failover = true`,
 //! ready on A): the time of one round (`last_round_ms` of `slot_failover.worker_rounds()`
@@ -219,6 +223,14 @@ fn wait_until_synced(s: &Setup, next: &mut i64) {
 /// A series of (time since the start, LSN) samples, one per change.
 type Series = Vec<(Duration, u64)>;
 
+/// What one sampler saw: its query's one or two LSN columns, each as a [`Series`], and the
+/// start time of every poll (to tell a late copy from a sampler that was not polling).
+struct Samples {
+    first: Series,
+    second: Series,
+    polls: Vec<Duration>,
+}
+
 /// Poll `sql` (one or two LSN columns) on `node` every `every` until `stop`; keep a sample
 /// each time a column changes.
 fn sampler(
@@ -227,11 +239,12 @@ fn sampler(
     every: Duration,
     start: Instant,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Series, Series)> {
+) -> std::thread::JoinHandle<Samples> {
     let mut client = node.connect("postgres");
     std::thread::spawn(move || {
         let statement = client.prepare(sql).expect("prepare the sampler's query");
         let (mut first, mut second): (Series, Series) = (Vec::new(), Vec::new());
+        let mut polls = Vec::new();
         let lsn = |row: &postgres::Row, i: usize| -> Option<u64> {
             row.try_get::<_, Option<String>>(i)
                 .ok()
@@ -241,6 +254,7 @@ fn sampler(
         };
         while !stop.load(Ordering::Relaxed) {
             let now = start.elapsed();
+            polls.push(now);
             if let Ok(Some(row)) = client.query_opt(&statement, &[]) {
                 if let Some(v) = lsn(&row, 0)
                     && first.last().is_none_or(|&(_, last)| last != v)
@@ -256,7 +270,11 @@ fn sampler(
             }
             std::thread::sleep(every);
         }
-        (first, second)
+        Samples {
+            first,
+            second,
+            polls,
+        }
     })
 }
 
@@ -292,6 +310,23 @@ fn replay_lags(moves: &Series, flushed: &Series, replayed: &Series) -> Vec<Optio
         .map(|&(_, lsn)| {
             let from = reached(flushed, lsn)?;
             reached(replayed, lsn).map(|t| ms(t.saturating_sub(from)))
+        })
+        .collect()
+}
+
+/// For each move of the upstream slot: milliseconds from the move until the last poll of
+/// `series`' sampler that still saw it behind (0 when that poll came before the move). The
+/// copy reached the move's position after that poll, so this is a lower bound of its lag; a
+/// lag well above this bound means the sampler was not polling meanwhile, not that the copy
+/// was late.
+fn lower_bounds(moves: &Series, series: &Series, polls: &[Duration]) -> Vec<Option<f64>> {
+    moves
+        .iter()
+        .map(|&(at, lsn)| {
+            let seen = reached(series, lsn)?;
+            let before = polls.partition_point(|&p| p < seen);
+            let last_behind = before.checked_sub(1).map_or(Duration::ZERO, |i| polls[i]);
+            Some(ms(last_behind.saturating_sub(at)))
         })
         .collect()
 }
@@ -334,15 +369,30 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
     // Let the last moves reach the copies (B naps up to 30 s when idle).
     std::thread::sleep(Duration::from_secs(if s.builtin { 35 } else { 5 }));
     stop.store(true, Ordering::Relaxed);
-    let (moves, flushed) = p.join().expect("primary sampler");
-    let (a_copy, a_replay) = a.join().expect("A sampler");
+    let Samples {
+        first: moves,
+        second: flushed,
+        ..
+    } = p.join().expect("primary sampler");
+    let Samples {
+        first: a_copy,
+        second: a_replay,
+        polls: a_polls,
+    } = a.join().expect("A sampler");
+    let a_lags = delays(&moves, &a_copy);
+    let a_lower = lower_bounds(&moves, &a_copy, &a_polls);
     let mut rows = vec![
-        summary("A: slot_failover copy", &delays(&moves, &a_copy)),
+        summary("A: slot_failover copy", &a_lags),
+        summary("A: copy, lower bound", &a_lower),
         summary("A: replay lag (floor)", &replay_lags(&moves, &flushed, &a_replay)),
         summary("A: replayed after the move", &delays(&moves, &a_replay)),
     ];
     if let Some(b) = b {
-        let (b_copy, b_replay) = b.join().expect("B sampler");
+        let Samples {
+            first: b_copy,
+            second: b_replay,
+            ..
+        } = b.join().expect("B sampler");
         rows.push(summary(
             "B: built-in slotsync copy",
             &delays(&moves, &b_copy),
@@ -386,16 +436,29 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
         fmt_ratio(&ratios["p99_A_over_floor_A"]),
         fmt_ratio(&ratios["p99_A_over_replayed_after_move_A"])
     );
-    // Every move's time, A's copy lag and A's replay lag, for looking at the tail (when, and
-    // how clustered, and whether the standby was slow too).
-    let a_lags = delays(&moves, &a_copy);
+    // The slow moves, and how many of them only look slow because A's sampler did not poll
+    // (its last poll that saw the copy behind came within 2 ms of the move).
+    let slow: Vec<(f64, f64)> = a_lags
+        .iter()
+        .zip(&a_lower)
+        .filter_map(|(lag, lower)| Some(((*lag)?, (*lower)?)))
+        .filter(|&(lag, _)| lag > 5.0)
+        .collect();
+    let sampler_late = slow.iter().filter(|&&(_, lower)| lower < 2.0).count();
+    println!(
+        "  A: {} moves over 5 ms; in {sampler_late} of them A's sampler had not polled since 2 ms after the move",
+        slow.len()
+    );
+    // Every move's time, A's copy lag, A's replay lag and the copy lag's lower bound, for
+    // looking at the tail (when, how clustered, whether the standby or the sampler was slow).
     let a_replay_lags = replay_lags(&moves, &flushed, &a_replay);
     let raw: Vec<Value> = moves
         .iter()
-        .zip(a_lags.iter().zip(&a_replay_lags))
-        .map(|(&(at, _), (lag, replay))| json!([ms(at), lag, replay]))
+        .zip(a_lags.iter().zip(a_replay_lags.iter().zip(&a_lower)))
+        .map(|(&(at, _), (lag, (replay, lower)))| json!([ms(at), lag, replay, lower]))
         .collect();
     json!({ "workload": label, "moves": moves.len(), "lags": rows, "ratios": ratios,
+            "a_moves_over_5ms": slow.len(), "a_moves_over_5ms_sampler_late": sampler_late,
             "a_copy_lag_by_move_ms": raw })
 }
 
@@ -601,6 +664,11 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
     let idle = cpu_per_minute(s, Duration::from_secs(20), None);
     let primary = &s.primary;
     let first = *next_id;
+    // How many times the load advanced every extra slot: each pass decodes every slot's WAL
+    // from its restart_lsn, so with many slots a pass can take longer than the second it is
+    // meant to take, and the cost it causes varies with it.
+    let advanced = std::sync::atomic::AtomicUsize::new(0);
+    let advanced = &advanced;
     let load = move |until: Instant| {
         std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -612,13 +680,20 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
                 )
             });
             let mut c = primary.connect("postgres");
+            // A checkpoint first logs the running transactions, so that the slots' restart_lsn
+            // can follow: otherwise each advance decodes from an ever older restart_lsn, and
+            // with 1,000 slots one pass takes longer than the whole window.
+            let checkpoint_and_advance = format!("CHECKPOINT; {advance_all}");
             while Instant::now() < until {
-                let _ = c.batch_execute(advance_all);
+                if c.batch_execute(&checkpoint_and_advance).is_ok() {
+                    advanced.fetch_add(1, Ordering::Relaxed);
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
     };
     let loaded = cpu_per_minute(s, Duration::from_secs(20), Some(&load));
+    let advanced = advanced.load(Ordering::Relaxed);
     *next_id = first + 10_000;
 
     println!(
@@ -632,6 +707,7 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
             m["rss_anon_kb"]
         );
     }
+    println!("  under load: every extra slot advanced {advanced} times in 20 s");
     for (label, rows) in [("idle", &idle), ("under load", &loaded)] {
         for r in rows {
             println!(
@@ -650,6 +726,7 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
         "memory": memory,
         "cpu_idle": idle,
         "cpu_under_load": loaded,
+        "load_advanced_every_extra_slot_times": advanced,
     })
 }
 
