@@ -88,8 +88,7 @@ fn marked_slots_digest() -> i64 {
                 two_phase: data.two_phase,
                 // SAFETY: read under the slot's spinlock (slot_array::scan).
                 invalidated: unsafe { compat::slot_data_invalidated(data) },
-                temporary: data.persistency
-                    == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
+                temporary: data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
                 failover: compat::slot_data_failover(data),
             },
         ))

@@ -175,14 +175,18 @@ fn upstream_reads(primary: &Cluster, from: u64) -> String {
 /// The rows came in the first two rounds after a change (the first may have asked for the
 /// digest just before the change took effect), not from a forced read 30 rounds later.
 fn read_at_once(primary: &Cluster, from: u64, what: &str) {
-    wait::until(&format!("a read of the rows after {what}"), wait::default_timeout(), || {
-        let seen = upstream_reads(primary, from);
-        match seen.find('R') {
-            Some(at) if seen[..at].matches('D').count() <= 2 => Check::Done(()),
-            Some(_) => panic!("after {what}, the rows were read only after {seen}"),
-            None => Check::NotYet(seen),
-        }
-    })
+    wait::until(
+        &format!("a read of the rows after {what}"),
+        wait::default_timeout(),
+        || {
+            let seen = upstream_reads(primary, from);
+            match seen.find('R') {
+                Some(at) if seen[..at].matches('D').count() <= 2 => Check::Done(()),
+                Some(_) => panic!("after {what}, the rows were read only after {seen}"),
+                None => Check::NotYet(seen),
+            }
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -210,7 +214,10 @@ fn idle_rounds_read_the_marked_slots_only_when_they_changed() {
     // every 30 rounds may fall among them).
     let rounds = || -> i64 {
         standby
-            .safe_psql("postgres", "SELECT rounds FROM slot_failover.worker_rounds()")
+            .safe_psql(
+                "postgres",
+                "SELECT rounds FROM slot_failover.worker_rounds()",
+            )
             .parse()
             .expect("a number")
     };
@@ -246,7 +253,10 @@ fn idle_rounds_read_the_marked_slots_only_when_they_changed() {
 
     // A drop is not signalled either: the copy goes.
     let from = primary.log_position();
-    primary.safe_psql("postgres", "SELECT pg_catalog.pg_drop_replication_slot('idle_b')");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('idle_b')",
+    );
     read_at_once(&primary, from, "pg_drop_replication_slot()");
     standby.poll_query_until(
         "postgres",

@@ -278,7 +278,8 @@ fn sampler(
     })
 }
 
-const PRIMARY_SQL: &str = "SELECT (SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots
+const PRIMARY_SQL: &str =
+    "SELECT (SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots
                                   WHERE slot_name = 'sub'),
                                  pg_catalog.pg_current_wal_flush_lsn()::text";
 const STANDBY_SQL: &str =
@@ -384,7 +385,10 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
     let mut rows = vec![
         summary("A: slot_failover copy", &a_lags),
         summary("A: copy, lower bound", &a_lower),
-        summary("A: replay lag (floor)", &replay_lags(&moves, &flushed, &a_replay)),
+        summary(
+            "A: replay lag (floor)",
+            &replay_lags(&moves, &flushed, &a_replay),
+        ),
         summary("A: replayed after the move", &delays(&moves, &a_replay)),
     ];
     if let Some(b) = b {
@@ -397,8 +401,14 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
             "B: built-in slotsync copy",
             &delays(&moves, &b_copy),
         ));
-        rows.push(summary("B: replay lag (floor)", &replay_lags(&moves, &flushed, &b_replay)));
-        rows.push(summary("B: replayed after the move", &delays(&moves, &b_replay)));
+        rows.push(summary(
+            "B: replay lag (floor)",
+            &replay_lags(&moves, &flushed, &b_replay),
+        ));
+        rows.push(summary(
+            "B: replayed after the move",
+            &delays(&moves, &b_replay),
+        ));
     }
     let p99 = |name: &str| {
         rows.iter()
