@@ -16,9 +16,9 @@
 //!   `catalog_xmin`, `two_phase`, invalidation, persistency and `failover` flag, plus the
 //!   oldest WAL segment still kept (the view's `wal_status = 'lost'` depends on it). A change
 //!   of any of these changes the digest, up to 64-bit hash collisions.
-//! * The rows are read after the digest, in the same statement (`upstream.rs`), so cached rows
-//!   are never older than the digest they are filed under: a change between the two only makes
-//!   the next digest differ, and the rows are read again.
+//! * The worker keeps rows it read only when the digest was the same just before and just
+//!   after reading them (`upstream.rs`), so cached rows always match the digest they are
+//!   filed under; rows read while something changed are used for that round only.
 //! * The database is hashed by OID: a database renamed while its slot's row is cached keeps the
 //!   old name until the next read of the rows, which the worker forces every
 //!   `FORCED_READ_EVERY` rounds anyway.

@@ -388,7 +388,9 @@ impl Upstream {
     /// Every marked slot, with the upstream's view of it. When the upstream can give a digest
     /// of these rows (`digest.rs`) and it is the one the rows read last time came with, those
     /// are returned without reading them again (but not more than `FORCED_READ_EVERY` times
-    /// in a row); otherwise the digest is kept with the rows read right after it.
+    /// in a row). Rows that are read are kept only when the digest was the same before and
+    /// after reading them: rows read while something changed could otherwise be filed under a
+    /// state that comes back later (a mark removed and added again, say) and stand for it.
     pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
         if !self.can_digest.get() {
             return self.read_marked_slots();
@@ -402,7 +404,9 @@ impl Upstream {
             return Ok(rows.clone());
         }
         let rows = self.read_marked_slots()?;
-        self.cached.replace(Some((digest, rows.clone())));
+        let after = self.digest()?;
+        self.cached
+            .replace((after == digest).then(|| (digest, rows.clone())));
         self.reused.set(0);
         Ok(rows)
     }
