@@ -49,7 +49,7 @@ GRANT EXECUTE ON FUNCTION slot_failover.marked_slots_digest()
 #[derive(Hash)]
 struct Facts {
     database: u32,
-    plugin: [u8; 64],
+    plugin: [std::ffi::c_char; 64],
     restart_lsn: u64,
     confirmed_flush: u64,
     catalog_xmin: u32,
@@ -73,15 +73,11 @@ fn marked_slots_digest() -> i64 {
             return None;
         }
         let data = &slot.data;
-        let mut plugin = [0u8; 64];
-        for (to, from) in plugin.iter_mut().zip(data.plugin.data.iter()) {
-            *to = *from as u8;
-        }
         Some((
             name,
             Facts {
                 database: data.database.to_u32(),
-                plugin,
+                plugin: data.plugin.data,
                 restart_lsn: data.restart_lsn,
                 confirmed_flush: data.confirmed_flush,
                 catalog_xmin: data.catalog_xmin.into_inner(),
@@ -170,7 +166,7 @@ mod tests {
         let base = one(&|_| {});
         let changes: [&dyn Fn(&mut Facts); 9] = [
             &|x| x.database = 6,
-            &|x| x.plugin[0] = b'p',
+            &|x| x.plugin[0] = b'p' as std::ffi::c_char,
             &|x| x.restart_lsn += 1,
             &|x| x.confirmed_flush += 1,
             &|x| x.catalog_xmin += 1,

@@ -61,8 +61,6 @@ fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, Strin
     Ok(two_phase.then_some(at))
 }
 
-/// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
-/// any slot it held released, and the error message returned.
 /// Drop copy `name` in a subtransaction of its own: Err(the error) when it could not be.
 fn drop_isolated(name: &str) -> Result<(), String> {
     isolated(|| {
@@ -71,6 +69,8 @@ fn drop_isolated(name: &str) -> Result<(), String> {
     })
 }
 
+/// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
+/// any slot it held released, and the error message returned.
 fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     // SAFETY: we are inside a transaction (the round's); the subtransaction is begun here and
     // always ended below, on success or after an ERROR was caught.
@@ -125,10 +125,7 @@ fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
 /// Drop our copy `name` (in a subtransaction: an ERROR becomes the Err) and wake the
 /// standbys that cascade from this one.
 fn drop_ours(name: &str) -> Result<(), String> {
-    isolated(|| {
-        copy::drop_copy(name);
-        Ok(())
-    })?;
+    drop_isolated(name)?;
     crate::changes::copy_changed(name);
     Ok(())
 }
@@ -194,10 +191,7 @@ fn handle_slot(
         && gucs::drop_stale_slots()
         && !copy::is_synced_by_postgres(&remote.name)
     {
-        match isolated(|| {
-            copy::drop_copy(&remote.name);
-            Ok(())
-        }) {
+        match drop_isolated(&remote.name) {
             Ok(()) => {
                 pgrx::warning!(
                     "slot_failover dropped stale replication slot \"{}\" on this standby: it was not made by slot_failover, and a slot of that name is marked on the upstream server, whose copy takes its place",
@@ -264,11 +258,7 @@ fn handle_slot(
                 isolated(|| copy::create_physical(remote)).map(|()| "created")
             }
             Action::Create => isolated(|| copy::create(remote)).map(|()| "created"),
-            Action::Drop => isolated(|| {
-                copy::drop_copy(&remote.name);
-                Ok(())
-            })
-            .map(|()| "dropped"),
+            Action::Drop => drop_isolated(&remote.name).map(|()| "dropped"),
             Action::Update {
                 restart,
                 confirmed_flush,
@@ -286,10 +276,7 @@ fn handle_slot(
                 });
                 if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
                     // Not ready yet and it failed (its WAL is gone, say): start over.
-                    let _ = isolated(|| {
-                        copy::drop_copy(&remote.name);
-                        Ok(())
-                    });
+                    let _ = drop_isolated(&remote.name);
                 }
                 updated.map(|()| if created { "created" } else { "updated" })
             }

@@ -312,9 +312,6 @@ impl Upstream {
         }
         self.can_wait.set(row[4].as_deref() == Some("true"));
         self.can_digest.set(row[5].as_deref() == Some("true"));
-        if !self.can_digest.get() {
-            self.cached.replace(None);
-        }
         Ok(())
     }
 

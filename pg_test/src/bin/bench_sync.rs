@@ -382,13 +382,11 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
     } = a.join().expect("A sampler");
     let a_lags = delays(&moves, &a_copy);
     let a_lower = lower_bounds(&moves, &a_copy, &a_polls);
+    let a_replay_lags = replay_lags(&moves, &flushed, &a_replay);
     let mut rows = vec![
         summary("A: slot_failover copy", &a_lags),
         summary("A: copy, lower bound", &a_lower),
-        summary(
-            "A: replay lag (floor)",
-            &replay_lags(&moves, &flushed, &a_replay),
-        ),
+        summary("A: replay lag (floor)", &a_replay_lags),
         summary("A: replayed after the move", &delays(&moves, &a_replay)),
     ];
     if let Some(b) = b {
@@ -461,7 +459,6 @@ fn measure_lag(s: &Setup, label: &str, sample: Duration, workload: impl FnOnce()
     );
     // Every move's time, A's copy lag, A's replay lag and the copy lag's lower bound, for
     // looking at the tail (when, how clustered, whether the standby or the sampler was slow).
-    let a_replay_lags = replay_lags(&moves, &flushed, &a_replay);
     let raw: Vec<Value> = moves
         .iter()
         .zip(a_lags.iter().zip(a_replay_lags.iter().zip(&a_lower)))
@@ -624,15 +621,19 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
             ))
             .expect("create a scale slot");
     }
-    let advance_all = "SELECT count(pg_catalog.pg_replication_slot_advance(slot_name, pg_catalog.pg_current_wal_lsn()))
+    // Every extra slot advanced, after a checkpoint: it logs the running transactions, so that
+    // the slots' restart_lsn can follow. Without it each advance decodes from an ever older
+    // restart_lsn, and with 1,000 slots one pass takes longer than the load's whole window.
+    let advance_all = "CHECKPOINT;
+                       SELECT count(pg_catalog.pg_replication_slot_advance(slot_name, pg_catalog.pg_current_wal_lsn()))
                          FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'scale\\_%'";
-    // Advance them (after a checkpoint: a running-xacts record) until A has every copy ready.
+    // Advance them until A has every copy ready.
     let ready_sql = "SELECT count(*) FROM slot_failover.status WHERE slot_name LIKE 'scale\\_%' AND state = 'ready'";
     let deadline = Instant::now() + Duration::from_secs(900);
     let started = Instant::now();
     loop {
         client
-            .batch_execute(&format!("CHECKPOINT; {advance_all}"))
+            .batch_execute(advance_all)
             .expect("advance the scale slots");
         let ready: usize = s.a.safe_psql("postgres", ready_sql).parse().unwrap();
         if ready >= extra {
@@ -690,12 +691,8 @@ fn scale_step(s: &Setup, extra: usize, next_id: &mut i64) -> Value {
                 )
             });
             let mut c = primary.connect("postgres");
-            // A checkpoint first logs the running transactions, so that the slots' restart_lsn
-            // can follow: otherwise each advance decodes from an ever older restart_lsn, and
-            // with 1,000 slots one pass takes longer than the whole window.
-            let checkpoint_and_advance = format!("CHECKPOINT; {advance_all}");
             while Instant::now() < until {
-                if c.batch_execute(&checkpoint_and_advance).is_ok() {
+                if c.batch_execute(advance_all).is_ok() {
                     advanced.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_secs(1));
