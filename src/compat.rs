@@ -260,16 +260,17 @@ pub fn slot_data_synced(data: &pg_sys::ReplicationSlotPersistentData) -> bool {
     }
 }
 
-/// Whether slots record `two_phase_at` (15+): the LSN from which a two_phase slot sent
-/// prepared transactions at their PREPARE.
-pub const HAS_TWO_PHASE_AT: bool = cfg!(not(feature = "pg14"));
-
-/// A slot's `two_phase_at` (0 on 14, which has no such field).
+/// The LSN a logical slot's decoding compares a prepared transaction's PREPARE with at its
+/// COMMIT PREPARED (`ReorderBufferFinishPrepared`): a transaction prepared before it was not
+/// sent at its PREPARE and is sent whole at COMMIT PREPARED; one prepared after it was sent at
+/// its PREPARE, and only the COMMIT PREPARED follows. 15+: `two_phase_at`, set when two_phase
+/// is switched on (at the slot's creation, or later); 14: `initial_consistent_point`, set for
+/// every logical slot when it is created, and used whenever a two-phase decoding decodes a
+/// COMMIT PREPARED. A copy must carry it or a failover loses or repeats such a transaction.
 pub fn slot_two_phase_at(data: &pg_sys::ReplicationSlotPersistentData) -> u64 {
     #[cfg(feature = "pg14")]
     {
-        let _ = data;
-        0
+        data.initial_consistent_point
     }
     #[cfg(not(feature = "pg14"))]
     {
@@ -277,14 +278,57 @@ pub fn slot_two_phase_at(data: &pg_sys::ReplicationSlotPersistentData) -> u64 {
     }
 }
 
-/// Set a slot's `two_phase` and (15+) `two_phase_at`.
+/// Whether [`slot_two_phase_at`] is fixed when the slot is created and matters whatever its
+/// `two_phase` says (14's `initial_consistent_point`), rather than set when two_phase is
+/// switched on (15+'s `two_phase_at`).
+pub const TWO_PHASE_AT_SET_AT_CREATION: bool = cfg!(feature = "pg14");
+
+/// Set a slot's `two_phase` and its [`slot_two_phase_at`].
 pub fn set_two_phase(data: &mut pg_sys::ReplicationSlotPersistentData, on: bool, at: u64) {
     data.two_phase = on;
     #[cfg(feature = "pg14")]
-    let _ = at;
+    {
+        data.initial_consistent_point = at;
+    }
     #[cfg(not(feature = "pg14"))]
     {
         data.two_phase_at = at;
+    }
+}
+
+/// Set a slot's `failover` flag (17+; slots have none before 17, and then it is never set).
+/// `ReplicationSlotCreate` refuses the flag in recovery, so a copy gets it this way, in its
+/// persistent data, like PostgreSQL's own slot sync does for the slots it copies.
+pub fn set_failover(data: &mut pg_sys::ReplicationSlotPersistentData, on: bool) {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        data.failover = on;
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        let _ = (data, on);
+    }
+}
+
+/// Mark a slot as used just now (`inactive_since`, 17+; no such field before). 18 invalidates
+/// slots idle for `idle_replication_slot_timeout` at checkpoints and restartpoints, and in
+/// recovery exempts only the slots of its own slot sync: a copy whose slot is idle upstream,
+/// and so is not changed here, would be invalidated. The worker calls this for every ready
+/// copy it looks at, so a copy counts as idle only while the worker does not look after it.
+///
+/// # Safety
+/// `slot` is a slot in use, and its spinlock is held.
+pub unsafe fn touch_inactive_since(slot: &mut pg_sys::ReplicationSlot, now: i64) {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        // Only a slot that nobody has acquired has an inactive_since (an acquired one has 0).
+        if slot.active_pid == 0 && slot.inactive_since != 0 {
+            slot.inactive_since = now;
+        }
+    }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    {
+        let _ = (slot, now);
     }
 }
 
@@ -294,7 +338,7 @@ const SLOT_STATE_MAGIC: u32 = 0x0105_1CA1;
 /// ReplicationSlotOnDisk, the same header on 14 to 18).
 const SLOT_STATE_HEADER: usize = 16;
 
-/// (two_phase, two_phase_at) from a slot state file (`pg_replslot/<name>/state`) written by a
+/// (two_phase, [`slot_two_phase_at`]) from a slot state file (`pg_replslot/<name>/state`) written by a
 /// server of this major (a physical standby and its upstream always run the same major, so
 /// the struct's layout is this build's). Refused unless it starts with the slot magic, is
 /// long enough and names the slot `name`.
@@ -323,21 +367,150 @@ pub fn two_phase_from_state_file(bytes: &[u8], name: &str) -> Result<(bool, u64)
     }
     let two_phase = data[offset_of!(Data, two_phase)] != 0;
     #[cfg(feature = "pg14")]
-    let at = 0;
+    let o = offset_of!(Data, initial_consistent_point);
     #[cfg(not(feature = "pg14"))]
-    let at = {
-        let o = offset_of!(Data, two_phase_at);
-        u64::from_ne_bytes(data[o..o + 8].try_into().expect("8 bytes"))
-    };
+    let o = offset_of!(Data, two_phase_at);
+    let at = u64::from_ne_bytes(data[o..o + 8].try_into().expect("8 bytes"));
     Ok((two_phase, at))
 }
 
-/// `ReplicationSlotControlLock`: entry 37 of the main LWLock array on 14 to 18
-/// (lwlocknames.txt up to 16, lwlocklist.h from 17).
-pub fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
-    // SAFETY: MainLWLockArray is set up in shared memory before any backend runs; entry 37 is
-    // ReplicationSlotControlLock on every supported major (checked against their sources).
-    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(37)).lock }
+/// The individual LWLocks of PostgreSQL's main LWLock array that the extension takes, by the
+/// name PostgreSQL gives them. Their positions are the same on 14 to 18 (lwlocknames.txt up to
+/// 16, lwlocklist.h from 17); a `#[pg_test]` checks each one's name as the server reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainLock {
+    /// `ProcArrayLock`.
+    ProcArray,
+    /// `ReplicationSlotAllocationLock`: choosing and publishing a slot's WAL reservation.
+    ReplicationSlotAllocation,
+    /// `ReplicationSlotControlLock`: the slot array (creating, dropping, scanning slots).
+    ReplicationSlotControl,
+}
+
+impl MainLock {
+    /// Position in `MainLWLockArray` (and tranche id) on every supported major.
+    const fn index(self) -> usize {
+        match self {
+            MainLock::ProcArray => 4,
+            MainLock::ReplicationSlotAllocation => 36,
+            MainLock::ReplicationSlotControl => 37,
+        }
+    }
+
+    /// The name PostgreSQL reports for the lock (its wait event in pg_stat_activity).
+    #[cfg(any(test, feature = "pg_test"))]
+    pub const fn name(self) -> &'static str {
+        match self {
+            MainLock::ProcArray => "ProcArray",
+            MainLock::ReplicationSlotAllocation => "ReplicationSlotAllocation",
+            MainLock::ReplicationSlotControl => "ReplicationSlotControl",
+        }
+    }
+
+    /// The lock in shared memory.
+    pub fn lock(self) -> *mut pg_sys::LWLock {
+        // SAFETY: MainLWLockArray is set up in shared memory before any backend runs and has
+        // NUM_INDIVIDUAL_LWLOCKS (> 37) entries; the index is this lock's on every supported
+        // major (checked by the test below against the name the server reports).
+        unsafe { &raw mut (*pg_sys::MainLWLockArray.add(self.index())).lock }
+    }
+}
+
+/// What our `ExecutorRun_hook` does before the query runs: given the query, it may put a
+/// DestReceiver of its own in front of the query's; it returns the query's own receiver to
+/// put back once the run ends, or NULL when it changed nothing. It must be a `#[pg_guard]`
+/// function (its ERRORs then leave it as PostgreSQL's own do).
+pub type ExecutorRunBefore =
+    unsafe extern "C-unwind" fn(*mut pg_sys::QueryDesc) -> *mut pg_sys::DestReceiver;
+
+static mut EXECUTOR_RUN_BEFORE: Option<ExecutorRunBefore> = None;
+static mut PREVIOUS_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+
+/// Install `before` in an `ExecutorRun_hook` (chaining to the hook installed before).
+///
+/// The hook is on the path of every query, and so of every ERROR raised while one runs (a
+/// unique violation, a cancel): those must pass through it untouched, with all their fields
+/// (constraint name, position, ...). So the hook is not a `#[pg_guard]` function, which
+/// would catch them and raise them again as new errors, and it calls the previous hook or
+/// `standard_ExecutorRun` directly (not through pgrx's guarded binding), holding nothing that
+/// needs dropping: an ERROR leaves through its frame as through a C function's. 14-17's hook
+/// takes `execute_once`; 18's does not.
+///
+/// # Safety
+/// From `_PG_init`, in the postmaster, once.
+pub unsafe fn install_executor_run_hook(before: ExecutorRunBefore) {
+    // SAFETY: as the caller guarantees: single-threaded, before any backend is forked.
+    unsafe {
+        EXECUTOR_RUN_BEFORE = Some(before);
+        PREVIOUS_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
+    }
+}
+
+#[cfg(not(feature = "pg18"))]
+unsafe extern "C-unwind" {
+    /// `standard_ExecutorRun` itself (pgrx's `pg_sys::standard_ExecutorRun` wraps it in a
+    /// guard that turns its ERRORs into Rust panics).
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+        execute_once: bool,
+    );
+}
+
+#[cfg(feature = "pg18")]
+unsafe extern "C-unwind" {
+    /// As above (18: no `execute_once`).
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+    );
+}
+
+#[cfg(not(feature = "pg18"))]
+unsafe extern "C-unwind" fn executor_run(
+    query: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    // SAFETY: the executor calls its hook with a valid query descriptor. `before` is a
+    // pg_guard'ed function of ours, set in _PG_init. The run is the previous hook's or the
+    // standard function's, with our arguments; this frame holds only plain values, so an
+    // ERROR may leave through it (see install_executor_run_hook).
+    unsafe {
+        let restore = EXECUTOR_RUN_BEFORE.map_or(std::ptr::null_mut(), |before| before(query));
+        match PREVIOUS_EXECUTOR_RUN {
+            Some(previous) => previous(query, direction, count, execute_once),
+            None => raw_standard_executor_run(query, direction, count, execute_once),
+        }
+        if !restore.is_null() {
+            (*query).dest = restore;
+        }
+    }
+}
+
+#[cfg(feature = "pg18")]
+unsafe extern "C-unwind" fn executor_run(
+    query: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+) {
+    // SAFETY: as in the 14-17 variant above.
+    unsafe {
+        let restore = EXECUTOR_RUN_BEFORE.map_or(std::ptr::null_mut(), |before| before(query));
+        match PREVIOUS_EXECUTOR_RUN {
+            Some(previous) => previous(query, direction, count),
+            None => raw_standard_executor_run(query, direction, count),
+        }
+        if !restore.is_null() {
+            (*query).dest = restore;
+        }
+    }
 }
 
 /// A custom wait event named `name` (17+), registered once per process and cached in `cache`.
@@ -393,5 +566,37 @@ pub fn cancel_condition_variable_sleep() {
         pg_sys::ConditionVariableCancelSleep();
         #[cfg(any(feature = "pg17", feature = "pg18"))]
         let _ = pg_sys::ConditionVariableCancelSleep();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use std::ffi::CStr;
+
+    use pgrx::prelude::*;
+
+    use super::MainLock;
+
+    /// Each lock the extension names is, on this server, the lock of that name: its tranche id
+    /// is its position, and the server calls that tranche by the expected name.
+    #[pg_test]
+    fn the_main_locks_have_their_names() {
+        for lock in [
+            MainLock::ProcArray,
+            MainLock::ReplicationSlotAllocation,
+            MainLock::ReplicationSlotControl,
+        ] {
+            // SAFETY: reads the tranche id of a lock in shared memory (set at startup and never
+            // changed), then asks the server for that tranche's name (a static string).
+            let name = unsafe {
+                let tranche = (*lock.lock()).tranche;
+                assert_eq!(tranche as usize, lock.index(), "{lock:?}");
+                CStr::from_ptr(pg_sys::GetLWLockIdentifier(pg_sys::PG_WAIT_LWLOCK, tranche))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            assert_eq!(name, lock.name(), "{lock:?}");
+        }
     }
 }

@@ -29,7 +29,7 @@ use std::io::Write;
 
 use pgrx::pg_sys;
 
-use crate::compat;
+use crate::compat::{self, MainLock};
 use crate::readiness::{Local, lsn};
 use crate::upstream::RemoteSlot;
 
@@ -102,6 +102,12 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
                 catalog_xmin: data.catalog_xmin.into_inner(),
                 two_phase: data.two_phase,
                 two_phase_at: compat::slot_two_phase_at(data),
+                // SAFETY: NameData is NUL-terminated within its 64 bytes.
+                plugin: unsafe { std::ffi::CStr::from_ptr(data.plugin.data.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned(),
+                database: data.database.to_u32(),
+                failover: compat::slot_data_failover(data),
             },
         })
     });
@@ -187,11 +193,11 @@ fn cname(name: &str) -> CString {
 /// # Safety
 /// In the process that created the slot and still holds it, outside any spinlock.
 unsafe fn reserve_wal(name: &CString, restart: u64) -> Result<(), String> {
-    // SAFETY: as the caller guarantees; entry 36 of the main LWLock array is
-    // ReplicationSlotAllocationLock on 14 to 18 (as entry 37 is the control lock, see compat).
+    // SAFETY: as the caller guarantees; the allocation lock is taken as
+    // ReplicationSlotReserveWal takes it.
     unsafe {
         let slot = pg_sys::MyReplicationSlot;
-        let allocation_lock = &raw mut (*pg_sys::MainLWLockArray.add(36)).lock;
+        let allocation_lock = MainLock::ReplicationSlotAllocation.lock();
         pg_sys::LWLockAcquire(allocation_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let min_safe = pg_sys::GetRedoRecPtr();
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
@@ -266,14 +272,16 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
         (*slot).data.database = dboid;
         (*slot).data.plugin = plugin_name;
+        // The failover flag: ReplicationSlotCreate refuses it in recovery (see compat).
+        compat::set_failover(&mut (*slot).data, remote.failover);
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
 
         // Reserve WAL: the upstream's restart_lsn, or the oldest WAL this standby keeps.
         reserve_wal(&cname(&remote.name), restart)?;
 
         // Reserve catalog rows: the oldest xid still safe to decode from here.
-        let control_lock = &raw mut (*pg_sys::MainLWLockArray.add(37)).lock;
-        let procarray_lock = &raw mut (*pg_sys::MainLWLockArray.add(4)).lock;
+        let control_lock = MainLock::ReplicationSlotControl.lock();
+        let procarray_lock = MainLock::ProcArray.lock();
         pg_sys::LWLockAcquire(control_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         pg_sys::LWLockAcquire(procarray_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
@@ -309,17 +317,27 @@ fn write_marker(name: &str) -> Result<(), String> {
     write().map_err(|e| format!("could not write \"{path}\": {e}"))
 }
 
-/// Move our copy forward: `restart` is the new (restart_lsn, catalog_xmin) pair,
-/// `confirmed_flush` the new confirmed position, `two_phase` the upstream's (two_phase,
-/// two_phase_at); `persist` makes the copy ready. Positions never move backward (checked
-/// again here, on the acquired slot).
-pub fn update(
-    name: &str,
-    restart: Option<(u64, u32)>,
-    confirmed_flush: Option<u64>,
-    two_phase: Option<(bool, u64)>,
-    persist: bool,
-) -> Result<(), String> {
+/// A change of a copy (see `readiness::Action::Update`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Change {
+    /// The new (restart_lsn, catalog_xmin) pair.
+    pub restart: Option<(u64, u32)>,
+    pub confirmed_flush: Option<u64>,
+    /// The new (two_phase, two_phase point).
+    pub two_phase: Option<(bool, u64)>,
+    pub failover: Option<bool>,
+    /// Some(true): make the copy persistent (ready); Some(false): temporary again (not ready).
+    pub ready: Option<bool>,
+}
+
+/// Change our copy `name` as `change` says. Positions never move backward (checked again
+/// here, on the acquired slot).
+///
+/// Made ready, the copy's marker is on disk first, then it is persisted. Made not ready, it
+/// becomes RS_TEMPORARY again, saved: it stays held by this process after the release (as a
+/// new copy is), nobody can acquire it, and it is gone after a crash or at promotion, exactly
+/// like a copy that was never ready.
+pub fn update(name: &str, change: Change) -> Result<(), String> {
     let cname = cname(name);
     // SAFETY: the caller holds no slot; we acquire ours (a temporary copy is owned by this
     // process already; a persistent one is free unless a consumer uses it, and then acquire
@@ -330,7 +348,7 @@ pub fn update(
         let slot = pg_sys::MyReplicationSlot;
         let mut raised_xmin = None;
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
-        if let Some((restart_lsn, xmin)) = restart
+        if let Some((restart_lsn, xmin)) = change.restart
             && restart_lsn >= (*slot).data.restart_lsn
             && !crate::readiness::xid_precedes(xmin, (*slot).data.catalog_xmin.into_inner())
         {
@@ -338,13 +356,19 @@ pub fn update(
             (*slot).data.catalog_xmin = xmin.into();
             raised_xmin = Some(xmin);
         }
-        if let Some(flush) = confirmed_flush
+        if let Some(flush) = change.confirmed_flush
             && flush > (*slot).data.confirmed_flush
         {
             (*slot).data.confirmed_flush = flush;
         }
-        if let Some((on, at)) = two_phase {
+        if let Some((on, at)) = change.two_phase {
             compat::set_two_phase(&mut (*slot).data, on, at);
+        }
+        if let Some(on) = change.failover {
+            compat::set_failover(&mut (*slot).data, on);
+        }
+        if change.ready == Some(false) {
+            (*slot).data.persistency = pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
         }
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
         pg_sys::ReplicationSlotMarkDirty();
@@ -360,6 +384,7 @@ pub fn update(
             let segno = (*slot).data.restart_lsn / pg_sys::wal_segment_size as u64;
             pg_sys::XLogGetLastRemovedSegno() >= segno
         };
+        let persist = change.ready == Some(true);
         // The marker must be on disk before the copy outlives this process.
         let marked = if persist && !wal_gone {
             write_marker(name)
@@ -379,6 +404,51 @@ pub fn update(
         }
     }
     Ok(())
+}
+
+/// On a primary (after a promotion, or at the worker's start there): its slots are its own
+/// from now on. Each slot's marker is removed, so that if this server becomes a standby again
+/// (a rejoin without pg_rewind keeps pg_replslot), none of its slots passes for a copy: they
+/// are stale there, and are replaced by fresh copies. Returns the slots disowned.
+pub fn disown_all() -> Vec<String> {
+    let names = crate::slot_array::scan(|slot| Some(crate::slot_array::name(slot)));
+    let mut disowned = Vec::new();
+    for name in names {
+        let path = marker_path(&name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                // Durable before the server can become a standby again.
+                if let Ok(dir) = fs::File::open(format!("pg_replslot/{name}")) {
+                    let _ = dir.sync_all();
+                }
+                disowned.push(name);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => pgrx::warning!(
+                "slot_failover could not remove \"{path}\" on this primary: {e}; if this server becomes a standby again, remove it by hand"
+            ),
+        }
+    }
+    disowned
+}
+
+/// Mark the ready copies `names` as used just now (see `compat::touch_inactive_since`).
+pub fn touch(names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let names: std::collections::HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+    // SAFETY: GetCurrentTimestamp only reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    crate::slot_array::scan_mut(|slot| {
+        let persistent = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+        // SAFETY: NameData is NUL-terminated within its 64 bytes.
+        let name = unsafe { std::ffi::CStr::from_ptr(slot.data.name.data.as_ptr()) };
+        if persistent && names.contains(name.to_bytes()) {
+            // SAFETY: scan_mut holds the slot's spinlock; the slot is in use.
+            unsafe { compat::touch_inactive_since(slot, now) };
+        }
+    });
 }
 
 /// Drop our copy `name` (the caller checked that it is ours).

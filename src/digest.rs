@@ -13,7 +13,8 @@
 //!
 //! * The digest covers every fact of a row (see `upstream::slot_columns`): the marked names,
 //!   and for each its slot's type, database, plugin, `restart_lsn`, `confirmed_flush`,
-//!   `catalog_xmin`, `two_phase`, invalidation, persistency and `failover` flag, plus the
+//!   `catalog_xmin`, `two_phase`, its two_phase point (`two_phase_points()`), invalidation,
+//!   persistency and `failover` flag, plus the
 //!   oldest WAL segment still kept (the view's `wal_status = 'lost'` depends on it). A change
 //!   of any of these changes the digest, up to 64-bit hash collisions.
 //! * The worker keeps rows it read only when the digest was the same just before and just
@@ -40,10 +41,38 @@ extension_sql!(
 REVOKE ALL ON FUNCTION slot_failover.marked_slots_digest() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.marked_slots_digest()
     TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.two_phase_points() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.two_phase_points()
+    TO slot_failover_admin, pg_monitor;
 "#,
     name = "marked_slots_digest_privileges",
-    requires = ["catalog", marked_slots_digest]
+    requires = ["catalog", marked_slots_digest, two_phase_points]
 );
+
+/// On an upstream: every logical slot's two_phase point, which `pg_replication_slots` does not
+/// show (before 18): `two_phase_at` on 15+, `initial_consistent_point` on 14 (see
+/// `compat::slot_two_phase_at`), as text in pg_lsn's format; NULL while not set. Read from shared memory, so a standby's
+/// worker can carry it on its copies and tell a slot created again under the same name.
+#[pg_extern(volatile, parallel_restricted)]
+fn two_phase_points() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(two_phase_at, Option<String>),
+    ),
+> {
+    let rows = crate::slot_array::scan(|slot| {
+        let data = &slot.data;
+        (data.database != pg_sys::InvalidOid).then(|| {
+            let at = compat::slot_two_phase_at(data);
+            (
+                crate::slot_array::name(slot),
+                (at != 0).then(|| crate::readiness::lsn(at)),
+            )
+        })
+    });
+    TableIterator::new(rows)
+}
 
 /// What a marked slot's row says, as read from shared memory.
 #[derive(Hash)]
@@ -54,6 +83,7 @@ struct Facts {
     confirmed_flush: u64,
     catalog_xmin: u32,
     two_phase: bool,
+    two_phase_at: u64,
     invalidated: bool,
     temporary: bool,
     failover: bool,
@@ -82,6 +112,7 @@ fn marked_slots_digest() -> i64 {
                 confirmed_flush: data.confirmed_flush,
                 catalog_xmin: data.catalog_xmin.into_inner(),
                 two_phase: data.two_phase,
+                two_phase_at: compat::slot_two_phase_at(data),
                 // SAFETY: read under the slot's spinlock (slot_array::scan).
                 invalidated: unsafe { compat::slot_data_invalidated(data) },
                 temporary: data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
@@ -120,6 +151,7 @@ mod tests {
             confirmed_flush,
             catalog_xmin: 700,
             two_phase: false,
+            two_phase_at: 0,
             invalidated: false,
             temporary: false,
             failover: false,
@@ -164,13 +196,14 @@ mod tests {
             digest_of(&["a".to_string()], &mut slots, 0)
         };
         let base = one(&|_| {});
-        let changes: [&dyn Fn(&mut Facts); 9] = [
+        let changes: [&dyn Fn(&mut Facts); 10] = [
             &|x| x.database = 6,
             &|x| x.plugin[0] = b'p' as std::ffi::c_char,
             &|x| x.restart_lsn += 1,
             &|x| x.confirmed_flush += 1,
             &|x| x.catalog_xmin += 1,
             &|x| x.two_phase = true,
+            &|x| x.two_phase_at = 7,
             &|x| x.invalidated = true,
             &|x| x.temporary = true,
             &|x| x.failover = true,

@@ -12,6 +12,7 @@
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 //! | `slot_failover.drop_stale_slots` | bool, on | on a standby, a slot named like a marked slot upstream that slot_failover did not make and nobody uses is dropped (WARNING) and replaced by a copy |
 //! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
+//! | `slot_failover.debug_pause_file` | string, empty | for tests: while this file (relative to the data directory) exists, the worker waits before each change to a slot |
 //! | `slot_failover.mark_failover_slots` | bool, off | on a 17+ primary, the worker marks every slot that has PostgreSQL's `failover` flag (`marked_by` = this setting's name), and removes such a mark when its slot loses the flag or is dropped |
 
 use std::ffi::{CString, c_char, c_int, c_void};
@@ -33,6 +34,7 @@ pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MARK_FAILOVER_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static DEBUG_PAUSE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
@@ -136,6 +138,14 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"slot_failover.debug_pause_file",
+        c"For tests: while this file exists, the slot_failover worker waits before each change to a slot.",
+        c"A path relative to the data directory; empty switches the pause off. Lets a test promote a standby while a synchronization round is under way.",
+        &DEBUG_PAUSE_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     crate::compat::reserve_guc_prefix(c"slot_failover");
 }
 
@@ -210,4 +220,38 @@ unsafe extern "C-unwind" fn standby_names_assigned(_new: *const c_char, _extra: 
 
 unsafe extern "C-unwind" fn min_confirmed_assigned(_new: c_int, _extra: *mut c_void) {
     QUORUM_SETTINGS_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `slot_failover.debug_pause_file` (for tests): while the file it names exists, wait here,
+/// before a change to slot `slot`, saying so once in the log. Returns at once when the setting
+/// is empty; stops waiting when the worker is asked to stop.
+pub fn pause_before_slot_change(slot: &str) {
+    let Some(file) = string_setting(&DEBUG_PAUSE_FILE) else {
+        return;
+    };
+    let mut said = false;
+    while std::path::Path::new(&file).exists()
+        && !pgrx::bgworkers::BackgroundWorker::sigterm_received()
+    {
+        if !said {
+            said = true;
+            pgrx::log!(
+                "slot_failover is pausing before it changes replication slot \"{slot}\": \"{file}\" exists (slot_failover.debug_pause_file)"
+            );
+        }
+        // SAFETY: MyLatch is this process's latch; waiting on it is allowed anywhere outside
+        // a signal handler; WL_EXIT_ON_PM_DEATH ends the process if the postmaster died.
+        unsafe {
+            pgrx::pg_sys::WaitLatch(
+                pgrx::pg_sys::MyLatch,
+                (pgrx::pg_sys::WL_LATCH_SET
+                    | pgrx::pg_sys::WL_TIMEOUT
+                    | pgrx::pg_sys::WL_EXIT_ON_PM_DEATH) as c_int,
+                10,
+                pgrx::pg_sys::PG_WAIT_EXTENSION,
+            );
+            pgrx::pg_sys::ResetLatch(pgrx::pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }

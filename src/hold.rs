@@ -631,6 +631,7 @@ pub fn install() {
         if !SUBXACT_CALLBACK_REGISTERED {
             pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
             SUBXACT_CALLBACK_REGISTERED = true;
+            compat::install_executor_run_hook(before_executor_run);
         }
     }
 }
@@ -856,7 +857,12 @@ unsafe extern "C-unwind" fn on_subxact(
         return;
     }
     let slot = slot.to_string_lossy().into_owned();
-    let target = compat::flush_position();
+    wait_until_confirmed(&slot, compat::flush_position());
+}
+
+/// A SQL decoding function's output for marked slot `slot` waits here until the failover
+/// standbys have flushed `target`, the end of the WAL it may have decoded.
+fn wait_until_confirmed(slot: &str, target: Lsn) {
     let since = now();
     let mut registered = false;
     loop {
@@ -873,7 +879,7 @@ unsafe extern "C-unwind" fn on_subxact(
             registered = true;
             clear_hold_at_exit_once();
         }
-        report_waiting(&slot, target, confirmed, since, &behind, loaded);
+        report_waiting(slot, target, confirmed, since, &behind, loaded);
         // An ERROR here (cancel, terminate) leaves the hold entry; clear it first.
         let guard = ClearOnDrop;
         sleep_a_little(poll_ms(since));
@@ -884,6 +890,266 @@ unsafe extern "C-unwind" fn on_subxact(
     }
     if registered {
         clear_hold();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL decoding functions: the executor hook.
+//
+// The subtransaction callback above sees the transactions a decoding function replays, but
+// not what it outputs outside of one: the COMMIT PREPARED or ROLLBACK PREPARED of a
+// transaction whose PREPARE was sent earlier (ReorderBufferFinishPrepared calls the plugin
+// directly), and non-transactional messages. A query's rows reach its client through the
+// query's DestReceiver only after the function has returned (the functions materialize their
+// whole output), so a query that calls a decoding function on a marked slot named by a
+// constant gets a DestReceiver of ours in front of its own, which waits, before the first row,
+// until the failover standbys have flushed this server's flush position (the end of all the
+// function could decode). PostgreSQL 17 waits at the same point, in the function itself.
+// A slot named by anything else than a constant (a column, a generic plan's parameter) is not
+// known before the call, and is held by the subtransaction callback only.
+
+/// The OIDs of pg_logical_slot_{get,peek}_{,binary_}changes (the same on 14 to 18).
+const DECODING_FUNCTIONS: [u32; 4] = [
+    pg_sys::F_PG_LOGICAL_SLOT_GET_CHANGES,
+    pg_sys::F_PG_LOGICAL_SLOT_GET_BINARY_CHANGES,
+    pg_sys::F_PG_LOGICAL_SLOT_PEEK_CHANGES,
+    pg_sys::F_PG_LOGICAL_SLOT_PEEK_BINARY_CHANGES,
+];
+
+/// Our DestReceiver: PostgreSQL's struct first (so a pointer to it is one to ours), then the
+/// query's own receiver and what to wait for.
+#[repr(C)]
+struct HoldingReceiver {
+    receiver: pg_sys::DestReceiver,
+    inner: *mut pg_sys::DestReceiver,
+    /// The marked slot the query decodes (the first found).
+    slot: [u8; NAME_LEN],
+    waited: bool,
+}
+
+/// The slot names given as constants to decoding functions in `query`'s plan, when any.
+///
+/// # Safety
+/// `query` is the executor's query descriptor, with its planned statement.
+unsafe fn decoded_slots(query: *mut pg_sys::QueryDesc) -> Vec<String> {
+    let mut found = Vec::new();
+    // SAFETY: as the caller guarantees; the plan is read-only here.
+    unsafe {
+        let stmt = (*query).plannedstmt;
+        if stmt.is_null() || (*stmt).commandType != pg_sys::CmdType::CMD_SELECT {
+            return found;
+        }
+        visit_plan((*stmt).planTree, &mut found);
+        for plan in list_items((*stmt).subplans) {
+            visit_plan(plan.cast(), &mut found);
+        }
+    }
+    found
+}
+
+/// The pointers in a List of pointers (empty for NIL).
+///
+/// # Safety
+/// `list` is NIL or a pointer List.
+unsafe fn list_items(list: *mut pg_sys::List) -> Vec<*mut c_void> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: a List has `length` cells; a pointer list's cells hold pointers.
+    unsafe {
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).ptr_value)
+            .collect()
+    }
+}
+
+/// `node`'s tag (a Node starts with it).
+///
+/// # Safety
+/// `node` is NULL or a Node.
+unsafe fn tag(node: *mut c_void) -> Option<pg_sys::NodeTag> {
+    // SAFETY: as the caller guarantees.
+    (!node.is_null()).then(|| unsafe { (*node.cast::<pg_sys::Node>()).type_ })
+}
+
+/// Walk a plan and its children (the shapes a SELECT calling a set-returning function takes:
+/// joins, aggregates, sorts, appends, subquery scans; CTEs and sub-selects are in the
+/// statement's subplans), collecting the constant slot names of decoding calls in function
+/// scans and target lists.
+///
+/// # Safety
+/// `plan` is NULL or a Plan of the executor's planned statement.
+unsafe fn visit_plan(plan: *mut pg_sys::Plan, found: &mut Vec<String>) {
+    if plan.is_null() {
+        return;
+    }
+    // SAFETY: as the caller guarantees; each cast follows the node's tag.
+    unsafe {
+        for entry in list_items((*plan).targetlist) {
+            if tag(entry) == Some(pg_sys::NodeTag::T_TargetEntry) {
+                visit_call((*entry.cast::<pg_sys::TargetEntry>()).expr.cast(), found);
+            }
+        }
+        match tag(plan.cast()) {
+            Some(pg_sys::NodeTag::T_FunctionScan) => {
+                for f in list_items((*plan.cast::<pg_sys::FunctionScan>()).functions) {
+                    visit_call(
+                        (*f.cast::<pg_sys::RangeTblFunction>()).funcexpr.cast(),
+                        found,
+                    );
+                }
+            }
+            Some(pg_sys::NodeTag::T_Append) => {
+                for p in list_items((*plan.cast::<pg_sys::Append>()).appendplans) {
+                    visit_plan(p.cast(), found);
+                }
+            }
+            Some(pg_sys::NodeTag::T_MergeAppend) => {
+                for p in list_items((*plan.cast::<pg_sys::MergeAppend>()).mergeplans) {
+                    visit_plan(p.cast(), found);
+                }
+            }
+            Some(pg_sys::NodeTag::T_SubqueryScan) => {
+                visit_plan((*plan.cast::<pg_sys::SubqueryScan>()).subplan, found);
+            }
+            _ => {}
+        }
+        visit_plan((*plan).lefttree, found);
+        visit_plan((*plan).righttree, found);
+    }
+}
+
+/// If `expr` is a call of a decoding function whose slot is a constant, note the slot.
+///
+/// # Safety
+/// `expr` is NULL or an expression node of the plan.
+unsafe fn visit_call(expr: *mut c_void, found: &mut Vec<String>) {
+    // SAFETY: as the caller guarantees; each cast follows the node's tag.
+    unsafe {
+        if tag(expr) != Some(pg_sys::NodeTag::T_FuncExpr) {
+            return;
+        }
+        let call = expr.cast::<pg_sys::FuncExpr>();
+        if !DECODING_FUNCTIONS.contains(&(*call).funcid.to_u32()) {
+            return;
+        }
+        let Some(&first) = list_items((*call).args).first() else {
+            return;
+        };
+        if tag(first) != Some(pg_sys::NodeTag::T_Const) {
+            return;
+        }
+        let constant = first.cast::<pg_sys::Const>();
+        if (*constant).constisnull || (*constant).consttype != pg_sys::NAMEOID {
+            return;
+        }
+        // A name Datum points at a NameData.
+        let name = (*constant).constvalue.cast_mut_ptr::<pg_sys::NameData>();
+        found.push(
+            CStr::from_ptr((*name).data.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+}
+
+/// Our receiver's receiveSlot: before the first row, the wait; then the query's own
+/// receiver. Not `#[pg_guard]`, for the reason `compat::install_executor_run_hook` gives:
+/// ERRORs of the query's receiver pass through untouched (this frame holds only plain values).
+unsafe extern "C-unwind" fn holding_receive(
+    slot: *mut pg_sys::TupleTableSlot,
+    receiver: *mut pg_sys::DestReceiver,
+) -> bool {
+    // SAFETY: `receiver` is our HoldingReceiver (its first field), made in
+    // before_executor_run; hold_before_first_row is pg_guard'ed; the inner receiver is the
+    // query's own, called with the slot we were given.
+    unsafe {
+        let me = receiver.cast::<HoldingReceiver>();
+        if !(*me).waited {
+            hold_before_first_row(me);
+        }
+        let inner = (*me).inner;
+        match (*inner).receiveSlot {
+            Some(receive) => receive(slot, inner),
+            None => true,
+        }
+    }
+}
+
+/// The wait before the first row a query returns (see above).
+#[pg_guard]
+unsafe extern "C-unwind" fn hold_before_first_row(me: *mut HoldingReceiver) {
+    // SAFETY: our receiver, in the query's memory.
+    let me = unsafe { &mut *me };
+    me.waited = true;
+    let name = get(&me.slot);
+    wait_until_confirmed(&name, compat::flush_position());
+}
+
+unsafe extern "C-unwind" fn holding_startup(
+    receiver: *mut pg_sys::DestReceiver,
+    operation: c_int,
+    typeinfo: pg_sys::TupleDesc,
+) {
+    // SAFETY: as in holding_receive.
+    unsafe {
+        let inner = (*receiver.cast::<HoldingReceiver>()).inner;
+        if let Some(startup) = (*inner).rStartup {
+            startup(inner, operation, typeinfo);
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn holding_shutdown(receiver: *mut pg_sys::DestReceiver) {
+    // SAFETY: as in holding_receive.
+    unsafe {
+        let inner = (*receiver.cast::<HoldingReceiver>()).inner;
+        if let Some(shutdown) = (*inner).rShutdown {
+            shutdown(inner);
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn holding_destroy(_receiver: *mut pg_sys::DestReceiver) {
+    // Ours is freed with the query's memory; the query's own receiver belongs to its owner.
+}
+
+/// Before a query runs (our `ExecutorRun` hook, see `compat::install_executor_run_hook`): if it
+/// decodes a marked slot, put a receiver of ours in front of its own, and return its own (to
+/// put back after the run); else NULL.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_executor_run(
+    query: *mut pg_sys::QueryDesc,
+) -> *mut pg_sys::DestReceiver {
+    // SAFETY: the executor's query descriptor; its plan and receiver are set before it runs.
+    let held = unsafe {
+        if !gucs::wait_for_standbys() || (*query).dest.is_null() || crate::in_recovery() {
+            None
+        } else {
+            decoded_slots(query)
+                .into_iter()
+                .find(|name| slot_is_held(name.as_bytes()))
+        }
+    };
+    let Some(name) = held else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: a receiver of ours in the query's memory context (freed with it), in front of
+    // the query's own one for this run; the hook puts that one back when the run ends (a
+    // failed run discards the query descriptor, and with it our receiver).
+    unsafe {
+        let inner = (*query).dest;
+        let ours =
+            pg_sys::palloc0(std::mem::size_of::<HoldingReceiver>()).cast::<HoldingReceiver>();
+        (*ours).receiver.receiveSlot = Some(holding_receive);
+        (*ours).receiver.rStartup = Some(holding_startup);
+        (*ours).receiver.rShutdown = Some(holding_shutdown);
+        (*ours).receiver.rDestroy = Some(holding_destroy);
+        (*ours).receiver.mydest = (*inner).mydest;
+        (*ours).inner = inner;
+        put(&mut (*ours).slot, &name);
+        (*query).dest = ours.cast();
+        inner
     }
 }
 
@@ -900,6 +1166,32 @@ impl Drop for ClearOnDrop {
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+
+    /// Every query runs through our ExecutorRun hook; an ERROR raised while it runs must leave
+    /// it exactly as raised, with all its fields (clients read the constraint name of a
+    /// unique violation, say), not caught and raised again as a new error.
+    #[pg_test]
+    fn errors_pass_through_the_executor_hook_untouched() {
+        Spi::run(
+            "CREATE TABLE pg_temp.u (id int CONSTRAINT u_pkey PRIMARY KEY);
+             INSERT INTO pg_temp.u VALUES (1);
+             CREATE FUNCTION pg_temp.violation() RETURNS text LANGUAGE plpgsql AS $f$
+             DECLARE st text; det text; con text; tab text; ctx text;
+             BEGIN
+                 INSERT INTO pg_temp.u VALUES (1);
+                 RETURN 'no error';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, det = PG_EXCEPTION_DETAIL,
+                                         con = CONSTRAINT_NAME, tab = TABLE_NAME;
+                 RETURN st || '|' || det || '|' || con || '|' || tab;
+             END $f$",
+        )
+        .expect("set up");
+        let seen = Spi::get_one::<String>("SELECT pg_temp.violation()")
+            .expect("call")
+            .expect("not null");
+        assert_eq!(seen, "23505|Key (id)=(1) already exists.|u_pkey|u");
+    }
 
     #[pg_test]
     fn the_wal_layout_matches_the_server() {

@@ -21,7 +21,7 @@ pub fn scan<T>(mut f: impl FnMut(&pg_sys::ReplicationSlot) -> Option<T>) -> Vec<
     // SAFETY: see the module comment; the array has max_replication_slots entries, set at
     // server start.
     unsafe {
-        let lock = compat::replication_slot_control_lock();
+        let lock = compat::MainLock::ReplicationSlotControl.lock();
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
         let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
         for i in 0..pg_sys::max_replication_slots as usize {
@@ -34,6 +34,27 @@ pub fn scan<T>(mut f: impl FnMut(&pg_sys::ReplicationSlot) -> Option<T>) -> Vec<
         pg_sys::LWLockRelease(lock);
     }
     out
+}
+
+/// Call `f` on each slot in use, under its spinlock, to change fields that PostgreSQL guards
+/// with that spinlock only (`inactive_since`, say): same locking as [`scan`], and `f` must
+/// likewise only store fields.
+pub fn scan_mut(mut f: impl FnMut(&mut pg_sys::ReplicationSlot)) {
+    // SAFETY: as in scan(); the slot's fields are written only under its spinlock.
+    unsafe {
+        let lock = compat::MainLock::ReplicationSlotControl.lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots as usize {
+            let slot = slots.add(i);
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            if (*slot).in_use {
+                f(&mut *slot);
+            }
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        }
+        pg_sys::LWLockRelease(lock);
+    }
 }
 
 /// A slot's name (slot names are ASCII: `[a-z0-9_]`).

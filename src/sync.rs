@@ -13,7 +13,7 @@ use pgrx::prelude::*;
 use crate::compat;
 use crate::copy;
 use crate::gucs;
-use crate::readiness::{self, Action, State};
+use crate::readiness::{self, Action, State, TwoPhasePoint};
 use crate::upstream::{Problem, RemoteSlot, Upstream};
 
 /// What happened to one slot in a round.
@@ -28,6 +28,40 @@ pub struct SlotReport {
     pub upstream_confirmed_flush: u64,
 }
 
+/// What one round works with: the upstream, this standby's flushed WAL, and what the upstream
+/// keeps for this standby (asked once per round, only if a copy could become ready).
+struct Round<'a> {
+    up: &'a Upstream,
+    /// This standby's physical slot on the upstream (its primary_slot_name).
+    primary_slot: String,
+    standby_flush: u64,
+    kept_from: std::cell::OnceCell<Result<Option<u32>, String>>,
+}
+
+impl<'a> Round<'a> {
+    fn new(up: &'a Upstream, primary_slot: &str) -> Round<'a> {
+        Round {
+            up,
+            primary_slot: primary_slot.to_string(),
+            standby_flush: copy::standby_flush(),
+            kept_from: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// See `readiness::decide`'s `kept_from`; an error (the upstream could not be asked) counts
+    /// as keeping nothing, and is reported by the slot that asked.
+    fn kept_from(&self) -> Result<Option<u32>, String> {
+        self.kept_from
+            .get_or_init(|| {
+                self.up
+                    .kept_from(&self.primary_slot)
+                    .map_err(|p| p.to_string())
+            })
+            .clone()
+    }
+}
+
+/// The upstream's slot as the rules see it; None when there is nothing to copy yet.
 fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
     // A temporary slot upstream is a cascading upstream's copy that is not ready: for us it is
     // not there yet (a copy of it could be ready here before it is there).
@@ -35,22 +69,76 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
         return None;
     }
     let slot_type = r.slot_type.as_deref()?;
+    let logical = slot_type == "logical";
+    let two_phase_at = match r.two_phase_at {
+        Some(lsn) if logical && (r.two_phase || compat::TWO_PHASE_AT_SET_AT_CREATION) => {
+            TwoPhasePoint::At {
+                lsn,
+                fixed: compat::TWO_PHASE_AT_SET_AT_CREATION,
+            }
+        }
+        _ if !logical || (!r.two_phase && !compat::TWO_PHASE_AT_SET_AT_CREATION) => {
+            TwoPhasePoint::NotNeeded
+        }
+        // Not told by the upstream: read from its slot state file when needed (see
+        // resolve_two_phase_at).
+        _ => TwoPhasePoint::Unknown,
+    };
     Some(readiness::Upstream {
-        logical: slot_type == "logical",
+        logical,
         invalidated: r.invalidated,
         restart_lsn: r.restart_lsn.unwrap_or(0),
         confirmed_flush: r.confirmed_flush.unwrap_or(0),
         catalog_xmin: r.catalog_xmin.unwrap_or(0),
         two_phase: r.two_phase,
-        // Not in pg_replication_slots: read from the upstream's state file when needed (see
-        // upstream_two_phase_at); nothing to know when two_phase is off or on 14.
-        two_phase_at: (!r.two_phase || !compat::HAS_TWO_PHASE_AT).then_some(0),
+        two_phase_at,
+        plugin: r.plugin.clone().unwrap_or_default(),
+        database: r.database.as_deref().and_then(database_oid),
+        failover: r.failover,
     })
 }
 
-/// The upstream slot's two_phase_at, for a copy that does not carry it yet: read from the
-/// upstream's slot state file. None while that file does not show two_phase on yet (it is
-/// saved right after two_phase is switched on).
+/// This server's OID of database `name` (the same as the upstream's: a physical standby is a
+/// copy of its cluster), None when there is none.
+fn database_oid(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: in a transaction (the round's), so the catalog look-up is allowed; missing_ok
+    // returns InvalidOid instead of raising an error.
+    let oid = unsafe { pg_sys::get_database_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then(|| oid.to_u32())
+}
+
+/// An upstream that does not tell the two_phase point (before 0.6.0): read it from the
+/// upstream's slot state file, unless the copy carries a point for the same two_phase setting
+/// already (the point changes only with a new slot, or when two_phase is switched off and on,
+/// which such an upstream cannot tell us, as before 0.6.0). Err: the file could not be read;
+/// the point stays unknown.
+fn resolve_two_phase_at(
+    up: &Upstream,
+    name: &str,
+    u: &mut readiness::Upstream,
+    l: &readiness::Local,
+) -> Result<(), String> {
+    if u.two_phase_at != TwoPhasePoint::Unknown {
+        return Ok(());
+    }
+    let fixed = compat::TWO_PHASE_AT_SET_AT_CREATION;
+    if l.two_phase == u.two_phase && l.two_phase_at != 0 {
+        u.two_phase_at = TwoPhasePoint::At {
+            lsn: l.two_phase_at,
+            fixed,
+        };
+        return Ok(());
+    }
+    if let Some(lsn) = upstream_two_phase_at(up, name)? {
+        u.two_phase_at = TwoPhasePoint::At { lsn, fixed };
+    }
+    Ok(())
+}
+
+/// The upstream slot's two_phase point, read from its slot state file. None while that file
+/// does not show two_phase on yet (on 15+; it is saved right after two_phase is switched on)
+/// or has no point yet.
 fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, String> {
     let Some(bytes) = up.slot_state_file(name)? else {
         return Ok(None);
@@ -58,7 +146,7 @@ fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<u64>, Strin
     let (two_phase, at) = compat::two_phase_from_state_file(&bytes, name).map_err(|e| {
         format!("could not read two_phase_at from the upstream's slot state file: {e}")
     })?;
-    Ok(two_phase.then_some(at))
+    Ok(((two_phase || compat::TWO_PHASE_AT_SET_AT_CREATION) && at != 0).then_some(at))
 }
 
 /// Drop copy `name` in a subtransaction of its own: Err(the error) when it could not be.
@@ -69,8 +157,42 @@ fn drop_isolated(name: &str) -> Result<(), String> {
     })
 }
 
-/// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back,
-/// any slot it held released, and the error message returned.
+/// In a round: drop copy `name` as [`drop_isolated`] does, once this server is known to be
+/// still a standby.
+fn drop_in_round(name: &str) -> Result<(), String> {
+    change(name, || {
+        copy::drop_copy(name);
+        Ok(())
+    })
+}
+
+/// In a round: run `f`, a change of slot `name`, in a subtransaction of its own, once this
+/// server is known to be still a standby.
+fn change<R>(name: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    still_a_standby(name)?;
+    isolated(f)
+}
+
+/// The message of every change refused because the server was promoted during the round.
+const PROMOTED: &str =
+    "this server was promoted during the synchronization round; the slot was left as it was";
+
+/// Before every change to slot `name`: (tests only) wait while the pause file is there, then
+/// make sure this server is still a standby. A promotion ends all copying at once: a round
+/// that runs into one changes nothing more (a drop there could remove a slot the promoted
+/// server now owns). The remaining window, between this check and the change, is the time
+/// of one slot-array operation.
+fn still_a_standby(name: &str) -> Result<(), String> {
+    crate::gucs::pause_before_slot_change(name);
+    if crate::in_recovery() {
+        Ok(())
+    } else {
+        Err(PROMOTED.into())
+    }
+}
+
+/// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back, any
+/// slot it held released, and the error message returned.
 fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     // SAFETY: we are inside a transaction (the round's); the subtransaction is begun here and
     // always ended below, on success or after an ERROR was caught.
@@ -117,6 +239,7 @@ fn ensure_snapshot(up: &Upstream, at: u64) -> Result<bool, String> {
 fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
     up.logical
         && !up.invalidated
+        && up.restart_lsn != 0
         && up.restart_lsn >= local.restart_lsn
         && !readiness::xid_precedes(up.catalog_xmin, local.catalog_xmin)
         && (!local.persistent || up.restart_lsn > local.restart_lsn)
@@ -125,17 +248,17 @@ fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
 /// Drop our copy `name` (in a subtransaction: an ERROR becomes the Err) and wake the
 /// standbys that cascade from this one.
 fn drop_ours(name: &str) -> Result<(), String> {
-    drop_isolated(name)?;
+    drop_in_round(name)?;
     crate::changes::copy_changed(name);
     Ok(())
 }
 
 fn handle_slot(
-    up: &Upstream,
+    round: &Round,
     remote: &RemoteSlot,
     mut local: Option<readiness::Local>,
-    standby_flush: u64,
 ) -> SlotReport {
+    let up = round.up;
     let upstream_confirmed_flush = remote.confirmed_flush.unwrap_or(0);
     let report = |action, state, detail| SlotReport {
         name: remote.name.clone(),
@@ -182,16 +305,17 @@ fn handle_slot(
         );
     }
     // A slot of this name that we did not make: typically left from when this server was a
-    // primary (pg_rewind keeps pg_replslot), and stale. Unless it is PostgreSQL's own synced
-    // slot (17+) or in use, it is dropped, loudly, and the copy is made in its place; it would
-    // otherwise keep WAL and catalog rows here and leave the slot without a copy.
+    // primary (a rejoin without pg_rewind keeps pg_replslot), and stale. Unless it is
+    // PostgreSQL's own synced slot (17+) or in use, it is dropped, loudly, and the copy is made
+    // in its place; it would otherwise keep WAL and catalog rows here and leave the slot
+    // without a copy.
     if let (Some(l), Some(u)) = (&local, &upstream)
         && !l.ours
         && !u.invalidated
         && gucs::drop_stale_slots()
         && !copy::is_synced_by_postgres(&remote.name)
     {
-        match drop_isolated(&remote.name) {
+        match drop_in_round(&remote.name) {
             Ok(()) => {
                 pgrx::warning!(
                     "slot_failover dropped stale replication slot \"{}\" on this standby: it was not made by slot_failover, and a slot of that name is marked on the upstream server, whose copy takes its place",
@@ -212,22 +336,14 @@ fn handle_slot(
     }
     let mut created = false;
     for _ in 0..2 {
-        // A copy that already carries two_phase_at keeps it (it changes only when two_phase
-        // is switched off and on again, which the copy follows through two_phase); otherwise
-        // the upstream's is read now.
+        // What could not be read from the upstream this time (the first such error): the
+        // decision is made without it (as unknown), and the slot reports the error.
+        let mut unread: Option<String> = None;
         if let (Some(u), Some(l)) = (&mut upstream, &local)
             && l.ours
-            && u.two_phase
-            && u.two_phase_at.is_none()
+            && let Err(e) = resolve_two_phase_at(up, &remote.name, u, l)
         {
-            u.two_phase_at = if l.two_phase && l.two_phase_at != 0 {
-                Some(l.two_phase_at)
-            } else {
-                match upstream_two_phase_at(up, &remote.name) {
-                    Ok(at) => at,
-                    Err(e) => return report("none", State::Error, e),
-                }
-            };
+            unread = Some(e);
         }
         let mut snapshot = false;
         if let (Some(u), Some(l)) = (&upstream, &local)
@@ -236,11 +352,24 @@ fn handle_slot(
         {
             match ensure_snapshot(up, u.restart_lsn) {
                 Ok(here) => snapshot = here,
-                Err(e) => return report("none", State::Error, e),
+                Err(e) => {
+                    unread.get_or_insert(e);
+                }
             }
         }
-        let mut decision =
-            readiness::decide(upstream.as_ref(), local.as_ref(), standby_flush, snapshot);
+        let mut decision = readiness::decide(
+            upstream.as_ref(),
+            local.as_ref(),
+            round.standby_flush,
+            snapshot,
+            &mut || match round.kept_from() {
+                Ok(kept) => kept,
+                Err(e) => {
+                    unread.get_or_insert(e);
+                    None
+                }
+            },
+        );
         if remote.temporary {
             decision.detail = if decision.action == Action::Drop {
                 "the upstream server is a standby whose copy of this slot is not ready; dropping the copy"
@@ -249,34 +378,39 @@ fn handle_slot(
             }
             .into();
         }
+        // The state and detail reported: an error that kept the slot from going further wins.
+        let (state, detail) = match unread.take() {
+            Some(e) if decision.state != State::Ready => (State::Error, e),
+            _ => (decision.state, decision.detail.clone()),
+        };
         let outcome = match &decision.action {
             Action::Nothing => {
                 let action = if created { "created" } else { "none" };
-                return report(action, decision.state, decision.detail);
+                return report(action, state, detail);
             }
             Action::Create if remote.slot_type.as_deref() == Some("physical") => {
-                isolated(|| copy::create_physical(remote)).map(|()| "created")
+                change(&remote.name, || copy::create_physical(remote)).map(|()| "created")
             }
-            Action::Create => isolated(|| copy::create(remote)).map(|()| "created"),
-            Action::Drop => drop_isolated(&remote.name).map(|()| "dropped"),
+            Action::Create => change(&remote.name, || copy::create(remote)).map(|()| "created"),
+            Action::Drop => drop_in_round(&remote.name).map(|()| "dropped"),
             Action::Update {
                 restart,
                 confirmed_flush,
                 two_phase,
-                persist,
+                failover,
+                ready,
             } => {
-                let updated = isolated(|| {
-                    copy::update(
-                        &remote.name,
-                        *restart,
-                        *confirmed_flush,
-                        *two_phase,
-                        *persist,
-                    )
-                });
+                let what = copy::Change {
+                    restart: *restart,
+                    confirmed_flush: *confirmed_flush,
+                    two_phase: *two_phase,
+                    failover: *failover,
+                    ready: *ready,
+                };
+                let updated = change(&remote.name, || copy::update(&remote.name, what));
                 if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
                     // Not ready yet and it failed (its WAL is gone, say): start over.
-                    let _ = drop_isolated(&remote.name);
+                    let _ = drop_in_round(&remote.name);
                 }
                 updated.map(|()| if created { "created" } else { "updated" })
             }
@@ -286,28 +420,39 @@ fn handle_slot(
             Ok("created") if decision.action == Action::Create => {
                 // Decide again with the new copy: it may be ready at once.
                 created = true;
-                local = copy::local_slots().remove(&remote.name);
+                local = copy::local_slots_named(Some(std::slice::from_ref(&remote.name)))
+                    .remove(&remote.name);
             }
             Ok(action) => {
                 if action != "none" {
                     crate::changes::copy_changed(&remote.name);
                 }
-                return report(action, decision.state, decision.detail);
+                return report(action, state, detail);
             }
         }
     }
     report("created", State::WaitingForUpstream, "created".into())
 }
 
+/// Mark the copies this round found ready as used just now (see `copy::touch`).
+fn touch_ready(reports: &[SlotReport]) {
+    let ready: Vec<String> = reports
+        .iter()
+        .filter(|r| r.state == State::Ready && r.action != "dropped")
+        .map(|r| r.name.clone())
+        .collect();
+    copy::touch(&ready);
+}
+
 /// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the
 /// wake-up) and their copies here, nothing else; copies of unmarked slots are left to the
 /// next full round. Must run in a transaction.
 pub fn round_some(up: &Upstream, moved: &[String], remote: &[RemoteSlot]) -> Vec<SlotReport> {
-    let standby_flush = copy::standby_flush();
+    let round = Round::new(up, &crate::hold::own_upstream_slot().unwrap_or_default());
     let mut locals = copy::local_slots_named(Some(moved));
     remote
         .iter()
-        .map(|r| handle_slot(up, r, locals.remove(&r.name), standby_flush))
+        .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
         .collect()
 }
 
@@ -319,11 +464,11 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
         up.check(primary_slot)?;
     }
     let remote = up.marked_slots()?;
-    let standby_flush = copy::standby_flush();
+    let round = Round::new(up, primary_slot);
     let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote
         .iter()
-        .map(|r| handle_slot(up, r, locals.remove(&r.name), standby_flush))
+        .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
         .collect();
 
     // Copies of slots that are no longer marked (what is left of the scan).
@@ -332,7 +477,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
         .into_iter()
         .filter(|(name, l)| l.ours && !marked.contains(name.as_str()))
     {
-        let outcome = drop_isolated(&name);
+        let outcome = drop_in_round(&name);
         let (action, state, detail) = match outcome {
             Ok(()) => {
                 crate::changes::copy_changed(&name);
@@ -353,6 +498,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
             upstream_confirmed_flush: 0,
         });
     }
+    touch_ready(&reports);
     Ok(reports)
 }
 
@@ -369,7 +515,7 @@ pub fn drop_catalog_dependent_copies() {
         if local.catalog_xmin == 0 {
             continue;
         }
-        match drop_isolated(&name) {
+        match drop_in_round(&name) {
             Ok(()) => pgrx::warning!(
                 "slot_failover dropped its copy of replication slot \"{name}\": hot_standby_feedback is off, so the upstream server may remove catalog rows the copy needs"
             ),
@@ -380,19 +526,26 @@ pub fn drop_catalog_dependent_copies() {
     }
 }
 
-/// Drop every copy that is not ready. At promotion (`promotion`) each drop is a WARNING:
-/// decoding from such a copy could have lost changes, and its consumers must know. When sync
-/// is switched off it is a LOG line. Returns the names of the ready copies kept.
-pub fn drop_unready(promotion: bool) -> Vec<String> {
+/// Drop every copy that is not ready (not persistent: see `readiness`, ready means persistent).
+/// At promotion (`promotion`) each drop is a WARNING that says why the copy was not ready
+/// (`why`: the last round's state and detail of a slot, if it had one): decoding from such a
+/// copy could lose or repeat changes, and its consumers must know. When sync is switched off
+/// it is a LOG line. Returns the names of the ready copies kept.
+pub fn drop_unready(promotion: bool, why: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let mut kept = Vec::new();
     for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
         if local.persistent && !local.invalidated {
             kept.push(name);
             continue;
         }
+        let reason = if local.invalidated {
+            "it was invalidated".to_string()
+        } else {
+            why(&name).unwrap_or_else(|| "it had not been made ready yet".into())
+        };
         match drop_isolated(&name) {
             Ok(()) if promotion => pgrx::warning!(
-                "slot_failover dropped replication slot \"{name}\" at promotion: its copy was not ready, so decoding from it could have lost changes"
+                "slot_failover dropped replication slot \"{name}\" at promotion: its copy was not ready ({reason}), so decoding from it could have lost or repeated changes"
             ),
             Ok(()) => pgrx::log!(
                 "slot_failover dropped its copy of replication slot \"{name}\", which was not ready: slot_failover.enabled is off"

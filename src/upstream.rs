@@ -95,6 +95,9 @@ pub struct RemoteSlot {
     pub temporary: bool,
     /// PostgreSQL's own `failover` flag (17+; false before).
     pub failover: bool,
+    /// The slot's two_phase point (`compat::slot_two_phase_at`), when the upstream can tell
+    /// it (`slot_failover.two_phase_points()`, 0.6.0 and later) and it is set.
+    pub two_phase_at: Option<u64>,
 }
 
 /// An open connection to the upstream's walsender. Closed when dropped.
@@ -110,6 +113,10 @@ pub struct Upstream {
     can_digest: std::cell::Cell<bool>,
     /// The digest query is prepared in this session.
     digest_prepared: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.two_phase_points()` (0.6.0 and later) and we may run
+    /// it, as of the last [`check`](Upstream::check): the rows then carry each slot's two_phase
+    /// point. Set before any row query is prepared on this connection (check runs first).
+    can_points: std::cell::Cell<bool>,
     /// The rows of the last read of every marked slot, with the digest read just before them
     /// (see [`marked_slots`](Upstream::marked_slots)).
     cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
@@ -199,6 +206,7 @@ impl Upstream {
             wait_prepared: std::cell::Cell::new(false),
             can_digest: std::cell::Cell::new(false),
             digest_prepared: std::cell::Cell::new(false),
+            can_points: std::cell::Cell::new(false),
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
         })
@@ -289,10 +297,13 @@ impl Upstream {
                                 AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.marked_slots_digest()'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.two_phase_points()'), 'EXECUTE'),
                         false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         );
-        let rows = self.query(&sql, 6)?;
+        let rows = self.query(&sql, 7)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("no row returned".into()))?;
@@ -312,6 +323,16 @@ impl Upstream {
         }
         self.can_wait.set(row[4].as_deref() == Some("true"));
         self.can_digest.set(row[5].as_deref() == Some("true"));
+        let can_points = row[6].as_deref() == Some("true");
+        if can_points != self.can_points.get() {
+            // The upstream was updated under this connection: the prepared queries name
+            // the columns of the old version.
+            if self.wait_prepared.replace(false) {
+                self.command("DEALLOCATE slot_failover_wait")?;
+            }
+            self.cached.replace(None);
+            self.can_points.set(can_points);
+        }
         Ok(())
     }
 
@@ -342,10 +363,11 @@ impl Upstream {
                 "PREPARE slot_failover_wait (pg_catalog.int8, pg_catalog.int4) AS
                  SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
                    FROM slot_failover.wait_for_slot_change($1, $2) AS w
-                   LEFT JOIN LATERAL (SELECT {} {SLOTS_FROM}
+                   LEFT JOIN LATERAL (SELECT {} {}
                                        WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
                      ON true",
-                slot_columns()
+                slot_columns(self.can_points.get()),
+                slots_from(self.can_points.get())
             ))?;
             self.wait_prepared.set(true);
         }
@@ -353,7 +375,7 @@ impl Upstream {
             "EXECUTE slot_failover_wait({seen}, {})",
             timeout.as_millis().min(60_000)
         );
-        let rows = self.query(&sql, 13)?;
+        let rows = self.query(&sql, 2 + SLOT_COLUMNS)?;
         let row = rows
             .first()
             .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no row".into()))?;
@@ -426,12 +448,42 @@ impl Upstream {
 
     /// Read the row of every marked slot.
     fn read_marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        let points = self.can_points.get();
         let sql = format!(
-            "SELECT {} {SLOTS_FROM} ORDER BY m.slot_name",
-            slot_columns()
+            "SELECT {} {} ORDER BY m.slot_name",
+            slot_columns(points),
+            slots_from(points)
         );
-        let rows = self.query(&sql, 11)?;
+        let rows = self.query(&sql, SLOT_COLUMNS)?;
         Ok(rows.iter().map(|r| remote_slot(r)).collect())
+    }
+
+    /// The oldest xid whose catalog rows the upstream keeps for this standby: the older of
+    /// the xmin and catalog_xmin of its physical slot `primary_slot` there (set from this
+    /// standby's hot_standby_feedback). None: it keeps none (no feedback yet).
+    pub fn kept_from(&self, primary_slot: &str) -> Result<Option<u32>, Problem> {
+        let sql = format!(
+            "SELECT s.xmin::pg_catalog.text, s.catalog_xmin::pg_catalog.text
+               FROM pg_catalog.pg_replication_slots AS s
+              WHERE s.slot_name OPERATOR(pg_catalog.=) {}",
+            quote_literal(primary_slot)
+        );
+        let rows = self.query(&sql, 2)?;
+        let xids = rows
+            .first()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_deref().and_then(|x| x.parse::<u32>().ok()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Ok(xids.into_iter().reduce(|a, b| {
+            if crate::readiness::xid_precedes(a, b) {
+                a
+            } else {
+                b
+            }
+        }))
     }
 
     /// The upstream's state file of slot `name` (`pg_replslot/<name>/state`, as of its last
@@ -497,24 +549,48 @@ fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// The columns of a marked slot's row (see [`remote_slot`]).
-fn slot_columns() -> String {
+/// How many columns [`slot_columns`] has.
+const SLOT_COLUMNS: usize = 12;
+
+/// The columns of a marked slot's row (see [`remote_slot`]); with `points`, the upstream has
+/// `two_phase_points()` (joined in by [`slots_from`]) and the last column is the slot's two_phase
+/// point, else NULL.
+fn slot_columns(points: bool) -> String {
     format!(
         "m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
          s.plugin::pg_catalog.text,
          (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
          s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
-         {inv}::pg_catalog.text, s.temporary::pg_catalog.text, {failover}::pg_catalog.text",
+         {inv}::pg_catalog.text, s.temporary::pg_catalog.text, {failover}::pg_catalog.text,
+         {point}",
         inv = compat::SLOT_INVALIDATED_SQL,
-        failover = compat::SLOT_FAILOVER_SQL
+        failover = compat::SLOT_FAILOVER_SQL,
+        point = if points {
+            "(p.two_phase_at::pg_catalog.pg_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text"
+        } else {
+            "NULL::pg_catalog.text"
+        }
     )
 }
-const SLOTS_FROM: &str = "FROM slot_failover.marked_slots AS m
-       LEFT JOIN pg_catalog.pg_replication_slots AS s
-         ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name";
 
-/// A row of [`slot_columns`] (eleven text columns) as a [`RemoteSlot`].
+/// The FROM clause of [`slot_columns`].
+fn slots_from(points: bool) -> String {
+    let mut from = "FROM slot_failover.marked_slots AS m
+       LEFT JOIN pg_catalog.pg_replication_slots AS s
+         ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name"
+        .to_string();
+    if points {
+        from.push_str(
+            "
+       LEFT JOIN slot_failover.two_phase_points() AS p
+         ON p.slot_name OPERATOR(pg_catalog.=) m.slot_name",
+        );
+    }
+    from
+}
+
+/// A row of [`slot_columns`] ([`SLOT_COLUMNS`] text columns) as a [`RemoteSlot`].
 fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
     let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
     RemoteSlot {
@@ -529,5 +605,6 @@ fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
         invalidated: r[8].as_deref() == Some("true"),
         temporary: r[9].as_deref() == Some("true"),
         failover: r[10].as_deref() == Some("true"),
+        two_phase_at: num(&r[11]).filter(|&at| at != 0),
     }
 }

@@ -38,6 +38,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+use crate::copy;
 use crate::gucs;
 use crate::hold;
 use crate::marks::{self, Table};
@@ -391,10 +392,19 @@ impl SyncState {
     }
 }
 
-/// At promotion: keep ready copies, drop the others loudly, and name every marked slot that
-/// has no copy here.
-fn promote() {
-    let kept = sync::drop_unready(true);
+/// At promotion: keep ready copies, drop the others loudly (saying why each was not ready,
+/// from `last_round`: the rows of the worker's last round), and name every marked slot that
+/// has no copy here. The kept slots are this server's own from now on: their marker files go
+/// (see `copy::disown_all`).
+fn promote(last_round: &[shared::Row]) {
+    let why = |name: &str| {
+        last_round
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| format!("{}: {}", r.state.as_str(), r.detail))
+    };
+    let kept = sync::drop_unready(true, &why);
+    copy::disown_all();
     for name in &kept {
         log!(
             "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"
@@ -471,6 +481,15 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
 
     let mut standby = crate::in_recovery();
     log!("{WORKER_TYPE} started (server is {})", role_name(standby));
+    if !standby {
+        // A primary's slots are its own, also those it kept when it was promoted by an
+        // earlier version (which left their markers) or that a crash kept from being disowned.
+        for name in copy::disown_all() {
+            log!(
+                "{WORKER_TYPE}: replication slot \"{name}\" was a copy made when this server was a standby; it is this primary's own now"
+            );
+        }
+    }
     // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
     // valid in every server process; on_shmem_exit runs our callback when this process exits.
     unsafe {
@@ -582,9 +601,10 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         let now_standby = crate::in_recovery();
         if standby && !now_standby {
             log!("{WORKER_TYPE}: this server was promoted and is now a primary");
+            let (last_round, _) = shared::rows();
             state.reset();
             shared::clear();
-            in_transaction(promote);
+            in_transaction(|| promote(&last_round));
         }
         standby = now_standby;
         // Rounds can follow each other quickly on a standby (one per move of a marked slot
@@ -648,7 +668,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             if standby {
                 // Sync was switched off: let go of the copies that are not ready (they belong
                 // to this process), so that sync() in a session can take over.
-                in_transaction(|| sync::drop_unready(false));
+                in_transaction(|| sync::drop_unready(false, &|_| None));
             }
             state.reset();
             shared::clear();

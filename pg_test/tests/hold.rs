@@ -540,3 +540,82 @@ fn the_failover_standby_list_survives_a_failover() {
     wait_until_held(&new_primary, "sub", SECOND_SLOT);
     assert_eq!(count(&subscriber, "postgres"), 20);
 }
+
+/// SQL decoding holds what a function outputs outside the replay of a transaction too: the
+/// COMMIT PREPARED of a transaction whose PREPARE was sent by an earlier call (decoding sends it
+/// straight from `ReorderBufferFinishPrepared`, in no subtransaction), and a non-transactional
+/// message. With the failover standby stopped, `pg_logical_slot_get_changes()` on a marked
+/// two_phase slot returns neither until the standby is back. Before 0.6.0 the only hold of SQL
+/// decoding was the subtransaction callback, which sees neither: the call returned the COMMIT
+/// PREPARED at once, and a consumer could have a commit the standby never got.
+#[test]
+fn sql_decoding_holds_a_commit_prepared_and_a_message() {
+    let (mut primary, mut standbys) = primary_with_failover_standbys(1);
+    // A standby needs at least the primary's max_prepared_transactions.
+    for node in [&mut standbys[0], &mut primary] {
+        node.append_conf("postgresql.conf", "max_prepared_transactions = 10");
+        node.restart();
+    }
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding', false, true);
+         SELECT slot_failover.enable('td');
+         BEGIN; INSERT INTO t VALUES (1, 'prepared'); PREPARE TRANSACTION 'p1';",
+    );
+    let prepared = primary.safe_psql(
+        "postgres",
+        "SELECT string_agg(data, E'\\n') FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    assert!(prepared.contains("PREPARE TRANSACTION 'p1'"), "{prepared}");
+
+    standbys[0].stop(StopMode::Fast);
+    for (what, sql) in [
+        ("a COMMIT PREPARED", "COMMIT PREPARED 'p1'"),
+        (
+            "a non-transactional message",
+            // (A checkpoint flushes the message's WAL, which decoding reads only up to the
+            // flush position, and decodes to nothing itself.)
+            "SELECT pg_catalog.pg_logical_emit_message(false, 'slot_failover', 'hello'); CHECKPOINT;",
+        ),
+    ] {
+        primary.safe_psql("postgres", sql);
+        let held = primary.background_psql(
+            "postgres",
+            "SELECT string_agg(data, E'\\n') FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+        );
+        // Held (the status view shows it), or, if not held, returned at once.
+        wait::until(
+            &format!("SQL decoding of {what} to be held or to return"),
+            wait::default_timeout(),
+            || {
+                let shown = primary.safe_psql(
+                    "postgres",
+                    "SELECT count(*) FROM slot_failover.status WHERE slot_name = 'td' AND held_since IS NOT NULL",
+                );
+                if shown == "1" || held.is_finished() {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(shown)
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !held.is_finished(),
+            "SQL decoding returned {what} the failover standby does not have: {:?}",
+            held.join()
+        );
+        wait_until_held(&primary, "td", STANDBY_SLOT);
+        standbys[0].start();
+        let out = held.join().expect("background psql");
+        assert_eq!(out.rc, 0, "{}", out.stderr);
+        assert!(
+            out.stdout.contains("COMMIT PREPARED 'p1'")
+                || out.stdout.contains("message: transactional: 0"),
+            "{what} is returned once the standby has it:\n{}",
+            out.stdout
+        );
+        standbys[0].stop(StopMode::Fast);
+    }
+    standbys[0].start();
+}

@@ -17,7 +17,7 @@ use pg_test::topology::{PRELOAD, extension_version};
 use pg_test::{Cluster, InitOptions, PgInstall};
 
 /// The release before this one: its upgrade script to this version must ship.
-const PREVIOUS: &str = "0.4.0";
+const PREVIOUS: &str = "0.5.0";
 
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

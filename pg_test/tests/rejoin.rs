@@ -145,3 +145,144 @@ fn the_old_primary_rejoins_replaces_its_stale_slots_and_can_take_over_again() {
             .join(",")
     );
 }
+
+/// A node that was promoted once, and later rejoins as a standby without a rewind (a clean
+/// switchover needs none, and keeps pg_replslot), still has its slots. They were copies once,
+/// but since its promotion they are its own: they must not pass for copies. (Its catalog_xmin
+/// was not kept for it by the new primary in between, and its positions may be ahead of the
+/// new primary's slot.) So they are stale, dropped with a WARNING each and replaced by fresh
+/// copies; the node is failover-ready only once those are, and can then take over again with
+/// nothing lost. Before 0.6.0 the marker files survived the promotion: the old slots counted as
+/// ready copies at once (one ahead of its upstream slot, here).
+///
+/// Two switchovers: a -> b (b promoted, its copies become its own slots), b -> a (a promoted;
+/// a's copies had stopped following, so b's slots are ahead of them), then b rejoins a
+/// without a rewind; a last switchover back to b compares rows.
+#[test]
+fn a_node_promoted_once_rejoins_with_fresh_copies_not_its_old_slots() {
+    let mut a = primary_with_extension();
+    a.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let mut b = standby_of(&a, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(&a, "sub", "pub", "CREATE TABLE t (id int PRIMARY KEY)");
+    a.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('sub'); SELECT slot_failover.enable('td');",
+    );
+    let mut next = 1;
+    wait_for_ready_copies(&a, &b, &subscriber, &mut next);
+
+    // a -> b. a rejoins b as a standby and gets ready copies of b's slots.
+    a.stop(StopMode::Fast);
+    b.promote();
+    b.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('a_slot')",
+    );
+    repoint(&subscriber, "sub", &b);
+    write_rows(&b, &subscriber, next, next + 9);
+    next += 10;
+    a.rewind_to_standby_of(&b, "a_slot");
+    a.append_conf("postgresql.conf", SYNCING);
+    a.start();
+    b.wait_for_catchup(&a);
+    b.safe_psql("postgres", "SELECT slot_failover.enable_standby('a_slot')");
+    wait_for_ready_copies(&b, &a, &subscriber, &mut next);
+
+    // a's copies stop following; b's slots move on past them.
+    a.append_conf("postgresql.conf", "slot_failover.enabled = off");
+    a.reload();
+    a.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM slot_failover.status WHERE state <> 'not_synced'",
+        "0",
+    );
+    write_rows(&b, &subscriber, next, next + 9);
+    next += 10;
+    b.safe_psql(
+        "postgres",
+        "CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);
+         CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+    );
+    let td_b = b.safe_psql(
+        "postgres",
+        "SELECT restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+    );
+
+    // b -> a: a's (older) copies become its slots. b rejoins a without a rewind.
+    b.stop(StopMode::Fast);
+    a.promote();
+    a.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('b_slot')",
+    );
+    // Named anew after the failover (the runbook's step): only b, once it follows.
+    a.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT slot_failover.disable_standby('a_slot');
+             SELECT slot_failover.disable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let td_a = a.safe_psql(
+        "postgres",
+        "SELECT restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+    );
+    assert!(
+        td_a.parse::<pg_test::Lsn>().unwrap() < td_b.parse::<pg_test::Lsn>().unwrap(),
+        "b's td ({td_b}) must be ahead of a's ({td_a}) for this test"
+    );
+    repoint(&subscriber, "sub", &a);
+    write_rows(&a, &subscriber, next, next + 9);
+    next += 10;
+    let offset = b.log_position();
+    b.rewind_to_standby_of(&a, "b_slot");
+    b.append_conf("postgresql.conf", SYNCING);
+    b.start();
+    a.wait_for_catchup(&b);
+    a.safe_psql("postgres", "SELECT slot_failover.enable_standby('b_slot')");
+    // b's own 'sub' and 'td' are stale: replaced, with a WARNING each.
+    for slot in ["sub", "td"] {
+        b.wait_for_log(
+            &format!(
+                r#"WARNING:  slot_failover dropped stale replication slot "{slot}" on this standby"#
+            ),
+            offset,
+        );
+    }
+    wait_for_ready_copies(&a, &b, &subscriber, &mut next);
+    let td_copy = b.safe_psql(
+        "postgres",
+        "SELECT restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+    );
+    let td_a = a.safe_psql(
+        "postgres",
+        "SELECT restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+    );
+    assert!(
+        td_copy.parse::<pg_test::Lsn>().unwrap() <= td_a.parse::<pg_test::Lsn>().unwrap(),
+        "b's ready copy of td ({td_copy}) is ahead of a's slot ({td_a}): not a fresh copy"
+    );
+
+    // a -> b once more: the subscriber continues from b with exactly its rows.
+    a.stop(StopMode::Fast);
+    b.promote();
+    repoint(&subscriber, "sub", &b);
+    write_rows(&b, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(ids(&subscriber), ids(&b));
+    assert_eq!(
+        ids(&b),
+        (1..next)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}

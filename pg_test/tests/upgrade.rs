@@ -1,5 +1,5 @@
 //! Extension upgrades: `ALTER EXTENSION slot_failover UPDATE` from the previous released schema
-//! (0.4.0, kept byte for byte in `pg_test/fixtures/`) on a primary with marks, a failover
+//! (0.5.0, kept byte for byte in `pg_test/fixtures/`) on a primary with marks, a failover
 //! standby and ready copies. The marks and the standby list survive, the copies stay ready and
 //! keep following, and the updated schema is the same, object for object, as a fresh install
 //! of the current version (so an upgrade script that forgets something fails here).
@@ -15,9 +15,9 @@ use pg_test::topology::{
 };
 use pg_test::{Cluster, PgInstall};
 
-/// The schema of the previous release, as pgrx generated it for 0.4.0.
-const PREVIOUS: &str = "0.4.0";
-const PREVIOUS_SQL: &str = include_str!("../fixtures/slot_failover--0.4.0.sql");
+/// The schema of the previous release, as pgrx generated it for 0.5.0.
+const PREVIOUS: &str = "0.5.0";
+const PREVIOUS_SQL: &str = include_str!("../fixtures/slot_failover--0.5.0.sql");
 
 /// `$(pg_config --sharedir)/extension` of the installation under test.
 fn extension_dir(install: &PgInstall) -> PathBuf {
@@ -139,9 +139,9 @@ fn update_from_the_previous_release_keeps_marks_and_matches_a_fresh_install() {
     consume_until_ready(&primary, &standby, &["a"]);
     advance_until_ready(&primary, &standby, "b");
 
-    // The old schema really is the one installed: it has no marked_slots_digest().
+    // The old schema really is the one installed: it has no two_phase_points().
     let has_new_function =
-        "SELECT pg_catalog.to_regprocedure('slot_failover.marked_slots_digest()') IS NOT NULL";
+        "SELECT pg_catalog.to_regprocedure('slot_failover.two_phase_points()') IS NOT NULL";
     assert_eq!(primary.safe_psql("postgres", has_new_function), "f");
     let marks_before = primary.safe_psql("postgres", MARKS);
     let standbys_before = primary.safe_psql("postgres", STANDBY_LIST);

@@ -1,0 +1,534 @@
+//! "Ready" means safe in every corner: a copy that says it is ready must be a copy of exactly
+//! the upstream's slot, with everything decoding needs from it, and nothing a promotion could
+//! turn into a lie. Each test here is a corner found in a review of 0.5.0 against PostgreSQL's
+//! own slot sync (slotsync.c); each failed before its fix on the majors it names.
+//!
+//! * the failover flag travels with the copy (17+), through two failovers;
+//! * a slot still being created upstream is not copied until it is, and a slot dropped and
+//!   created again under the same name (with another plugin) is copied anew;
+//! * a synchronization round that runs into a promotion changes nothing more;
+//! * an idle slot's copy is not invalidated by `idle_replication_slot_timeout` (18).
+//!
+//! The other corners of that review have their tests next to their subject: two_phase.rs (the
+//! prepared-transaction point on 14, promotion with a copy that is not ready), rejoin.rs (a
+//! node promoted once rejoins with its old slots), hold.rs (SQL decoding of COMMIT PREPARED).
+
+use std::time::{Duration, Instant};
+
+use pg_test::topology::{
+    STANDBY_SLOT, SYNCING, ids, primary_with_extension, repoint, standby_of, write_rows,
+};
+use pg_test::wait::{self, Check};
+use pg_test::{Cluster, InitOptions, StopMode};
+
+const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
+
+/// The copy of `slot` on `standby` as `column` (of pg_replication_slots) says.
+fn slot_column(node: &Cluster, slot: &str, column: &str) -> String {
+    node.safe_psql(
+        "postgres",
+        &format!("SELECT {column} FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+}
+
+/// Write and checkpoint on `upstream` until `standby` says failover_ready().
+fn write_until_ready(upstream: &Cluster, standby: &Cluster, subscriber: &Cluster, next: &mut i32) {
+    wait::until(
+        &format!("failover_ready() on {}", standby.name()),
+        wait::default_timeout(),
+        || {
+            write_rows(upstream, subscriber, *next, *next);
+            *next += 1;
+            match standby
+                .psql("postgres", "SELECT slot_failover.failover_ready()")
+                .stdout
+                .as_str()
+            {
+                "t" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// 17+: a subscription created `WITH (failover = true)` and marked keeps its flag through a
+/// switchover: the promoted standby's slot has `failover = true`, so
+/// `slot_failover.mark_failover_slots = on` there keeps the slot's mark (it removes a mark
+/// whose slot has lost the flag: before 0.6.0 the copy was made without it, the mark went,
+/// and with it the hold-back and the next failover's copy), and a third node, a standby of the
+/// new primary, gets a ready copy and takes over in turn with nothing lost.
+#[test]
+fn the_failover_flag_travels_with_the_copy_through_two_failovers() {
+    let mut a = primary_with_extension();
+    if a.install().major < 17 {
+        eprintln!("skipped: replication slots have a failover flag from PostgreSQL 17 on");
+        return;
+    }
+    a.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let flagged = "slot_failover.mark_failover_slots = on";
+    let mut b = standby_of(
+        &a,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\n{flagged}"),
+    );
+    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
+    subscriber.start();
+    subscriber.safe_psql("postgres", TABLE);
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub WITH (failover = true)",
+            a.connstr("postgres")
+        ),
+    );
+    subscriber.wait_for_subscription_sync(&a, "sub");
+    assert_eq!(slot_column(&a, "sub", "failover"), "t");
+    a.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    write_until_ready(&a, &b, &subscriber, &mut next);
+    assert_eq!(
+        slot_column(&b, "sub", "failover"),
+        "t",
+        "the ready copy carries the failover flag"
+    );
+
+    // Switchover to b.
+    a.stop(StopMode::Fast);
+    let offset = b.log_position();
+    b.promote();
+    b.wait_for_log("this server was promoted and is now a primary", offset);
+    assert_eq!(
+        slot_column(&b, "sub", "failover"),
+        "t",
+        "the promoted standby's slot is still a failover slot"
+    );
+    repoint(&subscriber, "sub", &b);
+    write_rows(&b, &subscriber, next, next + 9);
+    next += 10;
+    // b's worker follows the failover flags now (it is a primary with mark_failover_slots on):
+    // a new failover slot gets marked, and then the mark of 'sub' must still be there.
+    b.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('probe', 'test_decoding', false, false, true)",
+    );
+    b.poll_query_until(
+        "postgres",
+        "SELECT marked_by FROM slot_failover.marked_slots WHERE slot_name = 'probe'",
+        "slot_failover.mark_failover_slots",
+    );
+    assert_eq!(
+        b.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM slot_failover.marked_slots WHERE slot_name = 'sub'"
+        ),
+        "1",
+        "the mark of a slot that kept its failover flag stays:\n{}",
+        b.log_from(offset)
+    );
+    assert!(
+        !b.log_from(offset)
+            .contains(r#"removed the mark of replication slot "sub""#),
+        "{}",
+        b.log_from(offset)
+    );
+    b.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('probe')",
+    );
+    b.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM slot_failover.marked_slots WHERE slot_name = 'probe'",
+        "0",
+    );
+
+    // A third node follows b, gets a ready copy of 'sub' (flag included), and takes over.
+    b.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT pg_catalog.pg_create_physical_replication_slot('standby2_slot');
+             SELECT slot_failover.enable_standby('standby2_slot');
+             SELECT slot_failover.disable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let c = standby_of(&b, "standby2", "standby2_slot", SYNCING);
+    write_until_ready(&b, &c, &subscriber, &mut next);
+    assert_eq!(slot_column(&c, "sub", "failover"), "t");
+
+    b.stop(StopMode::Fast);
+    let offset = c.log_position();
+    c.promote();
+    c.wait_for_log("this server was promoted and is now a primary", offset);
+    repoint(&subscriber, "sub", &c);
+    write_rows(&c, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(slot_column(&c, "sub", "failover"), "t");
+    assert_eq!(
+        ids(&subscriber),
+        ids(&c),
+        "the subscriber has the last primary's rows"
+    );
+    assert_eq!(
+        ids(&c),
+        (1..next)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
+
+/// A slot still being created upstream (its creation waits for an open transaction, inside
+/// `CreateInitDecodingContext`: restart_lsn and catalog_xmin are set, confirmed_flush is not)
+/// is marked with `enable()`: the standby makes nothing of it until its creation has finished,
+/// even when everything else a copy needs is there: a snapshot at its restart_lsn (another
+/// marked slot's decoding, 'other', wrote one) and catalog rows from an older xid (the standby
+/// keeps them for the ready copy of 'other'). Then its copy becomes ready at the slot's own
+/// positions. Before 0.6.0 the round read the missing confirmed_flush as 0/0 and made the copy
+/// ready with it: after a promotion its consumer would get every transaction since
+/// restart_lsn again.
+#[test]
+fn a_slot_still_being_created_is_not_copied_until_it_is() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('other', 'test_decoding');
+             SELECT slot_failover.enable('other');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    pg_test::topology::consume_until_ready(&primary, &standby, &["other"]);
+
+    // An open transaction holds the creation of 'td' at its first running-xacts record.
+    let mut open = primary.connect("postgres");
+    open.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .expect("open a transaction");
+    let creating = primary.background_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding')",
+    );
+    primary.poll_query_until(
+        "postgres",
+        "SELECT restart_lsn IS NOT NULL AND catalog_xmin IS NOT NULL AND confirmed_flush_lsn IS NULL
+           FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'",
+        "t",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('td')");
+    // 'other' decodes past the running-xacts record the creation logged, which writes a
+    // serialized snapshot at the LSN 'td' starts from.
+    let restart = slot_column(&primary, "td", "restart_lsn");
+    primary.safe_psql(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('other', NULL, NULL)",
+    );
+    // Snapshot files are named after the LSN, as pg_lsn prints it, with '-' for '/'.
+    let snapshot = primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_catalog.pg_stat_file(
+                 'pg_logical/snapshots/' || pg_catalog.replace('{restart}', '/', '-') || '.snap', true) AS f
+              WHERE f.size IS NOT NULL"
+        ),
+    );
+    primary.wait_for_catchup(&standby);
+    // Rounds on the standby (each sync() waits for one): nothing is made ready.
+    for _ in 0..5 {
+        let rows = standby.safe_psql(
+            "postgres",
+            "SELECT state || ': ' || detail FROM slot_failover.sync() WHERE slot_name = 'td'",
+        );
+        assert!(
+            !rows.starts_with("ready"),
+            "a copy of a slot still being created is ready ({snapshot} snapshot(s) at {restart} upstream): {rows}"
+        );
+        assert_ne!(
+            standby.safe_psql(
+                "postgres",
+                "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td' AND NOT temporary"
+            ),
+            "1",
+            "a copy of a slot still being created is persistent"
+        );
+    }
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'td'"
+        ),
+        "waiting_for_upstream: the slot is still being created on the upstream server"
+    );
+
+    // The creation finishes; the copy becomes ready at the slot's own positions.
+    open.batch_execute("COMMIT").expect("commit");
+    let out = creating.join().expect("creating thread");
+    assert_eq!(out.rc, 0, "{}", out.stderr);
+    wait::until(
+        "the copy of td to be ready",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
+             SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+            );
+            primary.wait_for_catchup(&standby);
+            standby.safe_psql("postgres", "SELECT count(*) FROM slot_failover.sync()");
+            let state = standby.safe_psql(
+                "postgres",
+                "SELECT state FROM slot_failover.status WHERE slot_name = 'td'",
+            );
+            if state == "ready" {
+                Check::Done(())
+            } else {
+                Check::NotYet(state)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let copy = slot_column(&standby, "td", "restart_lsn || ' ' || confirmed_flush_lsn");
+    let original = slot_column(&primary, "td", "restart_lsn || ' ' || confirmed_flush_lsn");
+    assert_eq!(copy, original, "the ready copy has the slot's positions");
+    assert_ne!(slot_column(&standby, "td", "confirmed_flush_lsn"), "0/0");
+}
+
+/// A marked slot dropped and created again under the same name with another output plugin,
+/// between two rounds of the standby (its naptime is an hour; rounds run when asked): the copy
+/// of the old slot goes, and the copy that becomes ready is one of the new slot, with its
+/// plugin. Before 0.6.0 the old copy followed the new slot's positions and stayed ready with
+/// the old plugin (and database, had that changed too).
+#[test]
+fn a_slot_created_again_under_the_same_name_is_copied_anew() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        "hot_standby_feedback = on\nslot_failover.naptime = 1h",
+    );
+    // Moves the slot on the primary, then asks the standby for a round; until `plugin`'s copy
+    // is ready.
+    let ready_as = |plugin: &str, consume: &str| {
+        wait::until(
+            &format!("a ready copy of td with plugin {plugin}"),
+            wait::default_timeout(),
+            || {
+                primary.safe_psql(
+                    "postgres",
+                    &format!(
+                        "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT; {consume}"
+                    ),
+                );
+                primary.wait_for_catchup(&standby);
+                standby.safe_psql("postgres", "SELECT count(*) FROM slot_failover.sync()");
+                let copy = standby.safe_psql(
+                    "postgres",
+                    "SELECT s.state || ' ' || coalesce(r.plugin, '-') || ' ' || coalesce(r.temporary::text, '-')
+                       FROM slot_failover.status AS s
+                       LEFT JOIN pg_catalog.pg_replication_slots AS r USING (slot_name)
+                      WHERE s.slot_name = 'td'",
+                );
+                if copy.starts_with("ready") {
+                    Check::Done(copy)
+                } else {
+                    Check::NotYet(copy)
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        ready_as(
+            "test_decoding",
+            "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);"
+        ),
+        "ready test_decoding false"
+    );
+
+    // Dropped and created again with pgoutput, with no round in between.
+    primary.safe_psql(
+        "postgres",
+        "CREATE PUBLICATION pub FOR TABLE t;
+         SELECT pg_catalog.pg_drop_replication_slot('td');
+         SELECT pg_catalog.pg_create_logical_replication_slot('td', 'pgoutput');",
+    );
+    primary.wait_for_catchup(&standby);
+    let rows = standby.safe_psql(
+        "postgres",
+        "SELECT action || ' ' || state FROM slot_failover.sync() WHERE slot_name = 'td'",
+    );
+    assert!(
+        !rows.ends_with("ready") || slot_column(&standby, "td", "plugin") == "pgoutput",
+        "the copy of the dropped slot stayed ready ({rows}) with plugin {}",
+        slot_column(&standby, "td", "plugin")
+    );
+    let copy = ready_as(
+        "pgoutput",
+        "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_binary_changes('td', NULL, NULL,
+                                 'proto_version', '1', 'publication_names', 'pub');",
+    );
+    assert_eq!(copy, "ready pgoutput false");
+    assert!(
+        standby.log_from(0).contains(
+            r#"the upstream slot's output plugin is now "pgoutput", the copy's "test_decoding""#
+        ),
+        "{}",
+        standby.log_from(0)
+    );
+}
+
+/// A round that runs into a promotion changes nothing more. The round is paused (the tests'
+/// `slot_failover.debug_pause_file`) right before it drops the copy of a slot that the old
+/// primary says is gone; the standby is promoted; the round goes on. Its drop is refused, and
+/// the promoted server keeps the ready slot. Before 0.6.0 promotion was looked at only before
+/// a round: the round dropped the new primary's slot.
+#[test]
+fn a_round_that_runs_into_a_promotion_changes_nothing() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let pause = "slot_failover.pause";
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.debug_pause_file = '{pause}'"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+
+    let pause_file = standby.data_dir().join(pause);
+    std::fs::write(&pause_file, "").expect("create the pause file");
+    let offset = standby.log_position();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('td')",
+    );
+    standby.wait_for_log(
+        r#"slot_failover is pausing before it changes replication slot "td""#,
+        offset,
+    );
+    primary.stop(StopMode::Fast);
+    standby.promote();
+    standby.poll_query_until("postgres", "SELECT pg_catalog.pg_is_in_recovery()", "f");
+    std::fs::remove_file(&pause_file).expect("remove the pause file");
+
+    standby.wait_for_log(
+        r#"replication slot "td" was ready and is kept on this promoted server"#,
+        offset,
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td' AND NOT temporary"
+        ),
+        "1",
+        "the promoted server lost its slot:\n{}",
+        standby.log_from(offset)
+    );
+    assert!(
+        !standby
+            .log_from(offset)
+            .contains(r#"dropped its copy of replication slot "td""#),
+        "{}",
+        standby.log_from(offset)
+    );
+    // And it is an ordinary slot there: it decodes.
+    standby.safe_psql(
+        "postgres",
+        "INSERT INTO t VALUES (1);
+         SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+    );
+}
+
+/// 18: `idle_replication_slot_timeout` invalidates slots idle that long at checkpoints and
+/// restartpoints, and in recovery exempts only PostgreSQL's own synced slots. A copy of a slot
+/// whose consumer is idle is not changed by the worker, so before 0.6.0 it counted as idle and
+/// was invalidated at a restartpoint, made again, and not ready until the slot moved again
+/// (a failover then lost the slot). The worker now marks the copies it finds ready as used at
+/// every round. Restartpoints are made for several timeouts' worth of time; the copy stays
+/// ready and valid throughout.
+#[test]
+fn an_idle_slots_copy_is_not_invalidated_by_the_idle_timeout() {
+    let primary = primary_with_extension();
+    if primary.install().major < 18 {
+        eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nidle_replication_slot_timeout = 1s"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    let offset = standby.log_position();
+    let started = Instant::now();
+    let mut restartpoints = 0;
+    wait::until(
+        "several timeouts with restartpoints",
+        wait::default_timeout(),
+        || {
+            // A checkpoint on the primary, replayed, lets the standby make a restartpoint.
+            primary.safe_psql("postgres", "CHECKPOINT");
+            primary.wait_for_catchup(&standby);
+            standby.safe_psql("postgres", "CHECKPOINT");
+            restartpoints += 1;
+            let copy = standby.safe_psql(
+                "postgres",
+                "SELECT coalesce(r.invalidation_reason, 'valid') || ' ' || s.state
+                   FROM slot_failover.status AS s
+                   JOIN pg_catalog.pg_replication_slots AS r USING (slot_name)
+                  WHERE s.slot_name = 'td'",
+            );
+            assert_eq!(
+                copy,
+                "valid ready",
+                "the idle slot's copy after {restartpoints} restartpoint(s), {:.1} s:\n{}",
+                started.elapsed().as_secs_f64(),
+                standby.log_from(offset)
+            );
+            if started.elapsed() >= Duration::from_secs(5) && restartpoints >= 5 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{restartpoints} restartpoints"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !standby
+            .log_from(offset)
+            .contains("invalidating obsolete replication slot"),
+        "{}",
+        standby.log_from(offset)
+    );
+}
