@@ -36,7 +36,7 @@ pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MARK_FAILOVER_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static DEBUG_PAUSE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Rounds also start at once when a marked slot moves upstream (see `changes.rs`), so the
+/// Rounds also start at once when a marked slot moves upstream (see `primary/changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
 /// and sets the idle cost: two small queries per naptime on the upstream.
 pub const DEFAULT_NAPTIME_MS: i32 = 1000;
@@ -146,7 +146,7 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-    crate::compat::reserve_guc_prefix(c"slot_failover");
+    crate::pg::compat::reserve_guc_prefix(c"slot_failover");
 }
 
 fn string_setting(setting: &GucSetting<Option<CString>>) -> Option<String> {
@@ -201,6 +201,21 @@ pub fn standby_slot_names() -> Option<Vec<String>> {
     })
 }
 
+/// PostgreSQL's `primary_slot_name`, when set: the physical slot this server streams through
+/// on its upstream (while it is a standby; after a promotion the setting stays).
+pub fn primary_slot_name() -> Option<String> {
+    // SAFETY: PrimarySlotName is the GUC's string (or NULL), only changed by a configuration
+    // reload in this same process.
+    unsafe {
+        let p = pgrx::pg_sys::PrimarySlotName;
+        if p.is_null() {
+            return None;
+        }
+        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        (!s.is_empty()).then_some(s)
+    }
+}
+
 pub fn standbys_min_confirmed() -> i32 {
     STANDBYS_MIN_CONFIRMED.get()
 }
@@ -239,19 +254,6 @@ pub fn pause_before_slot_change(slot: &str) {
                 "slot_failover is pausing before it changes replication slot \"{slot}\": \"{file}\" exists (slot_failover.debug_pause_file)"
             );
         }
-        // SAFETY: MyLatch is this process's latch; waiting on it is allowed anywhere outside
-        // a signal handler; WL_EXIT_ON_PM_DEATH ends the process if the postmaster died.
-        unsafe {
-            pgrx::pg_sys::WaitLatch(
-                pgrx::pg_sys::MyLatch,
-                (pgrx::pg_sys::WL_LATCH_SET
-                    | pgrx::pg_sys::WL_TIMEOUT
-                    | pgrx::pg_sys::WL_EXIT_ON_PM_DEATH) as c_int,
-                10,
-                pgrx::pg_sys::PG_WAIT_EXTENSION,
-            );
-            pgrx::pg_sys::ResetLatch(pgrx::pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        crate::pg::latch::sleep(10, pgrx::pg_sys::PG_WAIT_EXTENSION);
     }
 }

@@ -1,46 +1,60 @@
 //! slot_failover: logical replication slots that survive the promotion of a physical standby.
 //!
-//! The extension has two halves:
-//!
-//! * SQL functions in schema `slot_failover` (installed with `CREATE EXTENSION slot_failover`).
-//! * A background worker, registered from `_PG_init` when the library is loaded through
-//!   `shared_preload_libraries`. It runs on every node that loads the library; on a standby it
-//!   will keep copies of the marked slots (see `worker.rs`).
+//! On the primary, slots are marked (`sql/marks.rs`); the marks live in the extension's own
+//! tables, so they replicate. A background worker on each standby keeps copies of the marked
+//! slots (`standby/`), ready only when it is safe to decode from them after a promotion (the
+//! rules are in the `slot_failover_rules` crate, with no PostgreSQL in it). On the primary,
+//! logical senders of marked slots never send what the failover standbys have not flushed
+//! (`primary/hold.rs`). After a promotion the ready copies are ordinary slots.
 //!
 //! The library must be preloaded: a background worker can only be registered by the postmaster,
 //! so loading it any other way (a plain `LOAD`, or `CREATE EXTENSION` in a server that did not
 //! preload it) is refused with an ERROR that says what to change. Under `pg_upgrade`
 //! (`IsBinaryUpgrade`) nothing is registered and nothing is refused, so an upgrade can restore
 //! the extension's objects.
+//!
+//! ## Module map
+//!
+//! Read first: this page, `slot_failover_rules::readiness` (when a copy is ready), then
+//! `worker/mod.rs` (the loop) and `standby/round.rs` (one round).
+//!
+//! | module | what | runs in | shared memory it touches |
+//! |---|---|---|---|
+//! | `gucs` | the configuration parameters | every process | - |
+//! | `error` | every error a SQL function raises (SQLSTATE, detail, hint) | backends | - |
+//! | `catalog` | the extension's tables: marks, failover standbys, flags | backends, worker | - |
+//! | `sql/marks`, `sql/standbys` | `enable()`, `disable()`, `enable_standby()`, ...: the tables and their functions | backends | wakes the worker (`worker/control`) |
+//! | `sql/status` | view `status`, `failover_ready()`, `sync()`, `holds()`, `worker_state()`, `worker_rounds()` | backends | reads `standby/last_round`, `worker/control`, `primary/hold` |
+//! | `sql/served` | what an upstream serves standbys' workers: `wait_for_slot_change()`, `marked_slots_digest()`, `two_phase_points()` | backends serving a standby's worker | `primary/changes`, the slot array |
+//! | `sql/major_upgrade` | `upgrade_check()`, `restore_slots()`, the restore worker | backends, a short-lived worker | - |
+//! | `primary/hold` | holding logical senders back for the failover standbys | walsenders, SQL decoding backends | `slot_failover_holds` |
+//! | `primary/marks_cache` | the marks and standby list as senders see them | worker (writes), senders | `slot_failover_hold` |
+//! | `primary/changes` | waking standbys' workers when a marked slot moves | walsenders, worker, backends serving standbys | `slot_failover_wakeup`, `slot_failover_slot_changes` |
+//! | `primary/digest` | the facts an upstream serves from shared memory | backends serving standbys | the slot array |
+//! | `standby/round` | one synchronization round | worker (or `sync()`'s backend) | the slot array |
+//! | `standby/copy` | the copies: create, change, make (not) ready, drop; the marker files | as `round` | the slot array |
+//! | `standby/snapshots` | the upstream's serialized snapshots, stored here | as `round` | - |
+//! | `standby/upstream`, `standby/protocol` | the connection to the upstream and the wire format | as `round` | - |
+//! | `standby/last_round` | the outcome of the last round, per slot | worker (writes), backends | `slot_failover_status` |
+//! | `worker` | the background worker: its loop, a standby's and a primary's duties, retained WAL | the worker | `worker/control` (`slot_failover_control`) |
+//! | `pg` | talking to PostgreSQL: `compat` (every version difference), the slot array, transactions, latches, log redaction | any | the slot array |
 
-use pgrx::pg_sys::panic::ErrorReport;
+use crate::error::Error;
+use crate::pg::log_redaction;
+use crate::primary::changes::{CHANGES, WAKEUP};
+use crate::primary::hold::HOLDS;
+use crate::primary::marks_cache::{GENERATION, MARKS};
+use crate::standby::last_round::LAST_ROUND;
+use crate::worker::control::CONTROL;
 use pgrx::prelude::*;
 
-use crate::changes::{CHANGES, WAKEUP};
-use crate::hold::{GENERATION, HOLD};
-use crate::shared::SHARED;
-
-mod api_error;
-mod changes;
-mod compat;
-mod conninfo;
-mod copy;
-mod digest;
+mod catalog;
+mod error;
 mod gucs;
-mod hold;
-mod log_redaction;
-mod major_upgrade;
-mod marks;
-mod quorum;
-mod readiness;
-mod retention;
-mod shared;
-mod slot_array;
-mod slot_name;
-mod standbys;
-mod status;
-mod sync;
-mod upstream;
+mod pg;
+mod primary;
+mod sql;
+mod standby;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -62,35 +76,19 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     if !preloading {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "slot_failover must be loaded via shared_preload_libraries",
-            "_PG_init",
-        )
-        .set_detail(
-            "Its background worker can only be registered while the server starts.",
-        )
-        .set_hint(
-            "Add slot_failover to shared_preload_libraries in postgresql.conf and restart the server.",
-        )
-        .report(PgLogLevel::ERROR);
+        Error::NotPreloaded.report();
     }
     gucs::define();
-    pgrx::pg_shmem_init!(SHARED);
-    pgrx::pg_shmem_init!(HOLD);
+    pgrx::pg_shmem_init!(CONTROL);
+    pgrx::pg_shmem_init!(LAST_ROUND);
+    pgrx::pg_shmem_init!(MARKS);
     pgrx::pg_shmem_init!(GENERATION);
+    pgrx::pg_shmem_init!(HOLDS);
     pgrx::pg_shmem_init!(CHANGES);
     pgrx::pg_shmem_init!(WAKEUP);
     log_redaction::install();
-    hold::install();
+    primary::hold::install();
     worker::register();
-}
-
-/// Is this server a standby (in recovery)?
-pub(crate) fn in_recovery() -> bool {
-    // SAFETY: RecoveryInProgress() reads shared memory (XLogCtl) under its spinlock; every
-    // caller (backends and the worker) has shared memory attached. Same on every major.
-    unsafe { pg_sys::RecoveryInProgress() }
 }
 
 /// The version of the loaded library and the PostgreSQL major it was built for, e.g.

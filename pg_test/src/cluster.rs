@@ -21,8 +21,8 @@ use std::time::Duration;
 use postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use regex::Regex;
 
+use crate::Lsn;
 use crate::install::{PgInstall, as_server_user, give_to_server_user};
-use crate::lsn::Lsn;
 use crate::port::{self, PortLease};
 use crate::process;
 use crate::wait::{self, Check};

@@ -24,7 +24,6 @@
 pub mod cluster;
 pub mod install;
 pub mod load;
-pub mod lsn;
 pub mod port;
 pub mod process;
 pub mod statements;
@@ -33,4 +32,5 @@ pub mod wait;
 
 pub use cluster::{BackupOptions, Cluster, InitOptions, LsnMode, PsqlOutput, StopMode, Streaming};
 pub use install::PgInstall;
-pub use lsn::Lsn;
+/// WAL positions, as the extension's rules crate has them.
+pub use slot_failover_rules::Lsn;

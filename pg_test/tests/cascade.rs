@@ -7,12 +7,11 @@
 //! decodes on A, it copies A's positions and the snapshot files A copied from the primary.
 
 use pg_test::topology::{
-    STANDBY_SLOT, ids, primary_with_extension, repoint, standby_of, subscriber_of, write_rows,
+    STANDBY_SLOT, SYNCING, ids, primary_with_extension, repoint, standby_of, subscriber_of,
+    write_rows,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, StopMode};
-
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 
 fn state(node: &Cluster) -> String {
     node.safe_psql(

@@ -8,9 +8,10 @@
 //! so the test returns at once there.
 
 use pg_test::Cluster;
-use pg_test::topology::{STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of};
+use pg_test::topology::{
+    STANDBY_SLOT, SYNCING, consume_until_ready, primary_with_extension, standby_of,
+};
 
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const STATES: &str =
     "SELECT string_agg(slot_name || ':' || state || ':' || ready, ',' ORDER BY slot_name)
                         FROM slot_failover.status";

@@ -144,16 +144,35 @@ fn the_reference_matches_the_server() {
     }
 }
 
-/// Source text of the extension as a message reads in the log: escapes undone, the worker's
-/// name filled in.
-fn source_text() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
-    let mut text = String::new();
-    for entry in std::fs::read_dir(&dir).expect("read src/") {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            text.push_str(&std::fs::read_to_string(&path).unwrap());
+/// Every `.rs` file under `dir` (relative to the workspace root), in a stable order.
+fn rust_files(dir: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
         }
+    }
+    let mut out = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// Source text of the extension (and of its rules crate, where the copies' details are
+/// written) as a message reads in the log: escapes undone, the worker's name filled in.
+fn source_text() -> String {
+    let mut text = String::new();
+    for path in rust_files("src").into_iter().chain(rust_files("rules/src")) {
+        text.push_str(&std::fs::read_to_string(&path).unwrap());
     }
     text.replace("\\\"", "\"")
         .replace("{WORKER_TYPE}", "slot_failover worker")
@@ -217,13 +236,9 @@ fn the_troubleshooting_page_matches_the_code() {
     // Every message the code logs or notices, and every problem the worker reports, is on it.
     let logged = Regex::new(r#"(?s)\b(?:log|warning|notice)!\(\s*"((?:[^"\\]|\\.)*)""#).unwrap();
     let problems = Regex::new(r#"(?s)#\[error\(\s*"((?:[^"\\]|\\.)*)""#).unwrap();
-    let raw_upstream = read("src/upstream.rs");
+    let raw_upstream = read("src/standby/upstream.rs");
     let mut messages: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../src")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
+    for path in rust_files("src") {
         let text = std::fs::read_to_string(&path).unwrap();
         // Test code (after `mod tests`) logs nothing a DBA sees.
         let text = text.split("mod tests").next().unwrap();

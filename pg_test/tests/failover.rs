@@ -3,14 +3,11 @@
 //! is dropped, loudly, at promotion.
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
+    STANDBY_SLOT, SYNCING, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
     subscriber_of,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
-
-/// Standby settings of these tests: feedback on, and quick rounds.
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 
 fn range(from: i32, to: i32) -> Vec<String> {
     (from..=to).map(|i| i.to_string()).collect()

@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use pg_test::load::{Writer, repeats};
 use pg_test::topology::{
-    STANDBY_SLOT, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
+    STANDBY_SLOT, SYNCING, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn};
 
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
 /// The id the new primary writes after the promotion.
 const AFTER_PROMOTION: i32 = 1_000_000;

@@ -9,12 +9,12 @@
 
 use std::collections::BTreeSet;
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{
+    STANDBY_SLOT, SYNCING, primary_with_extension, repoint, standby_of, subscriber_of,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
 
-/// Standby settings: feedback on, quick rounds.
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const SECOND_SLOT: &str = "standby2_slot";
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY, note text)";
 

@@ -235,6 +235,42 @@ fn packages_install_a_working_extension() {
     }
 }
 
+/// The conventional entry points (`pgxn install` and packagers run `make` and `make install`
+/// with `PG_CONFIG`): `make install` puts a working extension into a bare copy of this
+/// installation, and `make uninstall` takes every file of it out again.
+#[test]
+fn make_install_and_uninstall_with_pg_config() {
+    let install = PgInstall::from_env();
+    let version = extension_version();
+    let copy = readable_tempdir("sf_make_");
+    let pg_config = bare_copy(install, &copy.path().join("pg"));
+    let make = |target: &str| {
+        run(Command::new("make")
+            .current_dir(project_root())
+            .arg(target)
+            .arg(format!("PG_CONFIG={}", pg_config.display()))
+            .arg("PROFILE=debug"))
+    };
+    make("install");
+    check_installation(&pg_config, &version, install.major);
+    make("uninstall");
+    let left: Vec<String> = ["--pkglibdir", "--sharedir"]
+        .iter()
+        .flat_map(|dir| {
+            let mut path = PathBuf::from(run(Command::new(&pg_config).arg(dir)).trim());
+            if *dir == "--sharedir" {
+                path.push("extension");
+            }
+            std::fs::read_dir(&path)
+                .expect("read the copy")
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("slot_failover"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(left.is_empty(), "make uninstall left {left:?}");
+}
+
 #[test]
 fn pgxn_meta_json_matches_the_crate() {
     let text = std::fs::read_to_string(project_root().join("META.json")).expect("META.json");

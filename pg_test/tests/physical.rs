@@ -7,11 +7,9 @@
 //! major: nothing here depends on a version (physical slots and their WAL reservation are the
 //! same on 14 to 18).
 
-use pg_test::topology::{STANDBY_SLOT, primary_with_extension, standby_of};
+use pg_test::topology::{STANDBY_SLOT, SYNCING, primary_with_extension, standby_of};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, StopMode};
-
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 
 fn slot_field(node: &Cluster, slot: &str, column: &str) -> String {
     node.safe_psql(

@@ -8,12 +8,11 @@
 //! Runs on every major (pg_rewind and the slot files are the same on 14 to 18).
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
+    STANDBY_SLOT, SYNCING, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
     subscriber_of, write_rows,
 };
 use pg_test::{Cluster, StopMode};
 
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const STATES: &str = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name) FROM slot_failover.status";
 
 /// Wait until the copies of `sub` and `td` on `standby` are ready at the upstream's positions.

@@ -10,11 +10,12 @@
 //! default, 10 with `SLOT_FAILOVER_LONG=1`.
 
 use pg_test::load::{Writer, repeats};
-use pg_test::topology::{id_set, primary_with_extension, repoint, standby_of, subscriber_of};
+use pg_test::topology::{
+    SYNCING, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
+};
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, StopMode};
 
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
 const SUBSCRIPTIONS: [&str; 2] = ["sub1", "sub2"];
 

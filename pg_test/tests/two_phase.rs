@@ -6,12 +6,11 @@
 //! `two_phase_at`, and is ready only once both match the upstream's.
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, primary_with_extension, repoint, standby_of,
+    STANDBY_SLOT, SYNCING, consume_until_ready, primary_with_extension, repoint, standby_of,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
 
-const SYNCING: &str = "hot_standby_feedback = on\nslot_failover.naptime = 50ms";
 const PREPARED: &str = "max_prepared_transactions = 10";
 
 fn primary_and_standby() -> (Cluster, Cluster) {

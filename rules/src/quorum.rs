@@ -1,0 +1,392 @@
+//! How far a held logical sender may go: pure functions of the failover standbys' slots and of
+//! the sender's position, so the rules can be tested without a server (see the extension's `primary/hold.rs` for where
+//! they are applied).
+//!
+//! * **Quorum.** Each failover standby is named by its physical slot on this server; a slot's
+//!   `restart_lsn` is what that standby has flushed. With `k` = `slot_failover.
+//!   standbys_min_confirmed` (-1: all), the confirmed position is the k-th highest of them. A
+//!   named slot that is missing, logical or invalidated counts as having flushed nothing. The
+//!   slot this server itself streamed from while it was a standby (its `primary_slot_name`) is
+//!   ignored: after a promotion the replicated list still names it, and waiting for it would
+//!   wait forever. No standby named (or all ignored), or k = 0: nothing is held.
+//! * **Target.** A logical walsender sends `XLogData` messages whose `dataStart` is the
+//!   decoding context's write location: the end of the record for a commit, prepare or abort,
+//!   the start of the change record for a change, the transaction's first LSN for a begin, the
+//!   start of the record for a non-transactional message, and 0 for writes that are not a
+//!   transaction's last. The walsender decodes record after record; while it decodes one,
+//!   `sent` (its `sentPtr`) is the end of the previous record. So:
+//!   - `dataStart` after the start of the current record: it is the current record's end
+//!     (a commit). Wait for it.
+//!   - `dataStart` at the start of the current record: the record's end is not known here, but
+//!     it was flushed before it was decoded, so this server's flush position bounds it. Wait
+//!     for that.
+//!   - `dataStart` before it (or 0): part of a transaction whose deciding record is the
+//!     current one. Wait for `sent`: everything before the current record; the commit message
+//!     then waits for the rest.
+//!
+//!   Nothing is therefore sent to a client before the quorum has flushed every record it was
+//!   decoded from; only the record being decoded may be incomplete on the standbys, and a
+//!   message from it waits for its end.
+
+use crate::Lsn;
+
+/// What this server knows of a named failover standby's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// A physical slot: `restart_lsn` (0 before the standby first confirmed anything) and
+    /// whether a walsender is streaming from it now.
+    Physical {
+        restart_lsn: Lsn,
+        active: bool,
+    },
+    Missing,
+    Logical,
+    Invalidated,
+}
+
+impl Standby {
+    fn flushed(self) -> Lsn {
+        match self {
+            Standby::Physical { restart_lsn, .. } => restart_lsn,
+            _ => Lsn::INVALID,
+        }
+    }
+}
+
+/// Why a named standby holds a sender back, beyond being behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Problem {
+    Missing,
+    Logical,
+    Invalidated,
+    Inactive,
+}
+
+impl Problem {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Problem::Missing => "does not exist",
+            Problem::Logical => "is a logical slot, not a physical one",
+            Problem::Invalidated => "has been invalidated",
+            Problem::Inactive => "has no active walsender",
+        }
+    }
+}
+
+/// The outcome for one set of named standbys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// What `required` of the considered standbys have flushed; `Lsn::MAX` when none is
+    /// required (nothing is held).
+    pub confirmed: Lsn,
+    /// How many must confirm: `min(k, considered)`, `considered` for k = -1.
+    pub required: usize,
+    /// Named standbys that count (the named ones minus the ignored one).
+    pub considered: usize,
+    /// The named slot ignored because it is this server's own `primary_slot_name`.
+    pub ignored: Option<String>,
+}
+
+/// The quorum position of `named` for `min_confirmed` (-1: all), ignoring `own_upstream`.
+pub fn quorum(
+    named: &[(String, Standby)],
+    min_confirmed: i32,
+    own_upstream: Option<&str>,
+) -> Quorum {
+    let mut ignored = None;
+    let mut flushed: Vec<Lsn> = Vec::with_capacity(named.len());
+    for (name, standby) in named {
+        if own_upstream.is_some_and(|own| own == name) {
+            ignored = Some(name.clone());
+        } else {
+            flushed.push(standby.flushed());
+        }
+    }
+    let considered = flushed.len();
+    let required = if min_confirmed < 0 {
+        considered
+    } else {
+        (min_confirmed as usize).min(considered)
+    };
+    let confirmed = if required == 0 {
+        Lsn::MAX
+    } else {
+        flushed.sort_unstable_by(|a, b| b.cmp(a));
+        flushed[required - 1]
+    };
+    Quorum {
+        confirmed,
+        required,
+        considered,
+        ignored,
+    }
+}
+
+/// The named standbys (not ignored) that have not flushed `target`, with the problem that
+/// keeps each one from catching up, if any beyond being behind.
+pub fn laggards<'a>(
+    named: &'a [(String, Standby)],
+    own_upstream: Option<&str>,
+    target: Lsn,
+) -> Vec<(&'a str, Option<Problem>)> {
+    named
+        .iter()
+        .filter(|(name, _)| own_upstream != Some(name.as_str()))
+        .filter(|(_, standby)| standby.flushed() < target)
+        .map(|(name, standby)| {
+            let problem = match *standby {
+                Standby::Missing => Some(Problem::Missing),
+                Standby::Logical => Some(Problem::Logical),
+                Standby::Invalidated => Some(Problem::Invalidated),
+                Standby::Physical { active: false, .. } => Some(Problem::Inactive),
+                Standby::Physical { active: true, .. } => None,
+            };
+            (name.as_str(), problem)
+        })
+        .collect()
+}
+
+/// WAL layout facts needed to find where the next record starts.
+#[derive(Debug, Clone, Copy)]
+pub struct WalLayout {
+    pub page_size: u64,
+    pub segment_size: u64,
+    pub short_page_header: u64,
+    pub long_page_header: u64,
+}
+
+impl WalLayout {
+    /// Where the record after one that ended at `end` starts: MAXALIGNed, and past the page
+    /// header when that lands on a page boundary (the long one at a segment boundary).
+    pub fn next_record_start(&self, end: Lsn) -> Lsn {
+        let aligned = end.0.div_ceil(8).saturating_mul(8);
+        Lsn(if !aligned.is_multiple_of(self.page_size) {
+            aligned
+        } else if aligned.is_multiple_of(self.segment_size) {
+            aligned + self.long_page_header
+        } else {
+            aligned + self.short_page_header
+        })
+    }
+}
+
+/// The position the quorum must have flushed before an `XLogData` message with `data_start`
+/// may go out, while the sender has sent up to `sent` and this server has flushed `flush`.
+pub fn target(data_start: Lsn, sent: Lsn, flush: Lsn, wal: &WalLayout) -> Lsn {
+    let current_start = wal.next_record_start(sent);
+    if data_start > current_start {
+        data_start
+    } else if data_start >= sent {
+        flush.max(data_start)
+    } else {
+        sent
+    }
+}
+
+/// The default layout (8 kB pages, 16 MB segments), for the tests.
+#[cfg(test)]
+const TEST_WAL: WalLayout = WalLayout {
+    page_size: 8192,
+    segment_size: 16 * 1024 * 1024,
+    short_page_header: 24,
+    long_page_header: 40,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAL: WalLayout = TEST_WAL;
+
+    fn p(lsn: u64, active: bool) -> Standby {
+        Standby::Physical {
+            restart_lsn: Lsn(lsn),
+            active,
+        }
+    }
+
+    /// `target` with positions as numbers.
+    fn target(data_start: u64, sent: u64, flush: u64, wal: &WalLayout) -> u64 {
+        super::target(Lsn(data_start), Lsn(sent), Lsn(flush), wal).0
+    }
+
+    fn named(list: &[(&str, Standby)]) -> Vec<(String, Standby)> {
+        list.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn all_must_confirm_by_default() {
+        let n = named(&[
+            ("a", p(300, true)),
+            ("b", p(100, true)),
+            ("c", p(200, true)),
+        ]);
+        assert_eq!(quorum(&n, -1, None).confirmed, Lsn(100));
+        assert_eq!(quorum(&n, 1, None).confirmed, Lsn(300));
+        assert_eq!(quorum(&n, 2, None).confirmed, Lsn(200));
+        assert_eq!(quorum(&n, 3, None).confirmed, Lsn(100));
+        // More than there are: all of them.
+        assert_eq!(quorum(&n, 7, None).confirmed, Lsn(100));
+        // Zero: nothing is held.
+        assert_eq!(quorum(&n, 0, None).confirmed, Lsn::MAX);
+    }
+
+    #[test]
+    fn a_missing_or_broken_standby_confirms_nothing() {
+        for broken in [Standby::Missing, Standby::Logical, Standby::Invalidated] {
+            let n = named(&[("a", p(300, true)), ("b", broken)]);
+            assert_eq!(quorum(&n, -1, None).confirmed, Lsn(0), "{broken:?}");
+            assert_eq!(quorum(&n, 1, None).confirmed, Lsn(300), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn the_own_upstream_slot_is_ignored_and_reported() {
+        let n = named(&[("me", Standby::Missing), ("other", p(500, true))]);
+        let q = quorum(&n, -1, Some("me"));
+        assert_eq!(q.confirmed, Lsn(500));
+        assert_eq!((q.required, q.considered), (1, 1));
+        assert_eq!(q.ignored.as_deref(), Some("me"));
+        // Only the own slot named: nothing to wait for.
+        let only = named(&[("me", Standby::Missing)]);
+        assert_eq!(quorum(&only, -1, Some("me")).confirmed, Lsn::MAX);
+        // Any other missing slot still holds.
+        let q = quorum(
+            &named(&[("me", p(1, true)), ("gone", Standby::Missing)]),
+            -1,
+            Some("me"),
+        );
+        assert_eq!(q.confirmed, Lsn(0));
+    }
+
+    #[test]
+    fn no_standby_named_holds_nothing() {
+        assert_eq!(quorum(&[], -1, None).confirmed, Lsn::MAX);
+    }
+
+    #[test]
+    fn laggards_say_why() {
+        let n = named(&[
+            ("ok", p(900, true)),
+            ("slow", p(100, true)),
+            ("idle", p(100, false)),
+            ("gone", Standby::Missing),
+            ("me", Standby::Missing),
+        ]);
+        assert_eq!(
+            laggards(&n, Some("me"), Lsn(500)),
+            vec![
+                ("slow", None),
+                ("idle", Some(Problem::Inactive)),
+                ("gone", Some(Problem::Missing))
+            ]
+        );
+    }
+
+    #[test]
+    fn next_record_start_skips_alignment_and_page_headers() {
+        assert_eq!(WAL.next_record_start(Lsn(0x1000_0010)), Lsn(0x1000_0010));
+        assert_eq!(WAL.next_record_start(Lsn(0x1000_0011)), Lsn(0x1000_0018));
+        assert_eq!(
+            WAL.next_record_start(Lsn(0x1000_2000)),
+            Lsn(0x1000_2000 + 24)
+        );
+        assert_eq!(
+            WAL.next_record_start(Lsn(0x0100_0000)),
+            Lsn(0x0100_0000 + 40)
+        );
+    }
+
+    #[test]
+    fn targets_follow_the_record_being_decoded() {
+        let sent = 0x3000_0100;
+        let flush = 0x3000_9000;
+        // A commit message: the end of the current record.
+        assert_eq!(target(0x3000_0160, sent, flush, &WAL), 0x3000_0160);
+        // A message at the start of the current record: its end is unknown, use the flush.
+        assert_eq!(target(sent, sent, flush, &WAL), flush);
+        // Begin, changes and writes without a position: everything before the current record.
+        assert_eq!(target(0x3000_0040, sent, flush, &WAL), sent);
+        assert_eq!(target(0, sent, flush, &WAL), sent);
+        // The current record starts after a page header.
+        let at_page = 0x3000_2000;
+        assert_eq!(target(at_page + 24, at_page, flush, &WAL), flush);
+        assert_eq!(target(at_page + 80, at_page, flush, &WAL), at_page + 80);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const WAL: WalLayout = TEST_WAL;
+
+    fn standby() -> impl Strategy<Value = Standby> {
+        prop_oneof![
+            (0u64..1_000_000, any::<bool>()).prop_map(|(restart_lsn, active)| Standby::Physical {
+                restart_lsn: Lsn(restart_lsn),
+                active
+            }),
+            Just(Standby::Missing),
+            Just(Standby::Logical),
+            Just(Standby::Invalidated),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// At least `required` of the considered standbys have flushed the confirmed position,
+        /// and no higher position has that many.
+        #[test]
+        fn the_confirmed_position_is_the_kth_highest(
+            list in proptest::collection::vec(standby(), 0..8),
+            k in -1i32..10,
+            own in proptest::option::of(0usize..8),
+        ) {
+            let named: Vec<(String, Standby)> =
+                list.iter().enumerate().map(|(i, s)| (format!("s{i}"), *s)).collect();
+            let own_name = own.map(|i| format!("s{i}"));
+            let q = quorum(&named, k, own_name.as_deref());
+            let flushed: Vec<Lsn> = named
+                .iter()
+                .filter(|(n, _)| Some(n) != own_name.as_ref())
+                .map(|(_, s)| s.flushed())
+                .collect();
+            prop_assert_eq!(q.considered, flushed.len());
+            if q.required == 0 {
+                prop_assert_eq!(q.confirmed, Lsn::MAX);
+                prop_assert!(k == 0 || flushed.is_empty());
+            } else {
+                let at_least = flushed.iter().filter(|&&f| f >= q.confirmed).count();
+                prop_assert!(at_least >= q.required);
+                let above = flushed.iter().filter(|&&f| f > q.confirmed).count();
+                prop_assert!(above < q.required);
+                if k < 0 || k as usize >= flushed.len() {
+                    prop_assert_eq!(q.required, flushed.len());
+                }
+            }
+        }
+
+        /// Whatever the message, the target is never before its own position, never before
+        /// the records already decoded, and a message at the start of the record being decoded
+        /// waits for everything flushed.
+        #[test]
+        fn targets_never_undercut_what_was_decoded(
+            sent in 0u64..(1 << 40),
+            ahead in 0u64..100_000,
+            data_start in 0u64..(1 << 40),
+        ) {
+            let flush = sent + ahead;
+            let t = target(Lsn(data_start), Lsn(sent), Lsn(flush), &WAL).0;
+            prop_assert!(t >= sent);
+            prop_assert!(t >= data_start);
+            let current = WAL.next_record_start(Lsn(sent)).0;
+            if data_start >= sent && data_start <= current {
+                prop_assert!(t >= flush);
+            }
+        }
+    }
+}

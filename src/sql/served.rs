@@ -1,0 +1,69 @@
+//! What an upstream serves its standbys' workers, as SQL functions (`standby::protocol` says how
+//! the workers call them): the wait for a marked slot to move, the digest of the marked slots'
+//! rows, and the slots' two_phase points. The mechanisms are in `primary/`.
+
+use pgrx::prelude::*;
+
+use crate::primary::{changes, digest};
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.wait_for_slot_change(bigint, integer)
+    TO slot_failover_admin, pg_monitor;
+"#,
+    name = "wait_for_slot_change_privileges",
+    requires = ["catalog", wait_for_slot_change]
+);
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION slot_failover.marked_slots_digest() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.marked_slots_digest()
+    TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.two_phase_points() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.two_phase_points()
+    TO slot_failover_admin, pg_monitor;
+"#,
+    name = "marked_slots_digest_privileges",
+    requires = ["catalog", marked_slots_digest, two_phase_points]
+);
+
+/// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
+/// Returns the change counter and the names of the slots that moved since `seen` (NULL when
+/// they are not all known: anything may have changed). Returns at once when the counter is
+/// not `seen` (pass -1 the first time). Used by standbys' workers between rounds.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait_for_slot_change(
+    seen: i64,
+    timeout_ms: i32,
+) -> TableIterator<'static, (name!(counter, i64), name!(moved, Option<Vec<String>>))> {
+    let (counter, moved) =
+        changes::wait_for_change(seen, timeout_ms).unwrap_or_else(|e| e.report());
+    TableIterator::once((counter, moved))
+}
+
+/// On an upstream: a digest of every marked slot's row as a standby's full round reads it.
+/// Equal digests mean equal rows (up to hash collisions). Used by standbys' workers.
+#[pg_extern(volatile, parallel_restricted)]
+fn marked_slots_digest() -> i64 {
+    digest::marked_slots_digest().unwrap_or_else(|e| e.report())
+}
+
+/// On an upstream: every logical slot's two_phase point, which `pg_replication_slots` does not
+/// show (before 18): `two_phase_at` on 15+, `initial_consistent_point` on 14, as text in
+/// pg_lsn's format; NULL while not set. Standbys' workers read it with the marked slots' rows.
+#[pg_extern(volatile, parallel_restricted)]
+fn two_phase_points() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(two_phase_at, Option<String>),
+    ),
+> {
+    TableIterator::new(
+        digest::two_phase_points()
+            .into_iter()
+            .map(|(name, at)| (name, at.map(|at| at.to_string()))),
+    )
+}

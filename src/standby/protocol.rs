@@ -1,0 +1,280 @@
+//! The wire format between a standby's worker and its upstream, both ends in one place.
+//!
+//! The worker holds one logical walsender connection to its upstream (libpqwalreceiver,
+//! `replication=database`), which takes plain SQL; every value comes back as text. It sends:
+//!
+//! | query | when | answer |
+//! |---|---|---|
+//! | [`check`] | on a new connection, then once per naptime | one row: `wal_level`, the type of this standby's physical slot there, whether the extension is installed (and where), and which of the functions below the upstream has and lets us run |
+//! | [`PREPARE_DIGEST`] / `EXECUTE slot_failover_digest` | each full round (0.5.0+ upstream) | `marked_slots_digest()`: one bigint |
+//! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot |
+//! | [`prepare_wait`] / [`execute_wait`] | between rounds (0.2.0+ upstream) | `wait_for_slot_change(seen, timeout)`: the change counter, the moved slots' names, and their [`RemoteSlot`] rows, read after the wait |
+//! | [`kept_from`] | a round in which a copy could become ready | the xmin and catalog_xmin of this standby's physical slot there |
+//! | [`read_file`] | a copy needs the upstream's snapshot file, or (before 0.6.0) its slot state file | the file, as bytea |
+//!
+//! The upstream's end is `sql/served.rs` (the functions) and PostgreSQL's own views and
+//! functions. Every query qualifies every name with its schema, compares with
+//! `OPERATOR(pg_catalog.=)` and passes literals through `quote_literal`, and libpqwalreceiver
+//! sets `search_path = ''`: objects a user creates upstream cannot change what a query means.
+
+use pgrx::spi::quote_literal;
+
+use crate::pg::compat;
+use slot_failover_rules::Lsn;
+use slot_failover_rules::slot_name;
+
+/// A marked slot as the upstream sees it (`None` fields: the slot is gone, or not reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSlot {
+    pub name: String,
+    pub slot_type: Option<String>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush: Option<Lsn>,
+    pub catalog_xmin: Option<u32>,
+    pub two_phase: bool,
+    pub invalidated: bool,
+    /// The upstream's slot is temporary: on an upstream that is itself a standby (cascading),
+    /// its copy that is not ready yet.
+    pub temporary: bool,
+    /// PostgreSQL's own `failover` flag (17+; false before).
+    pub failover: bool,
+    /// The slot's two_phase point (`compat::slot_two_phase_at`), when the upstream can tell
+    /// it (`slot_failover.two_phase_points()`, 0.6.0 and later) and it is set.
+    pub two_phase_at: Option<Lsn>,
+}
+
+/// The slots a wake-up named, and their rows upstream.
+pub type MovedSlots = (Vec<String>, Vec<RemoteSlot>);
+
+/// What the upstream said to [`check`].
+pub struct Checked {
+    pub wal_level: String,
+    /// The type of this standby's physical slot there (None: no such slot).
+    pub primary_slot_type: Option<String>,
+    pub extension_installed: bool,
+    /// The database the connection landed in.
+    pub database: String,
+    /// It has `wait_for_slot_change()` (0.2.0+).
+    pub can_wait: bool,
+    /// It has `marked_slots_digest()` (0.5.0+) and we may run it.
+    pub can_digest: bool,
+    /// It has `two_phase_points()` (0.6.0+) and we may run it.
+    pub can_points: bool,
+}
+
+/// The prerequisites query (seven columns).
+pub fn check(primary_slot: &str) -> (String, usize) {
+    (
+        format!(
+            "SELECT pg_catalog.current_setting('wal_level'),
+                    (SELECT s.slot_type FROM pg_catalog.pg_replication_slots AS s
+                      WHERE s.slot_name OPERATOR(pg_catalog.=) {slot}),
+                    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension AS e
+                      WHERE e.extname OPERATOR(pg_catalog.=) 'slot_failover'),
+                    pg_catalog.current_database(),
+                    (EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+                               JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+                              WHERE n.nspname OPERATOR(pg_catalog.=) 'slot_failover'
+                                AND p.proname OPERATOR(pg_catalog.=) 'wait_for_slot_change'))::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.marked_slots_digest()'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.two_phase_points()'), 'EXECUTE'),
+                        false)::pg_catalog.text",
+            slot = quote_literal(primary_slot)
+        ),
+        7,
+    )
+}
+
+/// The row of [`check`].
+pub fn checked(row: &[Option<String>]) -> Checked {
+    Checked {
+        wal_level: row[0].clone().unwrap_or_default(),
+        primary_slot_type: row[1].clone(),
+        extension_installed: row[2].as_deref() == Some("1"),
+        database: row[3].clone().unwrap_or_default(),
+        can_wait: row[4].as_deref() == Some("true"),
+        can_digest: row[5].as_deref() == Some("true"),
+        can_points: row[6].as_deref() == Some("true"),
+    }
+}
+
+/// Prepares `slot_failover_digest` (run once per full round, so prepared once per connection).
+pub const PREPARE_DIGEST: &str = "PREPARE slot_failover_digest AS
+     SELECT slot_failover.marked_slots_digest()::pg_catalog.text";
+pub const EXECUTE_DIGEST: &str = "EXECUTE slot_failover_digest";
+
+/// How many columns a [`RemoteSlot`] row has.
+pub const SLOT_COLUMNS: usize = 12;
+
+/// The columns of a marked slot's row (see [`remote_slot`]); with `points`, the upstream has
+/// `two_phase_points()` (joined in by [`slots_from`]) and the last column is the slot's two_phase
+/// point, else NULL.
+fn slot_columns(points: bool) -> String {
+    format!(
+        "m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
+         s.plugin::pg_catalog.text,
+         (s.restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+         (s.confirmed_flush_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text,
+         s.catalog_xmin::pg_catalog.text, s.two_phase::pg_catalog.text,
+         {inv}::pg_catalog.text, s.temporary::pg_catalog.text, {failover}::pg_catalog.text,
+         {point}",
+        inv = compat::SLOT_INVALIDATED_SQL,
+        failover = compat::SLOT_FAILOVER_SQL,
+        point = if points {
+            "(p.two_phase_at::pg_catalog.pg_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::pg_catalog.text"
+        } else {
+            "NULL::pg_catalog.text"
+        }
+    )
+}
+
+/// The FROM clause of [`slot_columns`].
+fn slots_from(points: bool) -> String {
+    let mut from = "FROM slot_failover.marked_slots AS m
+       LEFT JOIN pg_catalog.pg_replication_slots AS s
+         ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name"
+        .to_string();
+    if points {
+        from.push_str(
+            "
+       LEFT JOIN slot_failover.two_phase_points() AS p
+         ON p.slot_name OPERATOR(pg_catalog.=) m.slot_name",
+        );
+    }
+    from
+}
+
+/// Every marked slot's row ([`SLOT_COLUMNS`] columns), in name order.
+pub fn marked_slots(points: bool) -> String {
+    format!(
+        "SELECT {} {} ORDER BY m.slot_name",
+        slot_columns(points),
+        slots_from(points)
+    )
+}
+
+/// Prepares `slot_failover_wait`: the wait, then (LATERAL, so after it) the rows of the slots
+/// it names; none when it returned NULL or nothing moved. It runs once per move upstream, so it
+/// is prepared once per connection: parsing and planning it each time was most of what the
+/// upstream spent per move. (A walsender takes no extended-protocol messages, but SQL PREPARE
+/// and EXECUTE; a change of the objects it uses makes PostgreSQL plan it again, and a dropped
+/// object makes EXECUTE fail, which ends the connection like any failed query.)
+pub fn prepare_wait(points: bool) -> String {
+    format!(
+        "PREPARE slot_failover_wait (pg_catalog.int8, pg_catalog.int4) AS
+         SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
+           FROM slot_failover.wait_for_slot_change($1, $2) AS w
+           LEFT JOIN LATERAL (SELECT {} {}
+                               WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
+             ON true",
+        slot_columns(points),
+        slots_from(points)
+    )
+}
+
+/// Forgets [`prepare_wait`]'s statement (the upstream's version changed under the connection).
+pub const DEALLOCATE_WAIT: &str = "DEALLOCATE slot_failover_wait";
+
+/// Runs `slot_failover_wait` (2 + [`SLOT_COLUMNS`] columns).
+pub fn execute_wait(seen: i64, timeout_ms: u128) -> (String, usize) {
+    (
+        format!(
+            "EXECUTE slot_failover_wait({seen}, {})",
+            timeout_ms.min(crate::primary::changes::MAX_WAIT_MS as u128)
+        ),
+        2 + SLOT_COLUMNS,
+    )
+}
+
+/// The answer to [`execute_wait`]: the counter, and, when the upstream knows them all, the
+/// names of the slots that moved with their rows (None: anything may have changed).
+pub fn waited(rows: &[Vec<Option<String>>]) -> Result<(i64, Option<MovedSlots>), String> {
+    let row = rows
+        .first()
+        .ok_or("wait_for_slot_change() returned no row")?;
+    let counter = row[0]
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .ok_or("wait_for_slot_change() returned no counter")?;
+    // Slot names are [a-z0-9_] (PostgreSQL's rule), so a comma-separated list is exact;
+    // anything else there means we cannot trust the list.
+    let moved = row[1].as_deref().and_then(|list| {
+        let names: Vec<String> = list
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        names
+            .iter()
+            .all(|n| slot_name::validate(n).is_ok())
+            .then_some(names)
+    });
+    let slots = rows
+        .iter()
+        .filter(|r| r[2].is_some())
+        .map(|r| remote_slot(&r[2..]))
+        .collect();
+    Ok((counter, moved.map(|names| (names, slots))))
+}
+
+/// A row of [`marked_slots`] as a [`RemoteSlot`].
+pub fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
+    let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
+    RemoteSlot {
+        name: r[0].clone().unwrap_or_default(),
+        slot_type: r[1].clone(),
+        database: r[2].clone(),
+        plugin: r[3].clone(),
+        restart_lsn: num(&r[4]).map(Lsn),
+        confirmed_flush: num(&r[5]).map(Lsn),
+        catalog_xmin: r[6].as_deref().and_then(|s| s.parse().ok()),
+        two_phase: r[7].as_deref() == Some("true"),
+        invalidated: r[8].as_deref() == Some("true"),
+        temporary: r[9].as_deref() == Some("true"),
+        failover: r[10].as_deref() == Some("true"),
+        two_phase_at: num(&r[11]).filter(|&at| at != 0).map(Lsn),
+    }
+}
+
+/// The xmin and catalog_xmin of this standby's physical slot `primary_slot` upstream (two
+/// columns, NULLs when unset).
+pub fn kept_from(primary_slot: &str) -> (String, usize) {
+    (
+        format!(
+            "SELECT s.xmin::pg_catalog.text, s.catalog_xmin::pg_catalog.text
+               FROM pg_catalog.pg_replication_slots AS s
+              WHERE s.slot_name OPERATOR(pg_catalog.=) {}",
+            quote_literal(primary_slot)
+        ),
+        2,
+    )
+}
+
+/// At most `max` bytes of the upstream's file `path` (inside its data directory; NULL when it
+/// is missing), one column of bytea in hex. Needs EXECUTE on pg_read_binary_file there.
+pub fn read_file(path: &str, max: u64) -> (String, usize) {
+    (
+        format!(
+            "SELECT pg_catalog.pg_read_binary_file({}, 0, {max}, true)",
+            quote_literal(path)
+        ),
+        1,
+    )
+}
+
+/// bytea in hex output format (`\x0a1b...`) to bytes.
+pub fn decode_bytea_hex(text: &str) -> Result<Vec<u8>, String> {
+    let hex = text.strip_prefix("\\x").ok_or("bytea not in hex format")?;
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}

@@ -1,0 +1,536 @@
+//! One synchronization round: every marked slot of the upstream is compared with its local
+//! copy and handled as `readiness::decide` says; copies of slots no longer marked are dropped.
+//!
+//! Each slot is handled in a subtransaction of its own: an ERROR for one slot (no free slot
+//! here, a consumer holding the copy, ...) is caught, rolled back, reported in that slot's
+//! row, and the round goes on with the others. Nothing in a round waits.
+
+use std::collections::BTreeSet;
+
+use pgrx::pg_sys;
+
+use crate::gucs;
+use crate::pg::compat;
+use crate::pg::xact::isolated;
+use crate::primary::changes;
+use crate::standby::copy;
+use crate::standby::protocol::RemoteSlot;
+use crate::standby::snapshots;
+use crate::standby::upstream::{Problem, Upstream};
+use slot_failover_rules::Lsn;
+use slot_failover_rules::readiness::{self, Action, State, TwoPhasePoint};
+use slot_failover_rules::report::{SlotAction, SlotReport};
+
+/// What one round works with: the upstream, this standby's flushed WAL, and what the upstream
+/// keeps for this standby (asked once per round, only if a copy could become ready).
+struct Round<'a> {
+    up: &'a Upstream,
+    /// This standby's physical slot on the upstream (its primary_slot_name).
+    primary_slot: String,
+    standby_flush: Lsn,
+    kept_from: std::cell::OnceCell<Result<Option<u32>, String>>,
+}
+
+impl<'a> Round<'a> {
+    fn new(up: &'a Upstream, primary_slot: &str) -> Round<'a> {
+        Round {
+            up,
+            primary_slot: primary_slot.to_string(),
+            standby_flush: copy::standby_flush(),
+            kept_from: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// See `readiness::decide`'s `kept_from`; an error (the upstream could not be asked) counts
+    /// as keeping nothing, and is reported by the slot that asked.
+    fn kept_from(&self) -> Result<Option<u32>, String> {
+        self.kept_from
+            .get_or_init(|| {
+                self.up
+                    .kept_from(&self.primary_slot)
+                    .map_err(|p| p.to_string())
+            })
+            .clone()
+    }
+}
+
+/// The upstream's slot as the rules see it; None when there is nothing to copy yet.
+fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
+    // A temporary slot upstream is a cascading upstream's copy that is not ready: for us it is
+    // not there yet (a copy of it could be ready here before it is there).
+    if r.temporary {
+        return None;
+    }
+    let slot_type = r.slot_type.as_deref()?;
+    let logical = slot_type == "logical";
+    let two_phase_at = match r.two_phase_at {
+        Some(lsn) if logical && (r.two_phase || compat::TWO_PHASE_AT_SET_AT_CREATION) => {
+            TwoPhasePoint::At {
+                lsn,
+                fixed: compat::TWO_PHASE_AT_SET_AT_CREATION,
+            }
+        }
+        _ if !logical || (!r.two_phase && !compat::TWO_PHASE_AT_SET_AT_CREATION) => {
+            TwoPhasePoint::NotNeeded
+        }
+        // Not told by the upstream: read from its slot state file when needed (see
+        // resolve_two_phase_at).
+        _ => TwoPhasePoint::Unknown,
+    };
+    Some(readiness::Upstream {
+        logical,
+        invalidated: r.invalidated,
+        restart_lsn: r.restart_lsn.unwrap_or(Lsn::INVALID),
+        confirmed_flush: r.confirmed_flush.unwrap_or(Lsn::INVALID),
+        catalog_xmin: r.catalog_xmin.unwrap_or(0),
+        two_phase: r.two_phase,
+        two_phase_at,
+        plugin: r.plugin.clone().unwrap_or_default(),
+        database: r.database.as_deref().and_then(database_oid),
+        failover: r.failover,
+    })
+}
+
+/// This server's OID of database `name` (the same as the upstream's: a physical standby is a
+/// copy of its cluster), None when there is none.
+fn database_oid(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: in a transaction (the round's), so the catalog look-up is allowed; missing_ok
+    // returns InvalidOid instead of raising an error.
+    let oid = unsafe { pg_sys::get_database_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then(|| oid.to_u32())
+}
+
+/// An upstream that does not tell the two_phase point (before 0.6.0): read it from the
+/// upstream's slot state file, unless the copy carries a point for the same two_phase setting
+/// already (the point changes only with a new slot, or when two_phase is switched off and on,
+/// which such an upstream cannot tell us, as before 0.6.0). Err: the file could not be read;
+/// the point stays unknown.
+fn resolve_two_phase_at(
+    up: &Upstream,
+    name: &str,
+    u: &mut readiness::Upstream,
+    l: &readiness::Local,
+) -> Result<(), String> {
+    if u.two_phase_at != TwoPhasePoint::Unknown {
+        return Ok(());
+    }
+    let fixed = compat::TWO_PHASE_AT_SET_AT_CREATION;
+    if l.two_phase == u.two_phase && l.two_phase_at.is_valid() {
+        u.two_phase_at = TwoPhasePoint::At {
+            lsn: l.two_phase_at,
+            fixed,
+        };
+        return Ok(());
+    }
+    if let Some(lsn) = upstream_two_phase_at(up, name)? {
+        u.two_phase_at = TwoPhasePoint::At { lsn, fixed };
+    }
+    Ok(())
+}
+
+/// The upstream slot's two_phase point, read from its slot state file. None while that file
+/// does not show two_phase on yet (on 15+; it is saved right after two_phase is switched on)
+/// or has no point yet.
+fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<Lsn>, String> {
+    let Some(bytes) = up.slot_state_file(name)? else {
+        return Ok(None);
+    };
+    let (two_phase, at) = compat::two_phase_from_state_file(&bytes, name).map_err(|e| {
+        format!("could not read two_phase_at from the upstream's slot state file: {e}")
+    })?;
+    Ok(((two_phase || compat::TWO_PHASE_AT_SET_AT_CREATION) && at != 0).then_some(Lsn(at)))
+}
+
+/// Drop copy `name` in a subtransaction of its own: Err(the error) when it could not be.
+fn drop_isolated(name: &str) -> Result<(), String> {
+    isolated(|| {
+        copy::drop_copy(name);
+        Ok(())
+    })
+}
+
+/// In a round: drop copy `name` as [`drop_isolated`] does, once this server is known to be
+/// still a standby.
+fn drop_in_round(name: &str) -> Result<(), String> {
+    change(name, || {
+        copy::drop_copy(name);
+        Ok(())
+    })
+}
+
+/// In a round: run `f`, a change of slot `name`, in a subtransaction of its own, once this
+/// server is known to be still a standby.
+fn change<R>(name: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    still_a_standby(name)?;
+    isolated(f)
+}
+
+/// The message of every change refused because the server was promoted during the round.
+const PROMOTED: &str =
+    "this server was promoted during the synchronization round; the slot was left as it was";
+
+/// Before every change to slot `name`: (tests only) wait while the pause file is there, then
+/// make sure this server is still a standby. A promotion ends all copying at once: a round
+/// that runs into one changes nothing more (a drop there could remove a slot the promoted
+/// server now owns). The remaining window, between this check and the change, is the time
+/// of one slot-array operation.
+fn still_a_standby(name: &str) -> Result<(), String> {
+    gucs::pause_before_slot_change(name);
+    if crate::pg::in_recovery() {
+        Ok(())
+    } else {
+        Err(PROMOTED.into())
+    }
+}
+
+/// Fetch the upstream's snapshot for `at` if it is not here yet. Err: the upstream could not
+/// be asked (the slot reports it).
+fn ensure_snapshot(up: &Upstream, at: Lsn) -> Result<bool, String> {
+    if snapshots::here(at) {
+        return Ok(true);
+    }
+    match up.snapshot_file(at)? {
+        None => Ok(false),
+        Some(bytes) => snapshots::store(at, &bytes).map(|()| true),
+    }
+}
+
+/// Does this slot's decision hinge on the snapshot at the upstream's restart_lsn?
+fn wants_snapshot(up: &readiness::Upstream, local: &readiness::Local) -> bool {
+    up.logical
+        && !up.invalidated
+        && up.restart_lsn.is_valid()
+        && up.restart_lsn >= local.restart_lsn
+        && !readiness::xid_precedes(up.catalog_xmin, local.catalog_xmin)
+        && (!local.persistent || up.restart_lsn > local.restart_lsn)
+}
+
+/// Drop our copy `name` (in a subtransaction: an ERROR becomes the Err) and wake the
+/// standbys that cascade from this one.
+fn drop_ours(name: &str) -> Result<(), String> {
+    drop_in_round(name)?;
+    changes::copy_changed(name);
+    Ok(())
+}
+
+fn handle_slot(
+    round: &Round,
+    remote: &RemoteSlot,
+    mut local: Option<readiness::Local>,
+) -> SlotReport {
+    let up = round.up;
+    let upstream_confirmed_flush = remote.confirmed_flush.unwrap_or(Lsn::INVALID);
+    let report = |action, state, detail| SlotReport {
+        name: remote.name.clone(),
+        action,
+        state,
+        detail,
+        upstream_confirmed_flush,
+    };
+    let mut upstream = to_upstream(remote);
+    // This standby streams through its own slot upstream: there is nothing to keep here for it
+    // (after a promotion nobody streams through it). A copy of it, if one was made while the
+    // standby streamed through another slot, goes.
+    if remote.slot_type.as_deref() == Some("physical")
+        && gucs::primary_slot_name().as_deref() == Some(remote.name.as_str())
+    {
+        if local.as_ref().is_some_and(|l| l.ours)
+            && let Err(e) = drop_ours(&remote.name)
+        {
+            return report(SlotAction::None, State::Error, e);
+        }
+        return report(
+            SlotAction::None,
+            State::Skipped,
+            "this standby's own slot on the upstream (its primary_slot_name): nothing to keep here"
+                .into(),
+        );
+    }
+    // PostgreSQL 17+'s own slot sync keeps the slots that have its failover flag on a standby
+    // with sync_replication_slots on: they are left to it (a copy of ours in its way would
+    // make it stop, "same name slot already exists"), and a copy of ours made before it was
+    // switched on goes, so that it can make its own.
+    if remote.failover && compat::builtin_slot_sync_on() {
+        let mut action = SlotAction::None;
+        if local.as_ref().is_some_and(|l| l.ours) {
+            if let Err(e) = drop_ours(&remote.name) {
+                return report(SlotAction::None, State::Error, e);
+            }
+            action = SlotAction::Dropped;
+        }
+        return report(
+            action,
+            State::NativeSync,
+            "left to PostgreSQL's slot synchronization (sync_replication_slots = on, and the slot has failover = true)".into(),
+        );
+    }
+    // A slot of this name that we did not make: typically left from when this server was a
+    // primary (a rejoin without pg_rewind keeps pg_replslot), and stale. Unless it is
+    // PostgreSQL's own synced slot (17+) or in use, it is dropped, loudly, and the copy is made
+    // in its place; it would otherwise keep WAL and catalog rows here and leave the slot
+    // without a copy.
+    if let (Some(l), Some(u)) = (&local, &upstream)
+        && !l.ours
+        && !u.invalidated
+        && gucs::drop_stale_slots()
+        && !copy::is_synced_by_postgres(&remote.name)
+    {
+        match drop_in_round(&remote.name) {
+            Ok(()) => {
+                pgrx::warning!(
+                    "slot_failover dropped stale replication slot \"{}\" on this standby: it was not made by slot_failover, and a slot of that name is marked on the upstream server, whose copy takes its place",
+                    remote.name
+                );
+                local = None;
+            }
+            Err(e) => {
+                return report(
+                    SlotAction::None,
+                    State::Error,
+                    format!(
+                        "a replication slot of this name exists on this standby, was not created by slot_failover and could not be dropped ({e}); it is left alone"
+                    ),
+                );
+            }
+        }
+    }
+    let mut created = false;
+    for _ in 0..2 {
+        // What could not be read from the upstream this time (the first such error): the
+        // decision is made without it (as unknown), and the slot reports the error.
+        let mut unread: Option<String> = None;
+        if let (Some(u), Some(l)) = (&mut upstream, &local)
+            && l.ours
+            && let Err(e) = resolve_two_phase_at(up, &remote.name, u, l)
+        {
+            unread = Some(e);
+        }
+        let mut snapshot = false;
+        if let (Some(u), Some(l)) = (&upstream, &local)
+            && l.ours
+            && wants_snapshot(u, l)
+        {
+            match ensure_snapshot(up, u.restart_lsn) {
+                Ok(here) => snapshot = here,
+                Err(e) => {
+                    unread.get_or_insert(e);
+                }
+            }
+        }
+        let mut decision = readiness::decide(
+            upstream.as_ref(),
+            local.as_ref(),
+            round.standby_flush,
+            snapshot,
+            &mut || match round.kept_from() {
+                Ok(kept) => kept,
+                Err(e) => {
+                    unread.get_or_insert(e);
+                    None
+                }
+            },
+        );
+        if remote.temporary {
+            decision.detail = if decision.action == Action::Drop {
+                "the upstream server is a standby whose copy of this slot is not ready; dropping the copy"
+            } else {
+                "the upstream server is a standby whose copy of this slot is not ready yet"
+            }
+            .into();
+        }
+        // The state and detail reported: an error that kept the slot from going further wins.
+        let (state, detail) = match unread.take() {
+            Some(e) if decision.state != State::Ready => (State::Error, e),
+            _ => (decision.state, decision.detail.clone()),
+        };
+        let outcome = match &decision.action {
+            Action::Nothing => {
+                let action = if created {
+                    SlotAction::Created
+                } else {
+                    SlotAction::None
+                };
+                return report(action, state, detail);
+            }
+            Action::Create if remote.slot_type.as_deref() == Some("physical") => {
+                change(&remote.name, || copy::create_physical(remote)).map(|()| SlotAction::Created)
+            }
+            Action::Create => {
+                change(&remote.name, || copy::create(remote)).map(|()| SlotAction::Created)
+            }
+            Action::Drop => drop_in_round(&remote.name).map(|()| SlotAction::Dropped),
+            Action::Update {
+                restart,
+                confirmed_flush,
+                two_phase,
+                failover,
+                ready,
+            } => {
+                let what = copy::Change {
+                    restart: *restart,
+                    confirmed_flush: *confirmed_flush,
+                    two_phase: *two_phase,
+                    failover: *failover,
+                    ready: *ready,
+                };
+                let updated = change(&remote.name, || copy::update(&remote.name, what));
+                if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
+                    // Not ready yet and it failed (its WAL is gone, say): start over.
+                    let _ = drop_in_round(&remote.name);
+                }
+                updated.map(|()| {
+                    if created {
+                        SlotAction::Created
+                    } else {
+                        SlotAction::Updated
+                    }
+                })
+            }
+        };
+        match outcome {
+            Err(e) => return report(SlotAction::None, State::Error, e),
+            Ok(SlotAction::Created) if decision.action == Action::Create => {
+                // Decide again with the new copy: it may be ready at once.
+                created = true;
+                local = copy::local_slots_named(Some(std::slice::from_ref(&remote.name)))
+                    .remove(&remote.name);
+            }
+            Ok(action) => {
+                if action != SlotAction::None {
+                    changes::copy_changed(&remote.name);
+                }
+                return report(action, state, detail);
+            }
+        }
+    }
+    report(
+        SlotAction::Created,
+        State::WaitingForUpstream,
+        "created".into(),
+    )
+}
+
+/// Mark the copies this round found ready as used just now (see `copy::touch`).
+fn touch_ready(reports: &[SlotReport]) {
+    let ready: Vec<String> = reports
+        .iter()
+        .filter(|r| r.state == State::Ready && r.action != SlotAction::Dropped)
+        .map(|r| r.name.clone())
+        .collect();
+    copy::touch(&ready);
+}
+
+/// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the
+/// wake-up) and their copies here, nothing else; copies of unmarked slots are left to the
+/// next full round. Must run in a transaction.
+pub fn round_some(up: &Upstream, moved: &[String], remote: &[RemoteSlot]) -> Vec<SlotReport> {
+    let round = Round::new(up, &gucs::primary_slot_name().unwrap_or_default());
+    let mut locals = copy::local_slots_named(Some(moved));
+    remote
+        .iter()
+        .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
+        .collect()
+}
+
+/// One round against an open upstream connection: with `check`, check the upstream first
+/// (wal_level, our physical slot `primary_slot`, the extension), then every marked slot. Local
+/// slots are read once per round. Must run in a transaction.
+pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotReport>, Problem> {
+    if check {
+        up.check(primary_slot)?;
+    }
+    let remote = up.marked_slots()?;
+    let round = Round::new(up, primary_slot);
+    let mut locals = copy::local_slots();
+    let mut reports: Vec<SlotReport> = remote
+        .iter()
+        .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
+        .collect();
+
+    // Copies of slots that are no longer marked (what is left of the scan).
+    let marked: BTreeSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();
+    for (name, _) in locals
+        .into_iter()
+        .filter(|(name, l)| l.ours && !marked.contains(name.as_str()))
+    {
+        let outcome = drop_in_round(&name);
+        let (action, state, detail) = match outcome {
+            Ok(()) => {
+                changes::copy_changed(&name);
+                (
+                    SlotAction::Dropped,
+                    State::UpstreamMissing,
+                    "the slot is no longer marked on the upstream server; dropped the copy"
+                        .to_string(),
+                )
+            }
+            Err(e) => (SlotAction::None, State::Error, e),
+        };
+        reports.push(SlotReport {
+            name,
+            action,
+            state,
+            detail,
+            upstream_confirmed_flush: Lsn::INVALID,
+        });
+    }
+    touch_ready(&reports);
+    Ok(reports)
+}
+
+/// hot_standby_feedback is off on this standby: the walreceiver has told the upstream at
+/// once, and the upstream no longer keeps the catalog rows this standby's logical copies need
+/// (the physical slot's catalog_xmin is cleared). A vacuum there can remove them at any moment,
+/// after which decoding from a copy goes wrong; on 14 and 15 nothing here would even notice
+/// (16+ invalidates such a slot on replay). So no logical copy may stay: each of ours is
+/// dropped, with a WARNING, and made again the usual way (ready only once safe) when feedback
+/// is back on. Physical copies need no catalog rows and stay.
+pub fn drop_catalog_dependent_copies() {
+    for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
+        // A physical slot has no catalog_xmin (InvalidTransactionId, 0).
+        if local.catalog_xmin == 0 {
+            continue;
+        }
+        match drop_in_round(&name) {
+            Ok(()) => pgrx::warning!(
+                "slot_failover dropped its copy of replication slot \"{name}\": hot_standby_feedback is off, so the upstream server may remove catalog rows the copy needs"
+            ),
+            Err(e) => pgrx::warning!(
+                "slot_failover could not drop its copy of replication slot \"{name}\", which hot_standby_feedback = off makes unsafe: {e}; do not use it, drop it by hand"
+            ),
+        }
+    }
+}
+
+/// Drop every copy that is not ready (not persistent: see `readiness`, ready means persistent).
+/// At promotion (`promotion`) each drop is a WARNING that says why the copy was not ready
+/// (`why`: the last round's state and detail of a slot, if it had one): decoding from such a
+/// copy could lose or repeat changes, and its consumers must know. When sync is switched off
+/// it is a LOG line. Returns the names of the ready copies kept.
+pub fn drop_unready(promotion: bool, why: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut kept = Vec::new();
+    for (name, local) in copy::local_slots().into_iter().filter(|(_, l)| l.ours) {
+        if local.persistent && !local.invalidated {
+            kept.push(name);
+            continue;
+        }
+        let reason = if local.invalidated {
+            "it was invalidated".to_string()
+        } else {
+            why(&name).unwrap_or_else(|| "it had not been made ready yet".into())
+        };
+        match drop_isolated(&name) {
+            Ok(()) if promotion => pgrx::warning!(
+                "slot_failover dropped replication slot \"{name}\" at promotion: its copy was not ready ({reason}), so decoding from it could have lost or repeated changes"
+            ),
+            Ok(()) => pgrx::log!(
+                "slot_failover dropped its copy of replication slot \"{name}\", which was not ready: slot_failover.enabled is off"
+            ),
+            Err(e) => pgrx::warning!(
+                "slot_failover could not drop replication slot \"{name}\", whose copy is not ready: {e}; do not use it, drop it by hand"
+            ),
+        }
+    }
+    kept
+}

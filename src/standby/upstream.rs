@@ -1,0 +1,429 @@
+//! The standby's connection to its upstream: a walsender connection opened through PostgreSQL's
+//! own libpqwalreceiver (no client library of ours in the server), the prerequisite checks, and
+//! the queries of `protocol.rs`, with what is cached between them (the digest and the rows it
+//! came with, the prepared statements).
+//!
+//! Invariants:
+//!
+//! * The connection string is `slot_failover.upstream_conninfo`, else `primary_conninfo`, with
+//!   `dbname = slot_failover.database` added when it names no database and application_name
+//!   set to `slot_failover worker`. It is never logged, and neither is any message built from
+//!   it (libpq's own errors do not contain passwords).
+//! * The queries and the shape of their answers are the wire format, in `protocol.rs`.
+//! * `query` must run inside a transaction: turning the text results into tuples looks up
+//!   the text type's input function.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+
+use crate::gucs;
+use crate::pg::compat;
+use crate::standby::protocol::{self, MovedSlots, RemoteSlot};
+use crate::standby::snapshots;
+use slot_failover_rules::readiness::xid_precedes;
+use slot_failover_rules::{Lsn, conninfo, slot_name};
+
+/// Something that keeps the worker from synchronizing: said once when it appears.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("hot_standby_feedback is off")]
+    NoHotStandbyFeedback,
+    #[error("primary_slot_name is not set")]
+    NoPrimarySlot,
+    #[error(
+        "no upstream connection string: primary_conninfo and slot_failover.upstream_conninfo are empty"
+    )]
+    NoConninfo,
+    #[error("could not connect to the upstream server: {0}")]
+    Connect(String),
+    #[error("query on the upstream server failed: {0}")]
+    Query(String),
+    #[error("wal_level on the upstream server is \"{0}\", not \"logical\"")]
+    UpstreamWalLevel(String),
+    #[error(
+        "physical replication slot \"{0}\" (primary_slot_name) does not exist on the upstream server"
+    )]
+    UpstreamSlotMissing(String),
+    #[error(
+        "replication slot \"{0}\" (primary_slot_name) on the upstream server is not a physical slot"
+    )]
+    UpstreamSlotNotPhysical(String),
+    #[error("extension slot_failover is not installed in database \"{0}\" on the upstream server")]
+    ExtensionMissing(String),
+}
+
+impl Problem {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Problem::NoHotStandbyFeedback => {
+                "Set hot_standby_feedback = on on this standby and reload: without it the upstream may remove catalog rows the slot copies need.".into()
+            }
+            Problem::NoPrimarySlot => {
+                "Stream through a physical slot: create one on the upstream (pg_create_physical_replication_slot) and set primary_slot_name on this standby.".into()
+            }
+            Problem::NoConninfo => "Set primary_conninfo, or slot_failover.upstream_conninfo.".into(),
+            Problem::Connect(_) => "The worker retries; check the connection string and that the upstream server is up.".into(),
+            Problem::Query(_) => "The worker retries with a new connection.".into(),
+            Problem::UpstreamWalLevel(_) => "Set wal_level = logical on the upstream server and restart it.".into(),
+            Problem::UpstreamSlotMissing(_) | Problem::UpstreamSlotNotPhysical(_) => {
+                "Create it on the upstream with pg_create_physical_replication_slot(), or change primary_slot_name.".into()
+            }
+            Problem::ExtensionMissing(_) => {
+                "Run CREATE EXTENSION slot_failover on the primary in that database, or set slot_failover.database to the database where it is installed.".into()
+            }
+        }
+    }
+}
+
+/// An open connection to the upstream's walsender. Closed when dropped.
+pub struct Upstream {
+    conn: *mut pg_sys::WalReceiverConn,
+    /// The upstream has `slot_failover.wait_for_slot_change()` (0.2.0 and later), as of the
+    /// last [`check`](Upstream::check).
+    can_wait: std::cell::Cell<bool>,
+    /// The wait query is prepared in this session (see [`wait_for_change`](Upstream::wait_for_change)).
+    wait_prepared: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.marked_slots_digest()` (0.5.0 and later) and we may
+    /// run it, as of the last [`check`](Upstream::check).
+    can_digest: std::cell::Cell<bool>,
+    /// The digest query is prepared in this session.
+    digest_prepared: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.two_phase_points()` (0.6.0 and later) and we may run
+    /// it, as of the last [`check`](Upstream::check): the rows then carry each slot's two_phase
+    /// point. Set before any row query is prepared on this connection (check runs first).
+    can_points: std::cell::Cell<bool>,
+    /// The rows of the last read of every marked slot, with the digest read just before them
+    /// (see [`marked_slots`](Upstream::marked_slots)).
+    cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
+    /// How many times in a row `cached` was used instead of reading the rows.
+    reused: std::cell::Cell<u32>,
+}
+
+/// The rows of every marked slot are read at least every this many full rounds, even when the
+/// digest says they did not change (see `primary/digest.rs`).
+const FORCED_READ_EVERY: u32 = 30;
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // SAFETY: conn came from walrcv_connect and is disconnected only here, once.
+        unsafe {
+            if let Some(disconnect) = (*pg_sys::WalReceiverFunctions).walrcv_disconnect {
+                disconnect(self.conn);
+            }
+        }
+    }
+}
+
+fn string_guc(name: &CStr) -> Option<String> {
+    // SAFETY: GetConfigOption with missing_ok = true returns NULL or a pointer into the GUC
+    // table that stays valid until the next configuration change; we copy it at once.
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated (see above).
+    let value = unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!value.trim().is_empty()).then_some(value)
+}
+
+/// What the standby-side checks yield.
+pub struct Prerequisites {
+    /// The connection string to use (never logged).
+    pub conninfo: String,
+    /// primary_slot_name: the physical slot this standby streams through upstream.
+    pub primary_slot: String,
+}
+
+/// The standby-side prerequisites, the connection string and the physical slot.
+pub fn local_prerequisites() -> Result<Prerequisites, Problem> {
+    if string_guc(c"hot_standby_feedback").as_deref() != Some("on") {
+        return Err(Problem::NoHotStandbyFeedback);
+    }
+    let primary_slot = string_guc(c"primary_slot_name").ok_or(Problem::NoPrimarySlot)?;
+    let conninfo = gucs::upstream_conninfo()
+        .or_else(|| string_guc(c"primary_conninfo"))
+        .ok_or(Problem::NoConninfo)?;
+    Ok(Prerequisites {
+        conninfo: conninfo::for_worker(&conninfo, &gucs::database()),
+        primary_slot,
+    })
+}
+
+impl Upstream {
+    /// Connect to `conninfo` (a logical walsender connection).
+    pub fn connect(conninfo: &str) -> Result<Upstream, Problem> {
+        let conninfo = CString::new(conninfo)
+            .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))?;
+        // SAFETY: load_file is idempotent and raises an ERROR if the library is missing (it
+        // ships with every PostgreSQL server). We are in a backend or background worker.
+        unsafe {
+            if pg_sys::WalReceiverFunctions.is_null() {
+                pg_sys::load_file(c"libpqwalreceiver".as_ptr(), false);
+            }
+            assert!(
+                !pg_sys::WalReceiverFunctions.is_null(),
+                "libpqwalreceiver did not register its functions"
+            );
+        }
+        // The connection must outlive the transaction it is opened in.
+        // SAFETY: TopMemoryContext lives as long as the process; we switch back right after.
+        let conn = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let conn = compat::walrcv_connect(&conninfo, c"slot_failover");
+            pg_sys::MemoryContextSwitchTo(old);
+            conn
+        };
+        conn.map(|conn| Upstream {
+            conn,
+            can_wait: std::cell::Cell::new(false),
+            wait_prepared: std::cell::Cell::new(false),
+            can_digest: std::cell::Cell::new(false),
+            digest_prepared: std::cell::Cell::new(false),
+            can_points: std::cell::Cell::new(false),
+            cached: std::cell::RefCell::new(None),
+            reused: std::cell::Cell::new(0),
+        })
+        .map_err(Problem::Connect)
+    }
+
+    /// Run `sql`, a command that returns no rows (`PREPARE`, say).
+    fn command(&self, sql: &str) -> Result<(), Problem> {
+        self.exec(sql, 0, pg_sys::WalRcvExecStatus::WALRCV_OK_COMMAND)
+            .map(|_| ())
+    }
+
+    /// Run `sql`, which returns `ncols` columns, and return every row as text.
+    pub fn query(&self, sql: &str, ncols: usize) -> Result<Vec<Vec<Option<String>>>, Problem> {
+        self.exec(sql, ncols, pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES)
+    }
+
+    fn exec(
+        &self,
+        sql: &str,
+        ncols: usize,
+        expected: pg_sys::WalRcvExecStatus::Type,
+    ) -> Result<Vec<Vec<Option<String>>>, Problem> {
+        let sql = CString::new(sql).expect("query contains a NUL byte");
+        let types = vec![pg_sys::TEXTOID; ncols];
+        // SAFETY: conn is open; walrcv_exec copies the result into a tuplestore allocated in
+        // the current memory context (our transaction's); the caller is in a transaction, as
+        // building the tuples needs catalog access. Each tuple is read through a slot of the
+        // result's own descriptor, and every datum is text (we asked for TEXTOID). A command
+        // result has no tuplestore and is not read.
+        unsafe {
+            let exec = (*pg_sys::WalReceiverFunctions)
+                .walrcv_exec
+                .expect("no walrcv_exec");
+            let res = exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr());
+            if (*res).status != expected {
+                let err = if (*res).err.is_null() {
+                    format!("unexpected result status {:?}", (*res).status)
+                } else {
+                    CStr::from_ptr((*res).err)
+                        .to_string_lossy()
+                        .trim_end()
+                        .to_string()
+                };
+                return Err(Problem::Query(err));
+            }
+            if expected != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
+                return Ok(Vec::new());
+            }
+            let slot =
+                pg_sys::MakeSingleTupleTableSlot((*res).tupledesc, &pg_sys::TTSOpsMinimalTuple);
+            let mut rows = Vec::new();
+            while pg_sys::tuplestore_gettupleslot((*res).tuplestore, true, false, slot) {
+                let mut row = Vec::with_capacity(ncols);
+                for col in 1..=ncols as i32 {
+                    let mut isnull = false;
+                    let datum = pg_sys::slot_getattr(slot, col, &mut isnull);
+                    row.push(if isnull {
+                        None
+                    } else {
+                        let text = pg_sys::text_to_cstring(datum.cast_mut_ptr());
+                        let value = CStr::from_ptr(text).to_string_lossy().into_owned();
+                        pg_sys::pfree(text.cast());
+                        Some(value)
+                    });
+                }
+                rows.push(row);
+                pg_sys::ExecClearTuple(slot);
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            Ok(rows)
+        }
+    }
+
+    /// The upstream-side prerequisites: wal_level logical, our physical slot there and
+    /// physical, the extension installed in the database we connected to.
+    pub fn check(&self, primary_slot: &str) -> Result<(), Problem> {
+        let (sql, ncols) = protocol::check(primary_slot);
+        let rows = self.query(&sql, ncols)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Problem::Query("no row returned".into()))?;
+        let c = protocol::checked(row);
+        if c.wal_level != "logical" {
+            return Err(Problem::UpstreamWalLevel(c.wal_level));
+        }
+        match c.primary_slot_type.as_deref() {
+            None => return Err(Problem::UpstreamSlotMissing(primary_slot.into())),
+            Some("physical") => {}
+            Some(_) => return Err(Problem::UpstreamSlotNotPhysical(primary_slot.into())),
+        }
+        if !c.extension_installed {
+            return Err(Problem::ExtensionMissing(c.database));
+        }
+        self.can_wait.set(c.can_wait);
+        self.can_digest.set(c.can_digest);
+        if c.can_points != self.can_points.get() {
+            // The upstream was updated under this connection: the prepared queries name
+            // the columns of the old version.
+            if self.wait_prepared.replace(false) {
+                self.command(protocol::DEALLOCATE_WAIT)?;
+            }
+            self.cached.replace(None);
+            self.can_points.set(c.can_points);
+        }
+        Ok(())
+    }
+
+    /// Whether the upstream can tell us when a marked slot moves (see `primary/changes.rs`).
+    pub fn can_wait(&self) -> bool {
+        self.can_wait.get()
+    }
+
+    /// Wait on the upstream until a marked slot moves or `timeout` passes. Returns the
+    /// upstream's change counter, to pass as `seen` next time (-1 the first time), and, when
+    /// the upstream knows them all, the names of the slots that moved since `seen` with their
+    /// rows as [`marked_slots`](Upstream::marked_slots) gives them, read after the wait in the
+    /// same query (None: anything may have changed).
+    pub fn wait_for_change(
+        &self,
+        seen: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(i64, Option<MovedSlots>), Problem> {
+        if !self.wait_prepared.get() {
+            self.command(&protocol::prepare_wait(self.can_points.get()))?;
+            self.wait_prepared.set(true);
+        }
+        let (sql, ncols) = protocol::execute_wait(seen, timeout.as_millis());
+        let rows = self.query(&sql, ncols)?;
+        protocol::waited(&rows).map_err(Problem::Query)
+    }
+
+    /// Every marked slot, with the upstream's view of it. When the upstream can give a digest
+    /// of these rows (`primary/digest.rs`) and it is the one the rows read last time came
+    /// with, those are returned without reading them again (but not more than
+    /// `FORCED_READ_EVERY` times in a row). Rows that are read are kept only when the digest
+    /// was the same before and after reading them: rows read while something changed could
+    /// otherwise be filed under a state that comes back later (a mark removed and added again,
+    /// say) and stand for it.
+    pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        if !self.can_digest.get() {
+            return self.read_marked_slots();
+        }
+        let digest = self.digest()?;
+        if self.reused.get() < FORCED_READ_EVERY
+            && let Some((cached, rows)) = &*self.cached.borrow()
+            && *cached == digest
+        {
+            self.reused.set(self.reused.get() + 1);
+            return Ok(rows.clone());
+        }
+        let rows = self.read_marked_slots()?;
+        let after = self.digest()?;
+        self.cached
+            .replace((after == digest).then(|| (digest, rows.clone())));
+        self.reused.set(0);
+        Ok(rows)
+    }
+
+    /// The upstream's `slot_failover.marked_slots_digest()`, prepared once per connection (it
+    /// runs once per full round).
+    fn digest(&self) -> Result<i64, Problem> {
+        if !self.digest_prepared.get() {
+            self.command(protocol::PREPARE_DIGEST)?;
+            self.digest_prepared.set(true);
+        }
+        self.query(protocol::EXECUTE_DIGEST, 1)?
+            .first()
+            .and_then(|r| r[0].as_deref()?.parse().ok())
+            .ok_or_else(|| Problem::Query("marked_slots_digest() returned no digest".into()))
+    }
+
+    /// Read the row of every marked slot.
+    fn read_marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        let rows = self.query(
+            &protocol::marked_slots(self.can_points.get()),
+            protocol::SLOT_COLUMNS,
+        )?;
+        Ok(rows.iter().map(|r| protocol::remote_slot(r)).collect())
+    }
+
+    /// The oldest xid whose catalog rows the upstream keeps for this standby: the older of
+    /// the xmin and catalog_xmin of its physical slot `primary_slot` there (set from this
+    /// standby's hot_standby_feedback). None: it keeps none (no feedback yet).
+    pub fn kept_from(&self, primary_slot: &str) -> Result<Option<u32>, Problem> {
+        let (sql, ncols) = protocol::kept_from(primary_slot);
+        let rows = self.query(&sql, ncols)?;
+        let xids = rows
+            .first()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_deref().and_then(|x| x.parse::<u32>().ok()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Ok(xids
+            .into_iter()
+            .reduce(|a, b| if xid_precedes(a, b) { a } else { b }))
+    }
+
+    /// The upstream's state file of slot `name` (`pg_replslot/<name>/state`, as of its last
+    /// save), if it has one: where an upstream older than 0.6.0 keeps the two_phase point.
+    /// Same privilege as [`snapshot_file`](Upstream::snapshot_file).
+    pub fn slot_state_file(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        slot_name::validate(name).map_err(|e| format!("bad slot name {name:?}: {e:?}"))?;
+        self.read_file(
+            &format!("pg_replslot/{name}/state"),
+            SLOT_STATE_FILE_MAX,
+            "slot state file",
+        )
+    }
+
+    /// The upstream's serialized snapshot file at `at`, if it has one. Reading it needs
+    /// EXECUTE on pg_read_binary_file on the upstream (superusers have it); the file is inside
+    /// the data directory, so pg_read_server_files is not needed.
+    pub fn snapshot_file(&self, at: Lsn) -> Result<Option<Vec<u8>>, String> {
+        self.read_file(&snapshots::path(at), SNAPSHOT_FILE_MAX, "snapshot file")
+    }
+
+    /// At most `max` bytes of the upstream's file `path` (inside its data directory), None
+    /// when there is no such file; `what` names it in errors.
+    fn read_file(&self, path: &str, max: u64, what: &str) -> Result<Option<Vec<u8>>, String> {
+        let (sql, ncols) = protocol::read_file(path, max);
+        let rows = self.query(&sql, ncols).map_err(|p| match p {
+            Problem::Query(e) if e.contains("permission denied") => format!(
+                "could not read the upstream's {what}: {e} (on the upstream: GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO the connection's user)"
+            ),
+            Problem::Query(e) => format!("could not read the upstream's {what}: {e}"),
+            other => other.to_string(),
+        })?;
+        let Some(hex) = rows.first().and_then(|r| r[0].clone()) else {
+            return Ok(None);
+        };
+        protocol::decode_bytea_hex(&hex).map(Some)
+    }
+}
+
+/// Snapshot files hold a few arrays of xids: 256 MiB is far beyond any real one (a longer
+/// file would be cut short, and its checksum would then fail loudly when restored).
+const SNAPSHOT_FILE_MAX: u64 = 256 << 20;
+
+/// A slot's state file is a few hundred bytes on every major.
+const SLOT_STATE_FILE_MAX: u64 = 8192;

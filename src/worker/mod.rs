@@ -1,0 +1,357 @@
+//! The slot_failover background worker.
+//!
+//! One worker per server, registered by `_PG_init` while the postmaster loads
+//! `shared_preload_libraries`. It starts once the server has reached a consistent state
+//! (`BgWorkerStart_ConsistentState`), so it runs on a hot standby as well as on a primary, and
+//! the postmaster restarts it `RESTART_AFTER` after it exits with an error or crashes.
+//!
+//! Its main loop is three calls: `handle_signals()`, `wait_for_work()`, `run(wake)`.
+//!
+//! * `handle_signals` acts on what arrived since the last turn: the postmaster's death (exit),
+//!   SIGTERM (exit 1, so that a worker terminated by hand is restarted; during a shutdown the
+//!   postmaster restarts nothing), SIGHUP (re-read the configuration), and the promotion of
+//!   the standby it runs on (keep the ready copies, drop the others loudly).
+//! * `wait_for_work` returns a [`Wake`]: why there is work now. A synchronizing standby waits
+//!   on its upstream, which answers as soon as a marked slot moves there (`primary/changes.rs`),
+//!   in slices of at most [`REMOTE_WAIT_SLICE`] so that signals and `sync()` requests are seen
+//!   between two remote calls; anything else naps on the process latch, which a signal, a
+//!   `sync()` request or the commit of `enable()` and friends sets.
+//! * `run` does the duties of the server's role: on a standby, a round over the slots that
+//!   moved, or over every marked slot (`worker/standby.rs`); on every server, publishing the
+//!   marks to the logical senders and the retained-WAL check (`worker/primary.rs`).
+//!
+//! The log lines a DBA sees: `slot_failover worker started (server is a standby)` or
+//! `(... a primary)`; `slot_failover worker: this server was promoted ...`; `slot_failover
+//! worker stopping`; `slot_failover worker exiting: the postmaster died`; and, on a standby, one
+//! line per change of a slot's state or of a problem (each problem once, as a WARNING with a
+//! hint, retried with a back-off from `slot_failover.naptime` to 30 s; a reload retries at
+//! once).
+//!
+//! Invariants:
+//!
+//! * Signal handlers only set flags and the process latch (pgrx's handlers: SIGHUP sets
+//!   `ConfigReloadPending`, SIGTERM sets `ShutdownRequestPending`). The main loop does the
+//!   work.
+//! * The loop never sleeps without the latch, so a signal is acted on at once.
+//! * A round runs at least every naptime (for what the upstream does not signal: slots moved
+//!   by SQL functions, drops, invalidations), and at once when `sync()` asks.
+
+pub mod control;
+pub mod primary;
+pub mod retention;
+pub mod standby;
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+
+use self::control::CONTROL;
+use self::primary::Publisher;
+use self::standby::{Moved, SyncState};
+use crate::gucs;
+use crate::pg::{latch, xact};
+use crate::standby::last_round;
+use crate::standby::protocol::RemoteSlot;
+use crate::standby::upstream::Problem;
+
+/// `backend_type` of the worker in `pg_stat_activity`, and its process title.
+pub const WORKER_TYPE: &str = "slot_failover worker";
+
+/// How long the postmaster waits before restarting a worker that exited with an error.
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+/// Longest single wait on the upstream: the worker looks at signals and sync() requests
+/// between two waits.
+const REMOTE_WAIT_SLICE: Duration = Duration::from_millis(500);
+
+/// Register the worker with the postmaster. Only valid while shared_preload_libraries are
+/// being loaded (checked by the caller).
+pub fn register() {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library(crate::EXTENSION_NAME)
+        .set_function("slot_failover_worker_main")
+        .enable_spi_access()
+        // enable_spi_access() defaults to RecoveryFinished, which would keep the worker off a
+        // standby: start as soon as hot-standby connections are possible instead.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+/// Why the worker has work now.
+enum Wake {
+    /// The worker just started: everything is due at once.
+    Start,
+    /// The naptime (or, while something is wrong, the back-off) is up: a full round is due.
+    Naptime,
+    /// The upstream named the marked slots that moved, with their rows there.
+    Moved(Vec<String>, Vec<RemoteSlot>),
+    /// The upstream said something changed without naming it (the marks changed, or more moves
+    /// than it remembers).
+    Anything,
+    /// The latch was set (a signal, a `sync()` request, a commit of `enable()`), or a slice of
+    /// the wait on the upstream passed with nothing new.
+    Latch,
+}
+
+/// What the worker keeps between turns.
+struct Worker {
+    /// The database it connected to (a change of `slot_failover.database` restarts it).
+    database: String,
+    /// Whether the server was a standby at the last look.
+    standby: bool,
+    sync: SyncState,
+    publisher: Publisher,
+    /// When the last full round started.
+    last_round: Instant,
+    started: bool,
+    postmaster_died: bool,
+}
+
+impl Worker {
+    /// A standby whose worker synchronizes (`slot_failover.enabled`).
+    fn syncing(&self) -> bool {
+        self.standby && gucs::enabled()
+    }
+
+    /// How long a full round may wait: the naptime, or the back-off while something is wrong.
+    fn round_interval(&self) -> Duration {
+        if self.syncing() {
+            self.sync.backoff
+        } else {
+            gucs::naptime()
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        if self.postmaster_died {
+            log!("{WORKER_TYPE} exiting: the postmaster died");
+            // SAFETY: proc_exit runs the exit callbacks and never returns.
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        check_for_interrupts!();
+        if BackgroundWorker::sigterm_received() {
+            log!("{WORKER_TYPE} stopping");
+            // SAFETY: as above. Exit code 1 asks the postmaster to restart us unless it is
+            // shutting down.
+            unsafe { pg_sys::proc_exit(1) };
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the main loop, outside any signal handler and outside a
+            // transaction, as PostgreSQL's own processes do.
+            unsafe {
+                (&raw mut pg_sys::ConfigReloadPending).write_volatile(0);
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+            debug1!("{WORKER_TYPE} reloaded its configuration");
+            self.publisher.settings_changed();
+            if gucs::database() != self.database {
+                log!(
+                    "{WORKER_TYPE} restarting to connect to database \"{}\" (slot_failover.database changed)",
+                    gucs::database()
+                );
+                // SAFETY: as above; the postmaster restarts us after RESTART_AFTER.
+                unsafe { pg_sys::proc_exit(1) };
+            }
+            self.sync.backoff = gucs::naptime(); // a fix may have been reloaded: retry at once
+        }
+        self.notice_promotion();
+    }
+
+    /// The promotion of the standby the worker runs on: keep the ready copies, drop the
+    /// others loudly, and become a primary's worker. Looked at before waiting and again before
+    /// the work a wait brought (a round must not start on a server promoted meanwhile).
+    fn notice_promotion(&mut self) {
+        let standby = crate::pg::in_recovery();
+        if self.standby && !standby {
+            log!("{WORKER_TYPE}: this server was promoted and is now a primary");
+            let (rows, _) = last_round::rows();
+            self.sync.reset();
+            last_round::clear();
+            xact::in_transaction(|| standby::promote(&rows));
+        }
+        self.standby = standby;
+    }
+
+    fn wait_for_work(&mut self) -> Wake {
+        if !self.started {
+            self.started = true;
+            return Wake::Start;
+        }
+        let interval = self.round_interval();
+        if self.syncing() && !round_requested() {
+            let left = interval.saturating_sub(self.last_round.elapsed());
+            if left.is_zero() {
+                return Wake::Naptime;
+            }
+            match self.sync.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
+                Some(Moved::Slots(names, rows)) => return Wake::Moved(names, rows),
+                Some(Moved::Anything) => return Wake::Anything,
+                Some(Moved::Nothing) if self.last_round.elapsed() >= interval => {
+                    return Wake::Naptime;
+                }
+                Some(Moved::Nothing) => return Wake::Latch,
+                // No upstream to wait on (a problem being retried, an old upstream): nap.
+                None => {}
+            }
+        } else if round_requested() {
+            return Wake::Latch;
+        }
+        let left = if self.syncing() {
+            interval.saturating_sub(self.last_round.elapsed())
+        } else {
+            interval
+        };
+        let started = Instant::now();
+        self.postmaster_died =
+            latch::wait_in_main_loop(left.as_millis() as i64, pg_sys::PG_WAIT_EXTENSION);
+        if started.elapsed() >= left {
+            Wake::Naptime
+        } else {
+            Wake::Latch
+        }
+    }
+
+    fn run(&mut self, wake: Wake) {
+        if self.postmaster_died {
+            return;
+        }
+        self.notice_promotion();
+        // A primary publishes the marks before anything else (its senders wait on them).
+        if !self.standby {
+            self.publisher.publish(false);
+        }
+        let syncing = self.syncing();
+        let requested = {
+            let mut c = CONTROL.exclusive();
+            c.worker_syncing = syncing;
+            c.rounds_requested
+        };
+        // (A guard held across the round would deadlock with the round's own bookkeeping.)
+        let asked = requested != CONTROL.share().rounds_done;
+        if syncing {
+            self.synchronize(wake, asked);
+        } else if self.sync.busy() {
+            if self.standby {
+                // Sync was switched off: let go of the copies that are not ready (they belong
+                // to this process), so that sync() in a session can take over.
+                xact::in_transaction(|| crate::standby::round::drop_unready(false, &|_| None));
+            }
+            self.sync.reset();
+            last_round::clear();
+        }
+        CONTROL.exclusive().rounds_done = requested;
+        if self.standby && self.publisher.due(true) {
+            self.publisher.publish(true);
+        }
+    }
+
+    /// A standby's rounds. A wake-up that named the slots that moved touches only those, with
+    /// the rows it brought, at once; a full round follows when one is due anyway (the naptime
+    /// is up, or `sync()` asked) or the partial one could not stand for it: the moved slots
+    /// never wait behind the periodic work.
+    fn synchronize(&mut self, wake: Wake, asked: bool) {
+        let full_due = asked || self.last_round.elapsed() >= self.round_interval();
+        let (woken, full) = match wake {
+            Wake::Moved(names, rows) => {
+                let started = Instant::now();
+                let partial = xact::in_transaction(|| self.sync.round_some(&names, &rows));
+                match partial {
+                    Some(reports) if last_round::publish_some(&reports) => {
+                        for r in &reports {
+                            self.sync.report_slot(r);
+                        }
+                        control::record_round(started.elapsed(), true);
+                        (true, full_due)
+                    }
+                    _ => (true, true),
+                }
+            }
+            Wake::Start | Wake::Naptime => (false, true),
+            Wake::Anything => (true, true),
+            Wake::Latch => (false, full_due),
+        };
+        if !full {
+            return;
+        }
+        self.last_round = Instant::now();
+        let outcome = xact::in_transaction(|| self.sync.round());
+        control::record_round(self.last_round.elapsed(), woken);
+        match &outcome {
+            Ok(reports) => last_round::publish(reports, None),
+            Err(problem) => {
+                if matches!(problem, Problem::NoHotStandbyFeedback) {
+                    xact::in_transaction(crate::standby::round::drop_catalog_dependent_copies);
+                }
+                last_round::publish(&[], Some(&problem.to_string()))
+            }
+        }
+        self.sync.report(outcome);
+    }
+}
+
+/// Whether `sync()` asked for a round the worker has not run yet.
+fn round_requested() -> bool {
+    let c = CONTROL.share();
+    c.rounds_requested != c.rounds_done
+}
+
+/// At exit: sync() must not wait for a worker that is gone.
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_worker(_code: i32, _arg: pg_sys::Datum) {
+    let mut c = CONTROL.exclusive();
+    c.worker_latch = 0;
+    c.worker_syncing = false;
+}
+
+fn role_name(standby: bool) -> &'static str {
+    if standby { "a standby" } else { "a primary" }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // A database connection is needed to read query results (type look-ups). It need not be
+    // the one the extension is installed in, but that one is sure to matter to the DBA.
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+
+    let standby = crate::pg::in_recovery();
+    log!("{WORKER_TYPE} started (server is {})", role_name(standby));
+    if !standby {
+        // A primary's slots are its own, also those it kept when it was promoted by an
+        // earlier version (which left their markers) or that a crash kept from being disowned.
+        for name in crate::standby::copy::disown_all() {
+            log!(
+                "{WORKER_TYPE}: replication slot \"{name}\" was a copy made when this server was a standby; it is this primary's own now"
+            );
+        }
+    }
+    // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
+    // valid in every server process; on_shmem_exit runs our callback when this process exits.
+    unsafe {
+        CONTROL.exclusive().worker_latch = &raw mut (*pg_sys::MyProc).procLatch as usize;
+        pg_sys::on_shmem_exit(Some(forget_worker), pg_sys::Datum::from(0));
+    }
+    let mut worker = Worker {
+        database,
+        standby,
+        sync: SyncState::new(),
+        publisher: Publisher::new(),
+        last_round: Instant::now(),
+        started: false,
+        postmaster_died: false,
+    };
+    // The logical senders wait until the marks are known: publish them before anything else.
+    worker.publisher.publish(standby);
+    loop {
+        worker.handle_signals();
+        let wake = worker.wait_for_work();
+        worker.run(wake);
+    }
+}

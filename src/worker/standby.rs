@@ -1,0 +1,280 @@
+//! The worker's duties on a standby: rounds against the upstream (waiting on it between them),
+//! what it logs of each slot, and the promotion.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+use super::WORKER_TYPE;
+use crate::gucs;
+use crate::pg::xact::in_transaction_without_snapshot;
+use crate::standby::last_round::Row;
+use crate::standby::protocol::RemoteSlot;
+use crate::standby::round;
+use crate::standby::upstream::{self, Problem, Upstream};
+use slot_failover_rules::readiness::State;
+use slot_failover_rules::report::{SlotAction, SlotReport};
+
+/// Longest pause between attempts while something is wrong (doubling from naptime).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a wait on the upstream said.
+pub enum Moved {
+    /// Nothing: the wait timed out.
+    Nothing,
+    /// These marked slots moved (and nothing else changed); their rows upstream.
+    Slots(Vec<String>, Vec<RemoteSlot>),
+    /// Anything may have changed (the marks, or more moves than the upstream remembers).
+    Anything,
+}
+
+/// What the worker knows between rounds.
+pub struct SyncState {
+    upstream: Option<Upstream>,
+    /// The connection string `upstream` was opened with (never logged).
+    conninfo: String,
+    /// The last problem reported, so each is logged once.
+    problem: Option<Problem>,
+    /// The marked slots seen in the last good round.
+    marked: Option<Vec<String>>,
+    /// Each slot's state after the last round, so that changes are logged once.
+    slot_states: HashMap<String, State>,
+    pub backoff: Duration,
+    /// The upstream's change counter as of the last wait (-1: not waited yet).
+    change_seen: i64,
+    /// When the upstream's prerequisites were last checked.
+    checked_at: Option<std::time::Instant>,
+}
+
+impl SyncState {
+    pub fn new() -> SyncState {
+        SyncState {
+            upstream: None,
+            conninfo: String::new(),
+            problem: None,
+            marked: None,
+            slot_states: HashMap::new(),
+            backoff: gucs::naptime(),
+            change_seen: -1,
+            checked_at: None,
+        }
+    }
+
+    /// Between rounds, wait on the upstream until one of its marked slots moves (at most
+    /// `timeout`), instead of napping here: Some(what moved). None when that is not possible
+    /// (no connection, an upstream without `wait_for_slot_change()`, a problem being retried)
+    /// or failed; the caller then naps on its latch. See `primary/changes.rs`.
+    pub fn wait_upstream(&mut self, timeout: Duration) -> Option<Moved> {
+        if self.problem.is_some() {
+            return None;
+        }
+        let up = self.upstream.as_ref().filter(|up| up.can_wait())?;
+        let seen = self.change_seen;
+        // No snapshot: the wait reads nothing here, and a snapshot held across it would hold
+        // back this standby's xmin (and, through feedback, vacuum on the primary).
+        match in_transaction_without_snapshot(|| up.wait_for_change(seen, timeout)) {
+            Ok((value, slots)) => {
+                self.change_seen = value;
+                Some(if value == seen {
+                    Moved::Nothing
+                } else {
+                    match slots {
+                        Some((names, rows)) if !names.is_empty() => Moved::Slots(names, rows),
+                        _ => Moved::Anything,
+                    }
+                })
+            }
+            Err(problem) => {
+                debug1!("{WORKER_TYPE}: waiting on the upstream failed ({problem}); reconnecting");
+                self.upstream = None;
+                None
+            }
+        }
+    }
+
+    /// Whether there is anything to let go of when syncing stops: a connection, a problem, or
+    /// slots it reported on.
+    pub fn busy(&self) -> bool {
+        self.upstream.is_some() || self.problem.is_some() || !self.slot_states.is_empty()
+    }
+
+    /// Forget the connection and what we knew (the server was promoted, or sync was disabled).
+    pub fn reset(&mut self) {
+        *self = SyncState::new();
+    }
+
+    /// One round: prerequisites, connection, the marked slots upstream. A query that fails on
+    /// an existing connection (the upstream restarted, say) is retried once on a new one, so
+    /// that an upstream that went away is reported as unreachable, once.
+    pub fn round(&mut self) -> Result<Vec<SlotReport>, Problem> {
+        let upstream::Prerequisites {
+            conninfo,
+            primary_slot,
+        } = upstream::local_prerequisites()?;
+        if conninfo != self.conninfo {
+            self.upstream = None;
+        }
+        let fresh = self.upstream.is_none();
+        if fresh {
+            self.upstream = Some(Upstream::connect(&conninfo)?);
+            self.conninfo = conninfo;
+        }
+        let up = self.upstream.as_ref().expect("connected above");
+        // The upstream's prerequisites are looked at on a new connection and then at most once
+        // per naptime: a round started by a wake-up has just heard from the upstream.
+        let check = fresh
+            || self
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= gucs::naptime());
+        if check {
+            self.checked_at = Some(std::time::Instant::now());
+        }
+        match round::round(up, &primary_slot, check) {
+            Err(Problem::Query(_)) if !fresh => {
+                self.upstream = None;
+                self.round()
+            }
+            Err(problem @ Problem::Query(_)) => {
+                self.upstream = None;
+                Err(problem)
+            }
+            result => result,
+        }
+    }
+
+    /// A round over the slots a wake-up named, when it can stand for a full one: connected,
+    /// no problem, and every one of them known from the last full round. None: run a full
+    /// round instead.
+    pub fn round_some(&mut self, moved: &[String], rows: &[RemoteSlot]) -> Option<Vec<SlotReport>> {
+        if self.problem.is_some() {
+            return None;
+        }
+        let known = self.marked.as_ref()?;
+        if !moved.iter().all(|n| known.contains(n)) {
+            return None;
+        }
+        let up = self.upstream.as_ref()?;
+        Some(round::round_some(up, moved, rows))
+    }
+
+    /// Log what changed since the last round: a new problem (once), the end of a problem, a
+    /// change in the set of marked slots.
+    pub fn report(&mut self, outcome: Result<Vec<SlotReport>, Problem>) {
+        match outcome {
+            Err(problem) => {
+                let same_kind = self
+                    .problem
+                    .as_ref()
+                    .is_some_and(|p| std::mem::discriminant(p) == std::mem::discriminant(&problem));
+                if !same_kind {
+                    ErrorReport::new(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!("{WORKER_TYPE} cannot synchronize slots: {problem}"),
+                        "slot_failover worker",
+                    )
+                    .set_hint(problem.hint())
+                    .report(PgLogLevel::WARNING);
+                }
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                debug1!(
+                    "{WORKER_TYPE}: round failed ({problem}); next attempt in {} ms",
+                    self.backoff.as_millis()
+                );
+                self.problem = Some(problem);
+                self.marked = None;
+            }
+            Ok(reports) => {
+                let names: Vec<String> = reports
+                    .iter()
+                    .filter(|r| {
+                        r.action != SlotAction::Dropped || r.state != State::UpstreamMissing
+                    })
+                    .map(|r| r.name.clone())
+                    .collect();
+                if self.problem.take().is_some() || self.marked.is_none() {
+                    log!("{WORKER_TYPE} is connected to the upstream server");
+                }
+                if self.marked.as_ref() != Some(&names) {
+                    log!(
+                        "{WORKER_TYPE}: {} marked slot(s) on the upstream server{}{}",
+                        names.len(),
+                        if names.is_empty() { "" } else { ": " },
+                        names.join(", ")
+                    );
+                }
+                for r in &reports {
+                    self.report_slot(r);
+                }
+                self.slot_states.retain(|name, _| names.contains(name));
+                self.marked = Some(names);
+                self.backoff = gucs::naptime();
+            }
+        }
+    }
+}
+
+impl SyncState {
+    /// Log a slot's state when it changes (and every drop).
+    pub fn report_slot(&mut self, r: &SlotReport) {
+        let name = &r.name;
+        let detail = &r.detail;
+        if r.action == SlotAction::Dropped {
+            log!("{WORKER_TYPE} dropped its copy of replication slot \"{name}\": {detail}");
+        }
+        let previous = self.slot_states.insert(name.clone(), r.state);
+        if previous == Some(r.state) {
+            debug1!(
+                "{WORKER_TYPE}: slot \"{name}\" {}: {detail}",
+                r.state.as_str()
+            );
+            return;
+        }
+        match r.state {
+            State::Ready => {
+                log!("{WORKER_TYPE}: replication slot \"{name}\" is ready for failover")
+            }
+            State::Error => warning!(
+                "{WORKER_TYPE}: replication slot \"{name}\" cannot be synchronized: {detail}"
+            ),
+            state => log!(
+                "{WORKER_TYPE}: replication slot \"{name}\" is {}: {detail}",
+                state.as_str()
+            ),
+        }
+    }
+}
+
+/// At promotion: keep ready copies, drop the others loudly (saying why each was not ready,
+/// from `last_round`: the rows of the worker's last round), and name every marked slot that
+/// has no copy here. The kept slots are this server's own from now on: their marker files go
+/// (see `copy::disown_all`).
+pub fn promote(last_round: &[Row]) {
+    let why = |name: &str| {
+        last_round
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| format!("{}: {}", r.state.as_str(), r.detail))
+    };
+    let kept = round::drop_unready(true, &why);
+    crate::standby::copy::disown_all();
+    for name in &kept {
+        log!(
+            "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"
+        );
+    }
+    let missing = crate::pg::xact::read_one::<String>(
+        "SELECT pg_catalog.string_agg(m.slot_name::pg_catalog.text, ', ' ORDER BY m.slot_name)
+           FROM slot_failover.marked_slots AS m
+          WHERE pg_catalog.to_regclass('slot_failover.marked_slots') IS NOT NULL
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots AS s
+                             WHERE s.slot_name OPERATOR(pg_catalog.=) m.slot_name)",
+        &[],
+    );
+    if let Ok(Some(missing)) = missing {
+        warning!(
+            "{WORKER_TYPE}: marked replication slot(s) with no copy on this promoted server: {missing}; their consumers cannot continue here"
+        );
+    }
+}
