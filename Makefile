@@ -3,8 +3,9 @@
 #
 #   make [PG_CONFIG=...]               build the extension for the PostgreSQL that pg_config
 #                                      names (its major picks the Cargo feature)
-#   make install [PG_CONFIG=...]       install the library and the SQL files there (as the owner
-#                                      of that installation)
+#   make install [PG_CONFIG=...]       install the library, the SQL files and the promotion gate
+#                                      slot_failover_pre_promote there (as the owner of that
+#                                      installation)
 #   make uninstall [PG_CONFIG=...]     remove them again
 #   make installcheck [PG_CONFIG=...]  the multi-node tests against that installation (they start
 #                                      their own servers; as root they run them as `postgres`)
@@ -23,6 +24,7 @@ PGRX_CONFIG := $(or $(PGRX_HOME),$(HOME)/.pgrx)/config.toml
 MAJOR := $(shell $(PG_CONFIG) --version 2>/dev/null | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir 2>/dev/null)
 SHAREDIR := $(shell $(PG_CONFIG) --sharedir 2>/dev/null)
+BINDIR := $(shell $(PG_CONFIG) --bindir 2>/dev/null)
 ifeq ($(PROFILE),release)
 RELEASE := --release
 endif
@@ -35,10 +37,11 @@ all: check-tools pgrx-config
 
 install: check-tools pgrx-config
 	cargo pgrx install $(RELEASE) --pg-config $(PG_CONFIG_PATH) $(FEATURES)
+	install -m 755 packaging/slot_failover_pre_promote $(BINDIR)/slot_failover_pre_promote
 
 uninstall:
 	rm -f $(PKGLIBDIR)/slot_failover.so $(SHAREDIR)/extension/slot_failover.control \
-	    $(SHAREDIR)/extension/slot_failover--*.sql
+	    $(SHAREDIR)/extension/slot_failover--*.sql $(BINDIR)/slot_failover_pre_promote
 
 installcheck:
 	SLOT_FAILOVER_PG_CONFIG=$(PG_CONFIG) cargo test -p pg_test --test '*'

@@ -34,6 +34,8 @@ CACHE=$(cache_dir)
 export PGRX_HOME="$CACHE/pgrx"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 export PATH="$CACHE/tools/bin:$PATH"
+# Where the tests find Patroni's venv (scripts/setup.sh, setup_patroni).
+export SLOT_FAILOVER_TOOLS="$CACHE/tools"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -60,6 +62,9 @@ install_extension() {
     cat "$log" >&2
     die "building slot_failover for PostgreSQL $major failed"
   fi
+  # The promotion gate for Patroni goes beside psql, as `make install` and the packages put it.
+  install -m 755 "$ROOT/packaging/slot_failover_pre_promote" \
+    "$("$(pg_config_of "$major")" --bindir)/slot_failover_pre_promote"
 }
 
 check_majors() {

@@ -9,11 +9,12 @@ crate_version() {
 }
 
 # Package one major: `cargo pgrx package` into a staging directory, then
-#   slot_failover-<version>-pg<major>-<arch>.tar.gz  lib/, extension/, install.sh, README
+#   slot_failover-<version>-pg<major>-<arch>.tar.gz  lib/, extension/, bin/ (the promotion
+#                                                    gate), install.sh, README
 #   postgresql-<major>-slot-failover_<version>-1_<arch>.deb   only for Debian's own build (15)
 package_major() {
   local major=$1 profile=$2 out=$3 version=$4
-  local pgc stage pkglibdir sharedir arch name tree
+  local pgc stage pkglibdir sharedir bindir arch name tree
   pgc=$(pg_config_of "$major")
   stage="$CARGO_TARGET_DIR/package-$profile/pg$major"
   say "packaging slot_failover $version for PostgreSQL $major ($profile build)"
@@ -24,13 +25,15 @@ package_major() {
   cargo pgrx package "${flags[@]}" >"$log" 2>&1 || { cat "$log" >&2; die "cargo pgrx package failed for $major"; }
   pkglibdir=$("$pgc" --pkglibdir)
   sharedir=$("$pgc" --sharedir)
+  bindir=$("$pgc" --bindir)
   arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
   [ -f "$stage$pkglibdir/slot_failover.so" ] || die "no slot_failover.so in $stage$pkglibdir"
 
   name="slot_failover-$version-pg$major-$arch"
   tree="$stage/tarball/$name"
-  mkdir -p "$tree/lib" "$tree/extension"
+  mkdir -p "$tree/lib" "$tree/extension" "$tree/bin"
   cp "$stage$pkglibdir/slot_failover.so" "$tree/lib/"
+  install -m 755 "$ROOT/packaging/slot_failover_pre_promote" "$tree/bin/"
   cp "$stage$sharedir"/extension/slot_failover* "$tree/extension/"
   sed -e "s/@MAJOR@/$major/g" -e "s/@VERSION@/$version/g" "$ROOT/packaging/install.sh" >"$tree/install.sh"
   chmod 755 "$tree/install.sh"
@@ -45,7 +48,8 @@ package_major() {
   local deb="$stage/deb" pkg="postgresql-$major-slot-failover"
   local root="$CACHE/pg/15" libc
   mkdir -p "$deb/DEBIAN" "$deb${pkglibdir#"$root"}" "$deb${sharedir#"$root"}/extension" \
-    "$deb/usr/share/doc/$pkg"
+    "$deb${bindir#"$root"}" "$deb/usr/share/doc/$pkg"
+  cp "$tree/bin/slot_failover_pre_promote" "$deb${bindir#"$root"}/"
   cp "$tree/lib/slot_failover.so" "$deb${pkglibdir#"$root"}/"
   cp "$tree"/extension/* "$deb${sharedir#"$root"}/extension/"
   cp "$ROOT/README.md" "$deb/usr/share/doc/$pkg/README.md"
@@ -58,6 +62,7 @@ package_major() {
   find "$deb" -type d -exec chmod 755 {} +
   find "$deb" -type f -exec chmod 644 {} +
   chmod 755 "$deb${pkglibdir#"$root"}/slot_failover.so"
+  chmod 755 "$deb${bindir#"$root"}/slot_failover_pre_promote"
   dpkg-deb --root-owner-group -Zxz --build "$deb" "$out/${pkg}_$version-1_$arch.deb" >/dev/null
   echo "$out/${pkg}_$version-1_$arch.deb"
 }

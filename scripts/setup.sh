@@ -41,6 +41,45 @@ setup_exporter() {
   [ -x "$bin" ] || die "no $EXPORTER_PACKAGE binary after unpacking"
 }
 
+# Patroni and etcd, for pg_test/tests/patroni.rs: etcd from Debian (etcd-server; the package's
+# own service must not run, so invoke-rc.d is told no while it installs, and anything it started
+# anyway is stopped), Patroni from PyPI in a venv of Debian's own python3, so that the server
+# user can run it. Pinned, so runs are repeatable.
+PATRONI_PINS=(patroni==4.1.5 psycopg2-binary==2.9.13 python-etcd==0.4.5 PyYAML==6.0.4
+  urllib3==2.8.0 click==8.5.1 prettytable==3.19.0 psutil==7.2.2 python-dateutil==4.0.0
+  ydiff==1.4.2 dnspython==2.9.2)
+setup_patroni() {
+  if ! command -v etcd >/dev/null || ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null |
+      grep -q 'install ok installed'; then
+    say "installing etcd-server and python3-venv from Debian (the etcd service is not started)"
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+      as_root chmod 755 "$policy"
+      made_policy=1
+    fi
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      etcd-server python3-venv >/dev/null
+    [ $made_policy = 0 ] || as_root rm -f "$policy"
+  fi
+  # Never leave the package's etcd running: tests run their own on loopback ports.
+  if pgrep -u etcd -x etcd >/dev/null 2>&1; then
+    as_root sh -c 'systemctl stop etcd 2>/dev/null || /etc/init.d/etcd stop' >/dev/null 2>&1 || true
+    as_root pkill -u etcd -x etcd || true
+  fi
+  local venv="$CACHE/tools/patroni-venv"
+  if ! "$venv/bin/patroni" --version 2>/dev/null | grep -qx "patroni ${PATRONI_PINS[0]#patroni==}"; then
+    say "installing ${PATRONI_PINS[0]} into $venv (Debian's /usr/bin/python3)"
+    rm -rf "$venv"
+    mkdir -p "$CACHE/tools"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${PATRONI_PINS[@]}"
+    "$venv/bin/patroni" --version >/dev/null || die "patroni does not run from $venv"
+  fi
+  chmod -R a+rX "$venv"
+  chmod 755 "$CACHE/tools"
+}
 
 # Debian's PostgreSQL 15, copied with the same relative layout. PostgreSQL finds its share and
 # lib directories relative to its own binary, so the copy is self-contained and the extension
@@ -143,6 +182,7 @@ setup() {
   ensure_test_user
   setup_cargo_pgrx
   setup_exporter
+  setup_patroni
   setup_pg "${majors[@]}"
   setup_pgrx_init
 }

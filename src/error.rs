@@ -26,8 +26,6 @@ pub enum Error {
     TemporarySlot(String),
     #[error("replication slot \"{0}\" is not a physical replication slot")]
     NotPhysical(String),
-    #[error("physical replication slot \"{0}\" does not exist")]
-    NoSuchPhysicalSlot(String),
     #[error("permission denied to {action}")]
     NoReplicationRole { action: &'static str },
     #[error("slot_failover.restore_slots() cannot run in a transaction that has written data")]
@@ -77,7 +75,6 @@ impl Error {
             Error::NoSuchSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             Error::TemporarySlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::NotPhysical(_) => ERRCODE_WRONG_OBJECT_TYPE,
-            Error::NoSuchPhysicalSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             Error::NoReplicationRole { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Error::TransactionHasWritten => ERRCODE_ACTIVE_SQL_TRANSACTION,
             Error::FlaggedSlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -128,7 +125,6 @@ impl Error {
             ),
             Error::NullSlotName
             | Error::NoSuchSlot(_)
-            | Error::NoSuchPhysicalSlot(_)
             | Error::SyncFailed(_)
             | Error::OutOfRange { .. } => None,
         }
@@ -147,9 +143,6 @@ impl Error {
             ),
             Error::TemporarySlot(_) => Some("Create a permanent slot instead.".into()),
             Error::NotPhysical(_) => Some("See pg_replication_slots for the physical slots of your standbys.".into()),
-            Error::NoSuchPhysicalSlot(_) => Some(
-                "Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby.".into(),
-            ),
             Error::NoReplicationRole { .. } => Some("Run it as a role with REPLICATION, e.g. ALTER ROLE ... REPLICATION.".into()),
             Error::TransactionHasWritten => Some("Run it in a transaction of its own.".into()),
             Error::FlaggedSlot(_) => Some(

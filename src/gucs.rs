@@ -9,6 +9,7 @@
 //! | `slot_failover.naptime` | int ms, 1000 | longest pause between synchronization rounds (a move of a marked slot upstream starts one at once) |
 //! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
+//! | `slot_failover.own_slot_name` | string, empty | the physical slot the other servers keep for this one (under Patroni: the member's name); a failover standby of that name is never waited for here, like this server's own `primary_slot_name` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 //! | `slot_failover.drop_stale_slots` | bool, on | on a standby, a slot named like a marked slot upstream that slot_failover did not make and nobody uses is dropped (WARNING) and replaced by a copy |
 //! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
@@ -30,6 +31,7 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NAPTIME_
 pub static WAIT_FOR_STANDBYS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
+pub static OWN_SLOT_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -92,6 +94,17 @@ pub fn define() {
             c"Physical replication slots of the failover standbys, comma-separated.",
             c"Empty means the slots named with slot_failover.enable_standby(), which replicate with the data.",
             &STANDBY_SLOT_NAMES,
+            GucContext::Sighup,
+            GucFlags::default(),
+            None,
+            Some(standby_names_assigned),
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"slot_failover.own_slot_name",
+            c"Name of the physical replication slot the other servers keep for this server.",
+            c"Under Patroni, the member's name. A failover standby of this name is never waited for on this server, as for its own primary_slot_name: a server is not its own standby.",
+            &OWN_SLOT_NAME,
             GucContext::Sighup,
             GucFlags::default(),
             None,
@@ -216,11 +229,24 @@ pub fn primary_slot_name() -> Option<String> {
     }
 }
 
+/// This server's own names in the failover standby list: its `primary_slot_name` (the slot it
+/// streamed from as a standby) and `slot_failover.own_slot_name` (the slot the other servers
+/// keep for it). Never waited for here.
+pub fn own_slot_names() -> Vec<String> {
+    let mut names: Vec<String> = primary_slot_name().into_iter().collect();
+    if let Some(own) = string_setting(&OWN_SLOT_NAME).map(|s| s.trim().to_string())
+        && !names.contains(&own)
+    {
+        names.push(own);
+    }
+    names
+}
+
 pub fn standbys_min_confirmed() -> i32 {
     STANDBYS_MIN_CONFIRMED.get()
 }
 
-/// Bumped in this process whenever `standby_slot_names` or `standbys_min_confirmed` is
+/// Bumped in this process whenever `standby_slot_names`, `own_slot_name` or `standbys_min_confirmed` is
 /// assigned (at start and on reload): a sender's cached quorum position is only valid for the
 /// settings it was computed with.
 static QUORUM_SETTINGS_EPOCH: AtomicU64 = AtomicU64::new(0);

@@ -414,30 +414,7 @@ impl Cluster {
     /// are gone, reaped included (PostgreSQL takes a zombie's pid in its lock files for a
     /// live postmaster). The cluster counts as stopped; `start` runs crash recovery.
     pub fn kill9(&mut self) {
-        let postmaster = self.postmaster_pid();
-        // Stopped, the postmaster can neither fork a new child nor react to its children's
-        // deaths: the list of children is then complete, and all of them die at once.
-        process::kill(postmaster, libc::SIGSTOP)
-            .unwrap_or_else(|e| panic!("{}: SIGSTOP the postmaster: {e}", self.name));
-        let mut pids = process::children_of(postmaster);
-        pids.push(postmaster);
-        for pid in &pids {
-            // An error means the process is already gone.
-            let _ = process::kill(*pid, libc::SIGKILL);
-        }
-        wait::until(
-            &format!("the processes of {} to be gone after kill -9", self.name),
-            wait::default_timeout(),
-            || {
-                let alive: Vec<&i32> = pids.iter().filter(|pid| process::exists(**pid)).collect();
-                if alive.is_empty() {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(format!("{alive:?} still alive"))
-                }
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        process::kill9_postmaster(self.postmaster_pid(), &self.name);
         self.running = false;
     }
 
@@ -835,7 +812,7 @@ impl Drop for Cluster {
 }
 
 /// The body of [`Cluster::psql`]: the statements of `sql`, one by one, in one session.
-fn run_script(mut config: Config, sql: &str) -> PsqlOutput {
+pub(crate) fn run_script(mut config: Config, sql: &str) -> PsqlOutput {
     let notices: Arc<Mutex<String>> = Arc::default();
     let sink = Arc::clone(&notices);
     config.notice_callback(move |notice| {

@@ -24,6 +24,7 @@
 pub mod cluster;
 pub mod install;
 pub mod load;
+pub mod patroni;
 pub mod port;
 pub mod process;
 pub mod statements;

@@ -1,11 +1,14 @@
 //! Load and repetition for the long tests: a steady stream of one-row transactions, and how
 //! many times a repeated fault runs.
 
-use std::sync::Arc;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use postgres::error::SqlState;
+use postgres::{Client, NoTls};
 
 use crate::Cluster;
 
@@ -61,5 +64,63 @@ impl Writer {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("writer thread");
         self.last.load(Ordering::Relaxed)
+    }
+}
+
+/// One-row transactions `INSERT INTO t VALUES (id)` in a thread of its own on whichever server
+/// `connstr` reaches: with several hosts and `target_session_attrs=read-write`, the leader of
+/// the moment. After a failure it connects again (every 100 ms) and goes on with the next id;
+/// the id whose commit failed may or may not be there. Remembers every id whose commit was
+/// acknowledged.
+pub struct LeaderWriter {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<i32>>>,
+    next: Arc<AtomicI32>,
+    handle: JoinHandle<()>,
+}
+
+impl LeaderWriter {
+    pub fn start(connstr: &str, from: i32) -> LeaderWriter {
+        let config = postgres::Config::from_str(connstr).expect("a valid connection string");
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicI32::new(from));
+        let (stopping, acked, next_id) = (stop.clone(), acknowledged.clone(), next.clone());
+        let handle = std::thread::spawn(move || {
+            let mut client: Option<Client> = None;
+            while !stopping.load(Ordering::Relaxed) {
+                let Some(c) = client.as_mut() else {
+                    match config.connect(NoTls) {
+                        Ok(c) => client = Some(c),
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                    continue;
+                };
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                match c.simple_query(&format!("INSERT INTO t VALUES ({id})")) {
+                    Ok(_) => acked.lock().unwrap().push(id),
+                    Err(_) => client = None,
+                }
+            }
+        });
+        LeaderWriter {
+            stop,
+            acknowledged,
+            next,
+            handle,
+        }
+    }
+
+    /// How many commits were acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Stop writing; returns the acknowledged ids and the next id to write.
+    pub fn stop(self) -> (Vec<i32>, i32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("writer thread");
+        let acked = std::mem::take(&mut *self.acknowledged.lock().unwrap());
+        (acked, self.next.load(Ordering::Relaxed))
     }
 }

@@ -26,6 +26,38 @@ pub fn exists(pid: i32) -> bool {
         }
 }
 
+/// kill -9 a postmaster and every one of its children at once (a machine losing power, as far
+/// as that server can tell), then wait until all of them are gone, reaped included
+/// (PostgreSQL takes a zombie's pid in its lock files for a live postmaster). `what` names the
+/// server in a timeout.
+pub fn kill9_postmaster(postmaster: i32, what: &str) {
+    use crate::wait::{self, Check};
+    // Stopped, the postmaster can neither fork a new child nor react to its children's deaths:
+    // the list of children is then complete, and all of them die at once.
+    if kill(postmaster, libc::SIGSTOP).is_err() {
+        return; // already gone
+    }
+    let mut pids = children_of(postmaster);
+    pids.push(postmaster);
+    for pid in &pids {
+        // An error means the process is already gone.
+        let _ = kill(*pid, libc::SIGKILL);
+    }
+    wait::until(
+        &format!("the processes of {what} to be gone after kill -9"),
+        wait::default_timeout(),
+        || {
+            let alive: Vec<&i32> = pids.iter().filter(|pid| exists(**pid)).collect();
+            if alive.is_empty() {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{alive:?} still alive"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The process ids whose parent is `parent` (from /proc).
 pub fn children_of(parent: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use pg_test::process;
 use pg_test::topology::{
     STANDBY_SLOT, SYNCING, primary_with_extension, repoint, standby_of, subscriber_of,
 };
@@ -305,6 +306,90 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
     standbys[0].start();
     insert_one_by_one(&primary, 31, 40);
     subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "40");
+}
+
+/// Naming standbys the way an orchestrator's members are named (Patroni: every member's slot,
+/// and no member has a slot of its own name). `slot_failover.own_slot_name` tells a server which
+/// entry is itself: never waited for there. A member not there yet may be named before its slot
+/// exists (a WARNING), and counts as having flushed nothing: it holds with the default -1.
+/// With `standbys_min_confirmed = 1` and a streaming standby, that missing slot is not what the
+/// sender waits for: it is neither listed in `held_by` nor blamed in a WARNING.
+#[test]
+fn orchestrator_style_names_hold_only_for_real_standbys() {
+    let (primary, standbys) = primary_with_failover_standbys(1);
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    primary.set_and_reload("slot_failover.own_slot_name", "me");
+
+    let out = primary.psql("postgres", "SELECT slot_failover.enable_standby('me')");
+    assert_eq!(out.rc, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            r#"NOTICE:  replication slot "me" is this server's own slot (slot_failover.own_slot_name): named, never waited for here"#
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = primary.psql("postgres", "SELECT slot_failover.enable_standby('later')");
+    assert_eq!(out.rc, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(r#"WARNING:  physical replication slot "later" does not exist yet"#),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT string_agg(slot_name || ':' || state || ':' || coalesce(detail, ''), ',' ORDER BY slot_name) FROM slot_failover.standbys"
+        ),
+        "later:missing:no such slot on this server: marked slots wait for it,\
+         me:ignored:this server's own slot (slot_failover.own_slot_name): never waited for,\
+         standby1_slot:streaming:"
+    );
+
+    // The missing member holds (all must confirm); this server's own entry does not.
+    insert_one_by_one(&primary, 1, 10);
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "10");
+    primary.poll_query_until(
+        "postgres",
+        "SELECT held_by FROM slot_failover.status WHERE slot_name = 'held'",
+        "later (does not exist)",
+    );
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        0,
+        "a held subscriber got rows"
+    );
+
+    // Any one of them: the streaming standby is enough, and the missing one is not blamed.
+    primary.set_and_reload("slot_failover.standbys_min_confirmed", "1");
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
+    // standby1 stays connected but flushes nothing (its WAL receiver stopped): the sender now
+    // waits for it, and only for it.
+    let receiver: i32 = standbys[0]
+        .safe_psql(
+            "postgres",
+            "SELECT pid FROM pg_catalog.pg_stat_wal_receiver",
+        )
+        .parse()
+        .expect("the WAL receiver's pid");
+    process::kill(receiver, libc::SIGSTOP).expect("stop the WAL receiver");
+    let log_at = primary.log_position();
+    insert_one_by_one(&primary, 11, 20);
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "20");
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    let held_by = primary.safe_psql(
+        "postgres",
+        "SELECT held_by FROM slot_failover.status WHERE slot_name = 'held'",
+    );
+    process::kill(receiver, libc::SIGCONT).expect("continue the WAL receiver");
+    assert_eq!(held_by, STANDBY_SLOT, "only what the quorum waits for");
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
+    let log = primary.log_from(log_at);
+    assert!(
+        !log.contains(r#"failover standby slot "later""#),
+        "a slot the quorum does not wait for was blamed:\n{log}"
+    );
 }
 
 /// One round of test 3: one-row transactions stream to a subscriber of a marked slot; the

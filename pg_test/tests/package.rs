@@ -61,7 +61,7 @@ fn bare_copy(install: &PgInstall, into: &Path) -> PathBuf {
     run(Command::new("cp").arg("-a").arg(&root).arg(into));
     let relative = install.pg_config.strip_prefix(&root).unwrap();
     let pg_config = into.join(relative);
-    for dir in ["--pkglibdir", "--sharedir"] {
+    for dir in ["--pkglibdir", "--sharedir", "--bindir"] {
         let mut path = PathBuf::from(run(Command::new(&pg_config).arg(dir)).trim());
         if dir == "--sharedir" {
             path.push("extension");
@@ -110,6 +110,28 @@ fn check_installation(pg_config: &Path, version: &str, major: u32) {
         "postgres",
         "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'",
         "1",
+    );
+    // The promotion gate ships beside psql and talks to the server through it: on a primary
+    // failover_ready() refuses to answer, so the gate refuses, saying why.
+    let gate = install.bindir.join("slot_failover_pre_promote");
+    let socket = node.base_dir().display().to_string();
+    let out = pg_test::install::as_server_user(&gate)
+        .args([
+            "-h",
+            &socket,
+            "-p",
+            &node.port().to_string(),
+            "-d",
+            "postgres",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", gate.display()));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("slot_failover_pre_promote: refusing promotion: could not ask the server whether its copies are ready")
+            && said.contains("can only be called on a standby"),
+        "{said}"
     );
     // The upgrade script ships too: the previous release can be updated in place.
     let scripts = node.safe_psql(
@@ -163,6 +185,7 @@ fn packages_install_a_working_extension() {
         "install.sh".to_string(),
         "README".to_string(),
         "lib/slot_failover.so".to_string(),
+        "bin/slot_failover_pre_promote".to_string(),
         "docs/operations.md".to_string(),
         "monitoring/postgres_exporter.yaml".to_string(),
         "extension/slot_failover.control".to_string(),
@@ -221,6 +244,7 @@ fn packages_install_a_working_extension() {
         let files = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
         for file in [
             "./usr/lib/postgresql/15/lib/slot_failover.so".to_string(),
+            "./usr/lib/postgresql/15/bin/slot_failover_pre_promote".to_string(),
             "./usr/share/postgresql/15/extension/slot_failover.control".to_string(),
             format!("./usr/share/postgresql/15/extension/slot_failover--{version}.sql"),
             "./usr/share/doc/postgresql-15-slot-failover/docs/reference.md".to_string(),
@@ -254,7 +278,7 @@ fn make_install_and_uninstall_with_pg_config() {
     make("install");
     check_installation(&pg_config, &version, install.major);
     make("uninstall");
-    let left: Vec<String> = ["--pkglibdir", "--sharedir"]
+    let left: Vec<String> = ["--pkglibdir", "--sharedir", "--bindir"]
         .iter()
         .flat_map(|dir| {
             let mut path = PathBuf::from(run(Command::new(&pg_config).arg(dir)).trim());

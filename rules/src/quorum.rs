@@ -5,10 +5,21 @@
 //! * **Quorum.** Each failover standby is named by its physical slot on this server; a slot's
 //!   `restart_lsn` is what that standby has flushed. With `k` = `slot_failover.
 //!   standbys_min_confirmed` (-1: all), the confirmed position is the k-th highest of them. A
-//!   named slot that is missing, logical or invalidated counts as having flushed nothing. The
-//!   slot this server itself streamed from while it was a standby (its `primary_slot_name`) is
-//!   ignored: after a promotion the replicated list still names it, and waiting for it would
-//!   wait forever. No standby named (or all ignored), or k = 0: nothing is held.
+//!   named slot that is missing, logical or invalidated counts as having flushed nothing. This
+//!   server's own names are ignored: the slot it streamed from while it was a standby (its
+//!   `primary_slot_name`: after a promotion the replicated list still names it) and the name
+//!   the other servers keep for it (`slot_failover.own_slot_name`: under Patroni, the member
+//!   name, which the list names so that it holds on every member, but which no server but this
+//!   one can be waited for under). Both are names of *this* server, which is never its own
+//!   standby: ignoring them never counts a missing slot as having flushed. No standby named
+//!   (or all ignored), or k = 0: nothing is held.
+//! * **What a held sender waits for** ([`waiting_for`]). Of the considered standbys that have
+//!   not flushed the target, the sender needs `required` minus those that have. If enough of
+//!   the behind ones are streaming (a walsender is active on their slot), it waits for those
+//!   only: they catch up by themselves, and a missing or idle one is not what it waits for
+//!   (naming it in a WARNING would blame a slot the setting does not wait for). Otherwise some
+//!   of the broken ones must come back, and all the behind ones are named, with their
+//!   problem.
 //! * **Target.** A logical walsender sends `XLogData` messages whose `dataStart` is the
 //!   decoding context's write location: the end of the record for a commit, prepare or abort,
 //!   the start of the change record for a change, the transaction's first LSN for a begin, the
@@ -83,31 +94,33 @@ pub struct Quorum {
     pub required: usize,
     /// Named standbys that count (the named ones minus the ignored one).
     pub considered: usize,
-    /// The named slot ignored because it is this server's own `primary_slot_name`.
-    pub ignored: Option<String>,
+    /// The named slots ignored because they are this server's own names.
+    pub ignored: Vec<String>,
 }
 
-/// The quorum position of `named` for `min_confirmed` (-1: all), ignoring `own_upstream`.
-pub fn quorum(
-    named: &[(String, Standby)],
-    min_confirmed: i32,
-    own_upstream: Option<&str>,
-) -> Quorum {
-    let mut ignored = None;
+/// How many of `considered` standbys must confirm for `min_confirmed` (-1: all).
+fn required_of(min_confirmed: i32, considered: usize) -> usize {
+    if min_confirmed < 0 {
+        considered
+    } else {
+        (min_confirmed as usize).min(considered)
+    }
+}
+
+/// The quorum position of `named` for `min_confirmed` (-1: all), ignoring this server's own
+/// names `own`.
+pub fn quorum(named: &[(String, Standby)], min_confirmed: i32, own: &[&str]) -> Quorum {
+    let mut ignored = Vec::new();
     let mut flushed: Vec<Lsn> = Vec::with_capacity(named.len());
     for (name, standby) in named {
-        if own_upstream.is_some_and(|own| own == name) {
-            ignored = Some(name.clone());
+        if own.contains(&name.as_str()) {
+            ignored.push(name.clone());
         } else {
             flushed.push(standby.flushed());
         }
     }
     let considered = flushed.len();
-    let required = if min_confirmed < 0 {
-        considered
-    } else {
-        (min_confirmed as usize).min(considered)
-    };
+    let required = required_of(min_confirmed, considered);
     let confirmed = if required == 0 {
         Lsn::MAX
     } else {
@@ -122,16 +135,32 @@ pub fn quorum(
     }
 }
 
-/// The named standbys (not ignored) that have not flushed `target`, with the problem that
-/// keeps each one from catching up, if any beyond being behind.
-pub fn laggards<'a>(
+/// What a sender held at `target` waits for: the considered standbys (named, minus this
+/// server's own names `own`) whose flush it still needs, each with the problem that keeps it
+/// from catching up, if any beyond being behind. Empty when enough have flushed `target`.
+/// When enough of the behind standbys are streaming to make up the quorum, only those are
+/// returned (see the module header).
+pub fn waiting_for<'a>(
     named: &'a [(String, Standby)],
-    own_upstream: Option<&str>,
+    min_confirmed: i32,
+    own: &[&str],
     target: Lsn,
 ) -> Vec<(&'a str, Option<Problem>)> {
-    named
+    let considered: Vec<&(String, Standby)> = named
         .iter()
-        .filter(|(name, _)| own_upstream != Some(name.as_str()))
+        .filter(|(name, _)| !own.contains(&name.as_str()))
+        .collect();
+    let required = required_of(min_confirmed, considered.len());
+    let flushed = considered
+        .iter()
+        .filter(|(_, s)| s.flushed() >= target)
+        .count();
+    if flushed >= required {
+        return Vec::new();
+    }
+    let needed = required - flushed;
+    let behind: Vec<(&str, Option<Problem>)> = considered
+        .iter()
         .filter(|(_, standby)| standby.flushed() < target)
         .map(|(name, standby)| {
             let problem = match *standby {
@@ -143,7 +172,13 @@ pub fn laggards<'a>(
             };
             (name.as_str(), problem)
         })
-        .collect()
+        .collect();
+    let streaming = behind.iter().filter(|(_, p)| p.is_none()).count();
+    if streaming >= needed {
+        behind.into_iter().filter(|(_, p)| p.is_none()).collect()
+    } else {
+        behind
+    }
 }
 
 /// WAL layout facts needed to find where the next record starts.
@@ -221,51 +256,72 @@ mod tests {
             ("b", p(100, true)),
             ("c", p(200, true)),
         ]);
-        assert_eq!(quorum(&n, -1, None).confirmed, Lsn(100));
-        assert_eq!(quorum(&n, 1, None).confirmed, Lsn(300));
-        assert_eq!(quorum(&n, 2, None).confirmed, Lsn(200));
-        assert_eq!(quorum(&n, 3, None).confirmed, Lsn(100));
+        assert_eq!(quorum(&n, -1, &[]).confirmed, Lsn(100));
+        assert_eq!(quorum(&n, 1, &[]).confirmed, Lsn(300));
+        assert_eq!(quorum(&n, 2, &[]).confirmed, Lsn(200));
+        assert_eq!(quorum(&n, 3, &[]).confirmed, Lsn(100));
         // More than there are: all of them.
-        assert_eq!(quorum(&n, 7, None).confirmed, Lsn(100));
+        assert_eq!(quorum(&n, 7, &[]).confirmed, Lsn(100));
         // Zero: nothing is held.
-        assert_eq!(quorum(&n, 0, None).confirmed, Lsn::MAX);
+        assert_eq!(quorum(&n, 0, &[]).confirmed, Lsn::MAX);
     }
 
     #[test]
     fn a_missing_or_broken_standby_confirms_nothing() {
         for broken in [Standby::Missing, Standby::Logical, Standby::Invalidated] {
             let n = named(&[("a", p(300, true)), ("b", broken)]);
-            assert_eq!(quorum(&n, -1, None).confirmed, Lsn(0), "{broken:?}");
-            assert_eq!(quorum(&n, 1, None).confirmed, Lsn(300), "{broken:?}");
+            assert_eq!(quorum(&n, -1, &[]).confirmed, Lsn(0), "{broken:?}");
+            assert_eq!(quorum(&n, 1, &[]).confirmed, Lsn(300), "{broken:?}");
         }
     }
 
     #[test]
     fn the_own_upstream_slot_is_ignored_and_reported() {
         let n = named(&[("me", Standby::Missing), ("other", p(500, true))]);
-        let q = quorum(&n, -1, Some("me"));
+        let q = quorum(&n, -1, &["me"]);
         assert_eq!(q.confirmed, Lsn(500));
         assert_eq!((q.required, q.considered), (1, 1));
-        assert_eq!(q.ignored.as_deref(), Some("me"));
+        assert_eq!(q.ignored, vec!["me".to_string()]);
         // Only the own slot named: nothing to wait for.
         let only = named(&[("me", Standby::Missing)]);
-        assert_eq!(quorum(&only, -1, Some("me")).confirmed, Lsn::MAX);
+        assert_eq!(quorum(&only, -1, &["me"]).confirmed, Lsn::MAX);
         // Any other missing slot still holds.
         let q = quorum(
             &named(&[("me", p(1, true)), ("gone", Standby::Missing)]),
             -1,
-            Some("me"),
+            &["me"],
         );
         assert_eq!(q.confirmed, Lsn(0));
     }
 
+    /// Under Patroni every member's slot is named; the leader has no slot of its own name
+    /// (`own_slot_name`) and, once promoted, still has its old `primary_slot_name` set: both
+    /// are ignored, and nothing else is.
     #[test]
-    fn no_standby_named_holds_nothing() {
-        assert_eq!(quorum(&[], -1, None).confirmed, Lsn::MAX);
+    fn both_own_names_are_ignored_and_nothing_else() {
+        let n = named(&[
+            ("node1", Standby::Missing),
+            ("node2", p(700, true)),
+            ("node3", p(600, true)),
+        ]);
+        // The bootstrap leader node1: no primary_slot_name, own_slot_name = node1.
+        let q = quorum(&n, -1, &["node1"]);
+        assert_eq!((q.confirmed, q.considered), (Lsn(600), 2));
+        // Without its own name it would wait for a slot that never exists.
+        assert_eq!(quorum(&n, -1, &[]).confirmed, Lsn(0));
+        // A promoted node2 whose primary_slot_name is still node2: both names ignored.
+        let q = quorum(&n, -1, &["node2", "node2"]);
+        assert_eq!(q.confirmed, Lsn(0), "node1 is missing on node2: it holds");
+        assert_eq!(q.ignored, vec!["node2".to_string()]);
     }
 
     #[test]
-    fn laggards_say_why() {
+    fn no_standby_named_holds_nothing() {
+        assert_eq!(quorum(&[], -1, &[]).confirmed, Lsn::MAX);
+    }
+
+    #[test]
+    fn all_must_confirm_names_every_laggard_and_why() {
         let n = named(&[
             ("ok", p(900, true)),
             ("slow", p(100, true)),
@@ -274,13 +330,44 @@ mod tests {
             ("me", Standby::Missing),
         ]);
         assert_eq!(
-            laggards(&n, Some("me"), Lsn(500)),
+            waiting_for(&n, -1, &["me"], Lsn(500)),
             vec![
                 ("slow", None),
                 ("idle", Some(Problem::Inactive)),
                 ("gone", Some(Problem::Missing))
             ]
         );
+        // Below what every streaming one flushed, only the missing one is left: never counted.
+        assert_eq!(
+            waiting_for(&n, -1, &["me"], Lsn(50)),
+            vec![("gone", Some(Problem::Missing))]
+        );
+    }
+
+    /// With any one of two required, a missing slot is not what the sender waits for while the
+    /// other standby streams: it is neither blamed nor listed.
+    #[test]
+    fn a_quorum_waits_only_for_what_can_make_it() {
+        let n = named(&[("node1", Standby::Missing), ("node2", p(100, true))]);
+        assert_eq!(waiting_for(&n, 1, &[], Lsn(500)), vec![("node2", None)]);
+        // One already flushed: nothing to wait for.
+        assert_eq!(waiting_for(&n, 1, &[], Lsn(100)), vec![]);
+        // The streaming one stops: now one of the broken ones must come back; both are named.
+        let n = named(&[("node1", Standby::Missing), ("node2", p(100, false))]);
+        assert_eq!(
+            waiting_for(&n, 1, &[], Lsn(500)),
+            vec![
+                ("node1", Some(Problem::Missing)),
+                ("node2", Some(Problem::Inactive))
+            ]
+        );
+        // Two of three: one flushed, one streaming behind, one missing: wait for the streaming one.
+        let n = named(&[
+            ("a", p(900, true)),
+            ("b", p(100, true)),
+            ("c", Standby::Missing),
+        ]);
+        assert_eq!(waiting_for(&n, 2, &[], Lsn(500)), vec![("b", None)]);
     }
 
     #[test]
@@ -344,15 +431,16 @@ mod properties {
         fn the_confirmed_position_is_the_kth_highest(
             list in proptest::collection::vec(standby(), 0..8),
             k in -1i32..10,
-            own in proptest::option::of(0usize..8),
+            own in proptest::collection::vec(0usize..8, 0..3),
         ) {
             let named: Vec<(String, Standby)> =
                 list.iter().enumerate().map(|(i, s)| (format!("s{i}"), *s)).collect();
-            let own_name = own.map(|i| format!("s{i}"));
-            let q = quorum(&named, k, own_name.as_deref());
+            let own_names: Vec<String> = own.iter().map(|i| format!("s{i}")).collect();
+            let own_refs: Vec<&str> = own_names.iter().map(String::as_str).collect();
+            let q = quorum(&named, k, &own_refs);
             let flushed: Vec<Lsn> = named
                 .iter()
-                .filter(|(n, _)| Some(n) != own_name.as_ref())
+                .filter(|(n, _)| !own_names.contains(n))
                 .map(|(_, s)| s.flushed())
                 .collect();
             prop_assert_eq!(q.considered, flushed.len());
@@ -368,6 +456,43 @@ mod properties {
                     prop_assert_eq!(q.required, flushed.len());
                 }
             }
+        }
+
+        /// The sender is held exactly when something is listed as awaited, every awaited one
+        /// is behind, and flushing all of them would release it; a missing slot never counts as
+        /// having flushed anything.
+        #[test]
+        fn waiting_for_agrees_with_the_quorum(
+            list in proptest::collection::vec(standby(), 0..8),
+            k in -1i32..10,
+            own in proptest::collection::vec(0usize..8, 0..3),
+            target in 0u64..1_000_000,
+        ) {
+            let named: Vec<(String, Standby)> =
+                list.iter().enumerate().map(|(i, s)| (format!("s{i}"), *s)).collect();
+            let own_names: Vec<String> = own.iter().map(|i| format!("s{i}")).collect();
+            let own_refs: Vec<&str> = own_names.iter().map(String::as_str).collect();
+            let target = Lsn(target);
+            let held = quorum(&named, k, &own_refs).confirmed < target;
+            let awaited = waiting_for(&named, k, &own_refs, target);
+            prop_assert_eq!(held, !awaited.is_empty());
+            for (name, _) in &awaited {
+                let s = named.iter().find(|(n, _)| n == name).unwrap().1;
+                prop_assert!(s.flushed() < target);
+                prop_assert!(!own_refs.contains(name));
+            }
+            // Flushing every awaited standby releases the sender.
+            let caught_up: Vec<(String, Standby)> = named
+                .iter()
+                .map(|(n, s)| {
+                    if awaited.iter().any(|(a, _)| a == n) {
+                        (n.clone(), Standby::Physical { restart_lsn: target, active: true })
+                    } else {
+                        (n.clone(), *s)
+                    }
+                })
+                .collect();
+            prop_assert!(quorum(&caught_up, k, &own_refs).confirmed >= target);
         }
 
         /// Whatever the message, the target is never before its own position, never before

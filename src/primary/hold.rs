@@ -37,10 +37,14 @@
 //! `slot_failover_rules::quorum` says which position a message needs and which position the named standbys have
 //! flushed (their physical slots' `restart_lsn`, k of n). The standbys are named in the
 //! extension's catalog (`enable_standby()`), which replicates, or by the GUC
-//! `slot_failover.standby_slot_names`. A server never waits for its own `primary_slot_name`:
-//! after a promotion the inherited list names the slot this server streamed from, which does
-//! not exist here. Any other missing, logical, invalidated or inactive slot that holds a sender
-//! back is named in one WARNING per sender (again only after it was fixed and broke again).
+//! `slot_failover.standby_slot_names`. A server never waits for its own names: its
+//! `primary_slot_name` (after a promotion the inherited list names the slot this server streamed
+//! from, which does not exist here) and `slot_failover.own_slot_name` (the slot the others keep
+//! for it: under Patroni every member is named, and the leader has no slot of its own name).
+//! A missing, logical, invalidated or inactive slot that the sender really waits for (fewer
+//! streaming standbys are behind than the quorum still needs, see `quorum::waiting_for`) is
+//! named in one WARNING per sender (again only after it was fixed and broke again); one the
+//! quorum can do without is neither blamed nor listed in `held_by`.
 //!
 //! ## Invariants
 //!
@@ -207,8 +211,9 @@ struct Held {
 struct Local {
     held: Option<Held>,
     /// The last quorum position computed (a cache for the fast path), and what it was computed
-    /// with: the quorum settings' epoch, `primary_slot_name` (its string is replaced on every
-    /// change) and the generation of the marks and standby list.
+    /// with: the quorum settings' epoch (`standby_slot_names`, `own_slot_name`,
+    /// `standbys_min_confirmed`), `primary_slot_name` (its string is replaced on every change)
+    /// and the generation of the marks and standby list.
     confirmed: Lsn,
     confirmed_for: (u64, usize, u64),
     /// Standbys already warned about, and for what.
@@ -284,12 +289,14 @@ fn cached_confirmed() -> Lsn {
     })
 }
 
-/// The quorum position now, and the standbys that are behind `target`.
+/// The quorum position now, and the standbys a sender held at `target` waits for.
 fn evaluate(target: Lsn) -> (Lsn, Vec<(String, Option<Problem>)>) {
     let named = read_standbys(&named_standbys());
-    let own = gucs::primary_slot_name();
-    let q = quorum::quorum(&named, gucs::standbys_min_confirmed(), own.as_deref());
-    let behind = quorum::laggards(&named, own.as_deref(), target)
+    let own_names = gucs::own_slot_names();
+    let own: Vec<&str> = own_names.iter().map(String::as_str).collect();
+    let k = gucs::standbys_min_confirmed();
+    let q = quorum::quorum(&named, k, &own);
+    let behind = quorum::waiting_for(&named, k, &own, target)
         .into_iter()
         .map(|(n, p)| (n.to_string(), p))
         .collect();

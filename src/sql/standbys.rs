@@ -5,9 +5,13 @@
 //! The names are rows of `slot_failover.failover_standbys`, an ordinary table, so they replicate
 //! and a promoted standby inherits them: its logical senders then wait for its own standbys
 //! without a config edit (the slot it streamed from itself is ignored there, see `slot_failover_rules::quorum`).
+//! Under Patroni every member's slot is named; `slot_failover.own_slot_name` (the member name)
+//! tells each member which entry is itself, and a slot may be named before it exists.
 //! The GUC `slot_failover.standby_slot_names`, when set, overrides the table.
 
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 use crate::catalog::{self, Table};
 use crate::error::Error;
@@ -43,7 +47,9 @@ SELECT n.slot_name,
             WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
             WHEN NOT s.active THEN 'inactive'
             ELSE 'streaming' END AS state,
-       CASE WHEN n.ignored THEN 'this server''s own primary_slot_name: never waited for'
+       CASE WHEN n.ignored AND n.slot_name OPERATOR(pg_catalog.=) pg_catalog.current_setting('primary_slot_name')
+                THEN 'this server''s own primary_slot_name: never waited for'
+            WHEN n.ignored THEN 'this server''s own slot (slot_failover.own_slot_name): never waited for'
             WHEN s.slot_name IS NULL THEN 'no such slot on this server: marked slots wait for it'
             WHEN s.slot_type OPERATOR(pg_catalog.<>) 'physical' THEN 'a logical slot cannot confirm anything: marked slots wait for it'
             WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated: marked slots wait for it'
@@ -73,8 +79,27 @@ GRANT EXECUTE ON FUNCTION slot_failover.enable_standby(text), slot_failover.disa
 
 fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), Error> {
     let name = precheck(slot_name, "name failover standbys")?;
+    let own = gucs::own_slot_names().iter().any(|n| n == name);
     match catalog::slot_type_and_temporary(name)? {
-        None => return Err(Error::NoSuchPhysicalSlot(name.into())),
+        // A slot that does not exist yet may be named (Patroni creates a member's slot on the
+        // other members only, and only once it has joined): until a standby streams from it,
+        // it counts as having flushed nothing, here and on every server the list replicates to.
+        None if own => notice!(
+            "replication slot \"{name}\" is this server's own slot ({}): named, never waited for here",
+            own_setting(name)
+        ),
+        None => ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("physical replication slot \"{name}\" does not exist yet"),
+            "slot_failover",
+        )
+        .set_detail(
+            "It is named as a failover standby anyway: logical senders of marked slots wait for it as for a standby that has flushed nothing, until a standby streams from it.",
+        )
+        .set_hint(
+            "Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby (Patroni makes its members' slots itself). If it is this server's own slot, set slot_failover.own_slot_name to it.",
+        )
+        .report(PgLogLevel::WARNING),
         Some((t, true)) if t == "physical" => {
             return Err(Error::TemporarySlot(name.into()));
         }
@@ -94,6 +119,15 @@ fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Which setting makes `name` this server's own: `primary_slot_name` or `slot_failover.own_slot_name`.
+fn own_setting(name: &str) -> &'static str {
+    if gucs::primary_slot_name().as_deref() == Some(name) {
+        "primary_slot_name"
+    } else {
+        "slot_failover.own_slot_name"
+    }
+}
+
 fn disable_standby_slot(slot_name: Option<&str>) -> Result<(), Error> {
     let name = precheck(slot_name, "name failover standbys")?;
     if catalog::remove_name(Table::FailoverStandbys, name)? {
@@ -104,8 +138,9 @@ fn disable_standby_slot(slot_name: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Name an existing physical slot as a failover standby: logical senders of marked slots send
-/// nothing its standby has not flushed. Idempotent.
+/// Name a physical slot as a failover standby: logical senders of marked slots send nothing
+/// its standby has not flushed. The slot may not exist yet (a WARNING says what that means).
+/// Idempotent.
 #[pg_extern(volatile)]
 fn enable_standby(slot_name: Option<&str>) {
     enable_standby_slot(slot_name).unwrap_or_else(|e| e.report())
@@ -118,7 +153,7 @@ fn disable_standby(slot_name: Option<&str>) {
 }
 
 /// The failover standbys in effect here: the GUC when set, else the catalog; `ignored` for this
-/// server's own `primary_slot_name`.
+/// server's own names (`primary_slot_name`, `slot_failover.own_slot_name`).
 #[pg_extern(volatile)]
 fn standby_names() -> TableIterator<
     'static,
@@ -135,9 +170,9 @@ fn standby_names() -> TableIterator<
             "catalog",
         ),
     };
-    let own = gucs::primary_slot_name();
+    let own = gucs::own_slot_names();
     TableIterator::new(names.into_iter().map(move |n| {
-        let ignored = own.as_deref() == Some(n.as_str());
+        let ignored = own.contains(&n);
         (n, source.to_string(), ignored)
     }))
 }
@@ -184,10 +219,6 @@ mod tests {
             error_of("SELECT slot_failover.enable_standby(NULL)"),
             "22004|slot name must not be NULL||Pass the name of a replication slot."
         );
-        assert_eq!(
-            error_of("SELECT slot_failover.enable_standby('sf_t_nosuch')"),
-            "42704|physical replication slot \"sf_t_nosuch\" does not exist||Create it with pg_create_physical_replication_slot() and set it as primary_slot_name on the standby."
-        );
         Spi::run("SELECT pg_catalog.pg_create_physical_replication_slot('sf_t_tmp', false, true)")
             .unwrap();
         assert_eq!(
@@ -199,6 +230,29 @@ mod tests {
             "42602|invalid replication slot name|Replication slot name \"Bad-Name\" contains a character other than lower-case letters, digits and underscores.|"
         );
         assert_eq!(named(), "", "a refused call must not name anything");
+    }
+
+    /// Patroni makes a member's slot on the other members only once it has joined: a slot may
+    /// be named before it exists, and counts as missing (flushed nothing) until then.
+    #[pg_test]
+    fn a_slot_may_be_named_before_it_exists() {
+        install_error_of();
+        assert_eq!(
+            error_of("SELECT slot_failover.enable_standby('sf_t_later')"),
+            "no error"
+        );
+        assert_eq!(named(), "sf_t_later:missing");
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT detail FROM slot_failover.standbys WHERE slot_name = 'sf_t_later'"
+            )
+            .unwrap()
+            .unwrap(),
+            "no such slot on this server: marked slots wait for it"
+        );
+        Spi::run("SELECT pg_catalog.pg_create_physical_replication_slot('sf_t_later')").unwrap();
+        assert_eq!(named(), "sf_t_later:inactive");
+        // A logical or temporary slot of that name is still refused (see above).
     }
 
     #[pg_test]

@@ -51,7 +51,9 @@ SELECT m.slot_name,
        END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
                 CASE WHEN s.slot_name IS NULL THEN 'the marked slot does not exist on this server'
-                     ELSE (SELECT pg_catalog.format('failover standby slot %I is ignored here: it is this server''s own primary_slot_name', n.slot_name)
+                     ELSE (SELECT pg_catalog.format('failover standby slot %I is ignored here: it is this server''s own %s', n.slot_name,
+                                                    CASE WHEN n.slot_name OPERATOR(pg_catalog.=) pg_catalog.current_setting('primary_slot_name')
+                                                         THEN 'primary_slot_name' ELSE 'slot (slot_failover.own_slot_name)' END)
                              FROM slot_failover.standby_names() AS n WHERE n.ignored LIMIT 1) END
             WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
             ELSE w.detail END AS detail,
