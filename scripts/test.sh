@@ -32,7 +32,7 @@ cmd_test() {
     install_extension "$major"
     say "PostgreSQL $major: multi-node tests (pg_test/)"
     if ! SLOT_FAILOVER_PG_CONFIG="$(pg_config_of "$major")" \
-        cargo test --quiet -p pg_test --test '*' 2>&1 | tee -a "$log"; then
+        cargo test --quiet --no-fail-fast -p pg_test --test '*' 2>&1 | tee -a "$log"; then
       rc=1; failed_majors+=("$major")
     fi
     say "PostgreSQL $major: done in $((SECONDS - start)) s"
