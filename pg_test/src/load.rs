@@ -116,6 +116,20 @@ impl LeaderWriter {
         self.acknowledged.lock().unwrap().len()
     }
 
+    /// Wait until at least `n` commits were acknowledged (the load is under way); panics after
+    /// the default timeout.
+    pub fn wait_for_acknowledged(&self, n: usize) {
+        crate::wait::until(
+            &format!("{n} acknowledged commits"),
+            crate::wait::default_timeout(),
+            || match self.count() {
+                c if c >= n => crate::wait::Check::Done(()),
+                c => crate::wait::Check::NotYet(format!("{c} acknowledged")),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Stop writing; returns the acknowledged ids and the next id to write.
     pub fn stop(self) -> (Vec<i32>, i32) {
         self.stop.store(true, Ordering::Relaxed);

@@ -294,9 +294,7 @@ fn patroni_failovers_keep_the_marked_subscription() {
     // 2. kill -9 of the leader's postmaster: Patroni fails over.
     let old = cluster.leader().name().to_string();
     let log_at = cluster.member(&old).log_position();
-    while writer.count() < 50 {
-        std::thread::yield_now();
-    }
+    writer.wait_for_acknowledged(50);
     let start = Instant::now();
     cluster.member(&old).kill_postmaster();
     let new = cluster.wait_for_leader(Some(&old));
@@ -329,9 +327,7 @@ fn patroni_failovers_keep_the_marked_subscription() {
     // 3. A crash Patroni restarts in place.
     cluster.patch_config(r#"{"primary_start_timeout": 300}"#);
     let old = cluster.leader().name().to_string();
-    while writer.count() < 50 {
-        std::thread::yield_now();
-    }
+    writer.wait_for_acknowledged(50);
     let pid = cluster.member(&old).postmaster_pid().expect("postmaster");
     let start = Instant::now();
     cluster.member(&old).kill_postmaster();
@@ -372,9 +368,7 @@ fn patroni_failovers_keep_the_marked_subscription() {
 
     // 4. A whole member lost: Patroni and postmaster.
     let old = cluster.leader().name().to_string();
-    while writer.count() < 50 {
-        std::thread::yield_now();
-    }
+    writer.wait_for_acknowledged(50);
     let start = Instant::now();
     cluster.member_mut(&old).kill_everything();
     cluster.expire_leader_key();
