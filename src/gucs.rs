@@ -271,9 +271,7 @@ pub fn pause_before_slot_change(slot: &str) {
         return;
     };
     let mut said = false;
-    while std::path::Path::new(&file).exists()
-        && !pgrx::bgworkers::BackgroundWorker::sigterm_received()
-    {
+    while std::path::Path::new(&file).exists() && !crate::pg::latch::stop_requested() {
         if !said {
             said = true;
             pgrx::log!(

@@ -24,7 +24,7 @@
 //! | `error` | every error a SQL function raises (SQLSTATE, detail, hint) | backends | - |
 //! | `catalog` | the extension's tables: marks, failover standbys, flags | backends, worker | - |
 //! | `sql/marks`, `sql/standbys` | `enable()`, `disable()`, `enable_standby()`, ...: the tables and their functions | backends | wakes the worker (`worker/control`) |
-//! | `sql/status` | view `status`, `failover_ready()`, `sync()`, `holds()`, `worker_state()`, `worker_rounds()` | backends | reads `standby/last_round`, `worker/control`, `primary/hold` |
+//! | `sql/status` | view `status`, `failover_ready()`, `sync()`, `holds()`, `worker_state()`, `worker_rounds()` | backends | reads `standby/last_round` (or `standby/own_slots`), `worker/control`, `primary/hold` |
 //! | `sql/served` | what an upstream serves standbys' workers: `wait_for_slot_change()`, `marked_slots_digest()`, `two_phase_points()` | backends serving a standby's worker | `primary/changes`, the slot array |
 //! | `sql/major_upgrade` | `upgrade_check()`, `restore_slots()`, the restore worker | backends, a short-lived worker | - |
 //! | `primary/hold` | holding logical senders back for the failover standbys | walsenders, SQL decoding backends | `slot_failover_holds` |
@@ -35,6 +35,7 @@
 //! | `standby/copy` | the copies: create, change, make (not) ready, drop; the marker files | as `round` | the slot array |
 //! | `standby/snapshots` | the upstream's serialized snapshots, stored here | as `round` | - |
 //! | `standby/upstream`, `standby/protocol` | the connection to the upstream and the wire format | as `round` | - |
+//! | `standby/own_slots` | a primary back in recovery: its own slots count as ready (a record of the timeline it was primary on) | worker, backends | - |
 //! | `standby/last_round` | the outcome of the last round, per slot | worker (writes), backends | `slot_failover_status` |
 //! | `worker` | the background worker: its loop, a standby's and a primary's duties, retained WAL | the worker | `worker/control` (`slot_failover_control`) |
 //! | `pg` | talking to PostgreSQL: `compat` (every version difference), the slot array, transactions, latches, log redaction | any | the slot array |

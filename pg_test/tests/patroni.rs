@@ -8,7 +8,8 @@
 //! 1. a switchover (`POST /switchover`, as `patronictl switchover`);
 //! 2. a kill -9 of the leader's postmaster, which Patroni fails over (`primary_start_timeout:
 //!    0`); the old leader rejoins (pg_rewind when it diverged, which empties its `pg_replslot`)
-//!    and its copies become ready again;
+//!    and its copies become ready again. Patroni restarts the old leader as a replica at once
+//!    and lets it race as well; when it wins, it is promoted again with its own slots;
 //! 3. a kill -9 that Patroni restarts in place (`primary_start_timeout: 300` for this one);
 //! 4. the loss of a whole member (Patroni and postmaster, kill -9); the test deletes the leader
 //!    key from etcd instead of waiting out its `ttl`. The marked subscriber streams from the new
@@ -18,7 +19,13 @@
 //! 5. the promotion gate, with `synchronous_mode` off: a member whose copy of a newly marked
 //!    slot is not ready (its worker held with the test-only `slot_failover.debug_pause_file`) is
 //!    asked to take over; its `pre_promote` refuses, says why in its log, and Patroni promotes
-//!    another member, whose copies are ready (its gate says "promoting").
+//!    a member whose slots are ready (its gate says "promoting"): the other replica, whose
+//!    copies are ready, or the former leader, demoted for the switchover and back in recovery
+//!    with nobody to follow, whose slots are its own (`standby/own_slots.rs`; Patroni prefers
+//!    it when it has the latest WAL). Before the own-slot rule the gate refused the former
+//!    leader too, and where Patroni had no other candidate (synchronous mode right after a
+//!    promotion, when `/sync` names no replica) the cluster stayed without a leader: seen
+//!    once in CI on 16, in the kill -9 of step 2.
 //!
 //! After each: the subscriber's ids equal the leader's exactly, every acknowledged id is
 //! there, the subscription streams from the leader of the moment, and every replica's copies
@@ -297,8 +304,18 @@ fn patroni_failovers_keep_the_marked_subscription() {
     writer.wait_for_acknowledged(50);
     let start = Instant::now();
     cluster.member(&old).kill_postmaster();
-    let new = cluster.wait_for_leader(Some(&old));
+    // Usually a replica takes over. Patroni restarts the old leader as a replica at once
+    // (`primary_start_timeout: 0`) and lets it race too, in synchronous mode even alone (while
+    // `/sync` names no replica, right after step 1's promotion): then it is promoted again,
+    // its slots being its own (`standby/own_slots.rs`). Either way nothing may be lost.
+    let new = cluster.wait_for_leader(None);
     let t_leader = seconds_since(start);
+    if new == old {
+        cluster.member(&old).wait_for_log(
+            "has replayed only its own WAL since: its slots are its own and ready for failover",
+            log_at,
+        );
+    }
     wait_until_streaming_from(cluster.member(&new), MARKED);
     let t_stream = seconds_since(start);
     cluster.wait_until_replicas_stream(2);
@@ -310,7 +327,12 @@ fn patroni_failovers_keep_the_marked_subscription() {
     timing(
         major,
         &format!(
-            "kill -9 leader postmaster, failover to {new}, {old} rejoined in {t_rejoin}{}",
+            "kill -9 leader postmaster, {}, {old} rejoined in {t_rejoin}{}",
+            if new == old {
+                format!("{old} restarted and promoted again (its own slots)")
+            } else {
+                format!("failover to {new}")
+            },
             if rewound {
                 " with pg_rewind"
             } else {
@@ -438,15 +460,12 @@ fn patroni_failovers_keep_the_marked_subscription() {
         "the held member's copy of {GATE_SLOT} must not be ready"
     );
     let refused_at = cluster.member(&held_one).log_position();
-    let promoted_at = cluster.member(&ready_one).log_position();
+    let promoted_at: Vec<(String, u64)> = [&ready_one, &old]
+        .iter()
+        .map(|name| (name.to_string(), cluster.member(name).log_position()))
+        .collect();
     let start = Instant::now();
     let (code, said) = cluster.switchover(&old, &held_one);
-    let new = cluster.wait_for_leader(Some(&old));
-    let t_leader = seconds_since(start);
-    assert_eq!(
-        new, ready_one,
-        "the ready member takes over (switchover answered {code}: {said})"
-    );
     let refusal = cluster
         .member(&held_one)
         .wait_for_log("slot_failover_pre_promote: refusing promotion", refused_at);
@@ -458,11 +477,46 @@ fn patroni_failovers_keep_the_marked_subscription() {
         "Releasing the leader key voluntarily because the pre-promote script failed",
         refused_at,
     );
-    let promoting = cluster
-        .member(&ready_one)
-        .wait_for_log("slot_failover_pre_promote: promoting", promoted_at);
+    // Then Patroni promotes a member whose slots are ready: the replica with ready copies, or
+    // the former leader, back in recovery with nobody to follow, whose slots are its own
+    // (standby/own_slots.rs; Patroni finds it the healthiest when it has the latest WAL).
+    let (new, promoting) = wait::until(
+        "a gate saying \"promoting\" on the ready replica or the former leader",
+        wait::default_timeout(),
+        || {
+            for (name, at) in &promoted_at {
+                let log = cluster.member(name).log_from(*at);
+                if let Some(line) = log
+                    .lines()
+                    .find(|l| l.contains("slot_failover_pre_promote: promoting"))
+                {
+                    return Check::Done((name.clone(), line.to_string()));
+                }
+            }
+            Check::NotYet(cluster.roles())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} (switchover answered {code}: {said})\n{}",
+            cluster.log_tails()
+        )
+    });
+    assert_eq!(
+        cluster.wait_for_leader(Some(&held_one)),
+        new,
+        "the member whose gate said promoting leads"
+    );
+    let t_leader = seconds_since(start);
+    if new == old {
+        let at = promoted_at[1].1;
+        cluster.member(&old).wait_for_log(
+            "has replayed only its own WAL since: its slots are its own and ready for failover",
+            at,
+        );
+    }
     eprintln!(
-        "patroni gate: PostgreSQL {major} | {held_one}: {refusal}\npatroni gate: PostgreSQL {major} | {held_one}: {released}\npatroni gate: PostgreSQL {major} | {ready_one}: {promoting}"
+        "patroni gate: PostgreSQL {major} | {held_one}: {refusal}\npatroni gate: PostgreSQL {major} | {held_one}: {released}\npatroni gate: PostgreSQL {major} | {new}: {promoting}"
     );
     assert_eq!(
         cluster.member(&new).safe_psql(
@@ -476,6 +530,29 @@ fn patroni_failovers_keep_the_marked_subscription() {
     wait_until_streaming_from(cluster.member(&new), MARKED);
     let t_stream = seconds_since(start);
     cluster.wait_until_replicas_stream(2);
+    // Both replicas' copies of both slots ready again (the gate slot consumed meanwhile, so
+    // that a fresh copy can start from it).
+    wait::until("both replicas failover-ready after the gate", wait::default_timeout(), || {
+        let _ = cluster.member(&new).psql(
+            "postgres",
+            &format!("CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{GATE_SLOT}', NULL, NULL)"),
+        );
+        let states: Vec<String> = cluster
+            .members()
+            .iter()
+            .filter(|m| m.name() != new)
+            .map(|m| {
+                let out = m.psql("postgres", "SELECT slot_failover.failover_ready()");
+                format!("{}:{}", m.name(), out.stdout)
+            })
+            .collect();
+        if states.iter().all(|s| s.ends_with(":t")) {
+            Check::Done(())
+        } else {
+            Check::NotYet(states.join(" "))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tails()));
     let (_, rows) = compare_rows(&cluster, &sub, writer, "gate");
     timing(
         major,

@@ -461,6 +461,54 @@ fn a_round_that_runs_into_a_promotion_changes_nothing() {
     );
 }
 
+/// A worker paused in a round (the tests' `slot_failover.debug_pause_file`) still stops at a
+/// fast shutdown. pgrx clears its SIGTERM flag when it is read: the pause read it, stopped
+/// pausing, and the main loop never saw the request, so the postmaster waited for the worker
+/// forever (seen in the Patroni test, whose gate step pauses a member's worker, when the test
+/// failed before removing the pause file, its upstream stopped too). Before the fix this test
+/// failed after pg_ctl's 180 s wait.
+#[test]
+fn a_paused_worker_still_stops_at_a_fast_shutdown() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let pause = "slot_failover.pause";
+    let mut standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.debug_pause_file = '{pause}'"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    std::fs::write(standby.data_dir().join(pause), "").expect("create the pause file");
+    let offset = standby.log_position();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('td')",
+    );
+    standby.wait_for_log(
+        r#"slot_failover is pausing before it changes replication slot "td""#,
+        offset,
+    );
+    // The upstream goes first, as in the Patroni test: the worker has no connection to fail
+    // on, only its naps.
+    primary.stop(StopMode::Fast);
+    standby.stop(StopMode::Fast);
+    assert!(
+        standby
+            .log_from(offset)
+            .contains("slot_failover worker stopping"),
+        "{}",
+        standby.log_from(offset)
+    );
+}
+
 /// 18: `idle_replication_slot_timeout` invalidates slots idle that long at checkpoints and
 /// restartpoints, and in recovery exempts only PostgreSQL's own synced slots. A copy of a slot
 /// whose consumer is idle is not changed by the worker, so before 0.6.0 it counted as idle and

@@ -1,6 +1,7 @@
 //! Rejoin: after a failover the old primary is rewound with pg_rewind and started as a standby
-//! of the promoted one. pg_rewind keeps its pg_replslot, so it still has its own slots of the
-//! marked names, stale (their positions are the old primary's). Left there they would keep WAL
+//! of the promoted one. It stopped cleanly before the promotion, so pg_rewind finds nothing to
+//! rewind and leaves its data directory as it was (a real rewind empties pg_replslot): it still
+//! has its own slots of the marked names, stale (their positions are the old primary's). Left there they would keep WAL
 //! and catalog rows and leave those slots without copies, so the worker drops each (one WARNING
 //! per slot, `slot_failover.drop_stale_slots`, on by default) and makes its copy in its place;
 //! no stale slot holds up another. Then the roles swap back: the old primary, now with ready
@@ -94,6 +95,12 @@ fn the_old_primary_rejoins_replaces_its_stale_slots_and_can_take_over_again() {
     old.rewind_to_standby_of(&new, "old_slot");
     old.append_conf("postgresql.conf", SYNCING);
     old.start();
+    // Given a primary_conninfo, its own slots never count as ready, not even in the moment
+    // before its WAL receiver starts (standby/own_slots.rs).
+    assert_eq!(
+        old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f"
+    );
     new.wait_for_catchup(&old);
     new.safe_psql(
         "postgres",
@@ -283,5 +290,270 @@ fn a_node_promoted_once_rejoins_with_fresh_copies_not_its_old_slots() {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(",")
+    );
+}
+
+/// A primary that crashes and comes back in recovery before any other server is promoted (an
+/// HA manager restarting the crashed leader as a replica: Patroni with `primary_start_timeout:
+/// 0`). Its slots are its own, written with the WAL it replays; promoting it again is, for its
+/// consumers, a restart in place. Patroni in synchronous mode promotes only the former leader
+/// and the standbys its `/sync` key names, and right after a promotion that key names none: a
+/// gate that refused the former leader there left the cluster without a primary (seen once in
+/// CI on 16: every member "not the healthiest node", the former leader's `pre_promote`
+/// refusing, for 180 s). So there `failover_ready()` is true, each marked slot reads `ready`
+/// as this server's own, the worker runs no rounds (they would drop the slots as stale), and
+/// after the promotion the subscriber continues with exactly the rows. Before the fix it said
+/// false (`"sub" is not_synced: the worker has not synchronized this slot yet`).
+///
+/// The slots stop counting as its own the moment the server asks an upstream for WAL (here
+/// its own standby, which has less WAL than it: nothing comes, but the request is enough),
+/// until its next restart.
+#[test]
+fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    pg_test::wait::until(
+        "the copy of sub ready",
+        pg_test::wait::default_timeout(),
+        || {
+            write_rows(&primary, &subscriber, next, next + 4);
+            next += 5;
+            let states = standby.safe_psql("postgres", STATES);
+            if states == "sub:ready" {
+                pg_test::wait::Check::Done(())
+            } else {
+                pg_test::wait::Check::NotYet(states)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The primary crashes and comes back as a standby with no upstream.
+    primary.kill9();
+    primary.append_conf("standby.signal", "");
+    primary.start();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let detail = primary.safe_psql(
+        "postgres",
+        "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
+    );
+    assert!(
+        detail.starts_with("ready: this server's own slot: it was the primary on timeline 1"),
+        "{detail}"
+    );
+    primary.wait_for_log(
+        "this server was the primary on timeline 1 and has replayed only its own WAL since",
+        0,
+    );
+
+    // Asking an upstream for WAL ends it, until the next restart.
+    primary.set_and_reload("primary_conninfo", &standby.connstr("postgres"));
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "f");
+    primary.append_conf("postgresql.conf", "primary_conninfo = ''");
+    primary.restart();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub' AND NOT temporary",
+        ),
+        "1",
+        "the worker ran no round that replaced the slot"
+    );
+
+    // Promoted again, it carries on: the subscriber reconnects and misses nothing.
+    primary.promote();
+    write_rows(&primary, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(ids(&subscriber), ids(&primary));
+    assert_eq!(
+        ids(&primary),
+        (1..next)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+
+    // The promoted server records its new timeline (the worker notices the promotion within
+    // a tenth of a second, even napping), so a crash right after counts the same way.
+    primary.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.btrim(pg_catalog.pg_read_file('pg_replslot/slot_failover.primary_timeline'), E' \\n')",
+        "2",
+    );
+    primary.kill9();
+    primary.append_conf("standby.signal", "");
+    primary.start();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let detail = primary.safe_psql(
+        "postgres",
+        "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
+    );
+    assert!(
+        detail.starts_with("ready: this server's own slot: it was the primary on timeline 2"),
+        "{detail}"
+    );
+    primary.promote();
+    write_rows(&primary, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(ids(&subscriber), ids(&primary));
+    assert_eq!(ids(&primary).split(',').count() as i64, i64::from(next) - 1);
+}
+
+/// A primary that crashes with WAL its failover standby never got, and is really rewound
+/// (issue 15, point 4; the other rejoin tests stop the old primary cleanly, so pg_rewind finds
+/// nothing to rewind there). The hold-back kept the subscriber behind the standby's flush, so
+/// what the crashed primary wrote last is lost with it and the subscriber never saw it: the
+/// subscriber cannot be ahead of the standby, which is what the issue's wording asked to set up;
+/// what is ahead is the old primary itself. The rewind empties its `pg_replslot`: no stale slot
+/// of the marked name is left, and neither is its record of having been the primary
+/// (`standby/own_slots.rs`), so its slots never count as its own. It is not failover-ready
+/// until its fresh copy is; then it takes over again and the subscriber has exactly its rows.
+#[test]
+fn a_really_rewound_primary_is_ready_only_with_fresh_copies() {
+    let mut old = primary_with_extension();
+    old.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let mut new = standby_of(&old, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(&old, "sub", "pub", "CREATE TABLE t (id int PRIMARY KEY)");
+    old.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    pg_test::wait::until(
+        "the copy of sub ready",
+        pg_test::wait::default_timeout(),
+        || {
+            write_rows(&old, &subscriber, next, next + 4);
+            next += 5;
+            let states = new.safe_psql("postgres", STATES);
+            if states == "sub:ready" {
+                pg_test::wait::Check::Done(())
+            } else {
+                pg_test::wait::Check::NotYet(states)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    old.wait_for_catchup(&new);
+
+    // The standby goes away; the primary commits rows only it has, then crashes.
+    new.stop(StopMode::Fast);
+    old.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT generate_series(100001, 100010); CHECKPOINT;",
+    );
+    old.kill9();
+
+    // The standby takes over; the subscriber follows it.
+    new.start();
+    new.promote();
+    new.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('old_slot')",
+    );
+    repoint(&subscriber, "sub", &new);
+    write_rows(&new, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(
+        ids(&subscriber),
+        ids(&new),
+        "the held rows never reached it"
+    );
+
+    // A real rewind: the old primary diverged. It empties pg_replslot.
+    old.rewind_to_standby_of(&new, "old_slot");
+    let left: Vec<String> = std::fs::read_dir(old.data_dir().join("pg_replslot"))
+        .expect("pg_replslot")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(left.is_empty(), "pg_rewind left {left:?} in pg_replslot");
+    old.append_conf("postgresql.conf", SYNCING);
+    old.start();
+    assert_eq!(
+        old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f",
+        "no copy yet"
+    );
+    new.wait_for_catchup(&old);
+    new.safe_psql(
+        "postgres",
+        "SELECT slot_failover.enable_standby('old_slot')",
+    );
+    pg_test::wait::until(
+        "a fresh copy of sub ready on the rewound node",
+        pg_test::wait::default_timeout(),
+        || {
+            write_rows(&new, &subscriber, next, next + 4);
+            next += 5;
+            let states = old.safe_psql("postgres", STATES);
+            if states == "sub:ready" {
+                pg_test::wait::Check::Done(())
+            } else {
+                pg_test::wait::Check::NotYet(states)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "t"
+    );
+    let flush = new.safe_psql(
+        "postgres",
+        "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'",
+    );
+    new.wait_for_catchup(&old);
+    old.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{flush}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+
+    // And back: the rewound node takes over; the subscriber continues from its fresh copy.
+    new.stop(StopMode::Fast);
+    old.promote();
+    old.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
+    );
+    repoint(&subscriber, "sub", &old);
+    write_rows(&old, &subscriber, next, next + 9);
+    next += 10;
+    assert_eq!(ids(&subscriber), ids(&old));
+    assert_eq!(
+        ids(&old),
+        (1..next)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        "every row but the crashed primary's last ten, once"
     );
 }

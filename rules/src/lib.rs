@@ -7,6 +7,7 @@
 //! | module | decides |
 //! |---|---|
 //! | [`readiness`] | what to do with one marked slot's copy on a standby in one round, and when it is ready |
+//! | [`own_slots`] | whether a primary back in recovery may count its own slots as ready |
 //! | [`quorum`] | how far a held logical sender may go, given the failover standbys' slots |
 //! | [`report`] | what one round did to one slot, as the status view and the logs show it |
 //! | [`retention`] | when a slot crosses the retained-WAL threshold, one line per crossing |
@@ -20,6 +21,7 @@
 pub mod conninfo;
 pub mod digest;
 pub mod lsn;
+pub mod own_slots;
 pub mod quorum;
 pub mod readiness;
 pub mod report;

@@ -22,9 +22,20 @@ pub fn sleep(ms: i64, wait_event: u32) {
     pgrx::check_for_interrupts!();
 }
 
+/// Why [`wait_in_main_loop`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// The latch was set (a signal, a `sync()` request, a commit of `enable()` ...).
+    Latch,
+    /// The time ran out, the latch unset.
+    Timeout,
+    /// The postmaster died.
+    PostmasterDied,
+}
+
 /// Like [`sleep`], for a background worker's main loop, which handles its own signals and the
-/// postmaster's death: returns whether the postmaster died. Serves no interrupts.
-pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> bool {
+/// postmaster's death: says why it returned. Serves no interrupts.
+pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> Woken {
     // SAFETY: as in sleep(); the caller is a background worker's main loop.
     let events = unsafe {
         let events = pg_sys::WaitLatch(
@@ -36,5 +47,29 @@ pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> bool {
         pg_sys::ResetLatch(pg_sys::MyLatch);
         events
     };
-    events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0
+    if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+        Woken::PostmasterDied
+    } else if events & pg_sys::WL_LATCH_SET as i32 != 0 {
+        Woken::Latch
+    } else {
+        Woken::Timeout
+    }
+}
+
+/// Whether this background worker was asked to stop (SIGTERM). pgrx clears its flag when it
+/// is read, and more than the main loop asks (the test-only pause,
+/// `gucs::pause_before_slot_change`), so the answer is kept: a request seen there is still seen
+/// by the main loop, which exits. (Before, a worker paused at a fast shutdown lost the request
+/// and the shutdown waited for it forever.) False in any process that is not a background
+/// worker.
+pub fn stop_requested() -> bool {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // SAFETY: MyBgworkerEntry is this process's own global, set before a worker's main runs.
+    if unsafe { pg_sys::MyBgworkerEntry.is_null() } {
+        return false;
+    }
+    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
 }

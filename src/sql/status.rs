@@ -19,6 +19,7 @@ use pgrx::prelude::*;
 use crate::error::Error;
 use crate::pg::latch;
 use crate::standby::last_round;
+use crate::standby::own_slots;
 use crate::standby::round;
 use crate::standby::upstream::{self, Upstream};
 use crate::worker::control::{self, CONTROL};
@@ -156,7 +157,7 @@ fn worker_state() -> TableIterator<
         name!(last_sync_at, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
-    let (rows, _) = last_round::rows();
+    let rows = own_slots::rows().unwrap_or_else(|| last_round::rows().0);
     TableIterator::new(rows.into_iter().map(|r| {
         let synced_at = timestamptz(r.synced_at);
         let upstream = r
@@ -292,13 +293,18 @@ fn sync_here() -> Result<Vec<(String, String, String, String)>, Error> {
         let c = CONTROL.share();
         c.worker_syncing && c.worker_latch != 0
     };
-    if worker_syncing {
+    if own_slots::authentic_since().is_some() {
+        // A primary back in recovery: its own slots stand, there is nothing to synchronize.
+    } else if worker_syncing {
         worker_round().map_err(Error::SyncFailed)?;
     } else {
         let reports = own_round().map_err(|p| Error::SyncFailed(p.to_string()))?;
         last_round::publish(&reports, None);
     }
-    let (rows, problem) = last_round::rows();
+    let (rows, problem) = match own_slots::rows() {
+        Some(rows) => (rows, None),
+        None => last_round::rows(),
+    };
     if let Some(problem) = problem {
         return Err(Error::SyncFailed(problem));
     }

@@ -9,10 +9,12 @@
 //! | [`snapshots`] | the upstream's serialized snapshots the copies need, stored here | as `round` | - |
 //! | [`upstream`] | the connection to the upstream (libpqwalreceiver), prerequisites, its queries | as `round` | - |
 //! | [`protocol`] | the wire format between a standby's worker and its upstream: the rows, their columns, the functions the upstream serves | - | - |
+//! | [`own_slots`] | a primary back in recovery: its own slots count as ready, and no round runs (the record of the timeline it was primary on) | worker (records, skips rounds), backends (`status`) | - |
 //! | [`last_round`] | the outcome of the worker's last round, per slot (status view, `failover_ready()`, `sync()`) | worker (writes), backends (read) | `slot_failover_status` |
 
 pub mod copy;
 pub mod last_round;
+pub mod own_slots;
 pub mod protocol;
 pub mod round;
 pub mod snapshots;

@@ -116,7 +116,8 @@ impl Drop for Upstream {
     }
 }
 
-fn string_guc(name: &CStr) -> Option<String> {
+/// A setting's value as this process sees it; None when it is unset or blank.
+pub(crate) fn string_guc(name: &CStr) -> Option<String> {
     // SAFETY: GetConfigOption with missing_ok = true returns NULL or a pointer into the GUC
     // table that stays valid until the next configuration change; we copy it at once.
     let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };

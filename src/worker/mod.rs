@@ -15,7 +15,8 @@
 //!   on its upstream, which answers as soon as a marked slot moves there (`primary/changes.rs`),
 //!   in slices of at most [`REMOTE_WAIT_SLICE`] so that signals and `sync()` requests are seen
 //!   between two remote calls; anything else naps on the process latch, which a signal, a
-//!   `sync()` request or the commit of `enable()` and friends sets.
+//!   `sync()` request or the commit of `enable()` and friends sets (on a standby in slices of
+//!   at most [`PROMOTION_CHECK`]: a promotion sets no latch).
 //! * `run` does the duties of the server's role: on a standby, a round over the slots that
 //!   moved, or over every marked slot (`worker/standby.rs`); on every server, publishing the
 //!   marks to the logical senders and the retained-WAL check (`worker/primary.rs`).
@@ -30,8 +31,8 @@
 //! Invariants:
 //!
 //! * Signal handlers only set flags and the process latch (pgrx's handlers: SIGHUP sets
-//!   `ConfigReloadPending`, SIGTERM sets `ShutdownRequestPending`). The main loop does the
-//!   work.
+//!   `ConfigReloadPending`, SIGTERM a flag of pgrx's that `latch::stop_requested` keeps once read).
+//!   The main loop does the work.
 //! * The loop never sleeps without the latch, so a signal is acted on at once.
 //! * A round runs at least every naptime (for what the upstream does not signal: slots moved
 //!   by SQL functions, drops, invalidations), and at once when `sync()` asks.
@@ -54,6 +55,7 @@ use self::standby::{Moved, SyncState};
 use crate::gucs;
 use crate::pg::{latch, xact};
 use crate::standby::last_round;
+use crate::standby::own_slots;
 use crate::standby::protocol::RemoteSlot;
 use crate::standby::upstream::Problem;
 
@@ -66,6 +68,8 @@ const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// Longest single wait on the upstream: the worker looks at signals and sync() requests
 /// between two waits.
 const REMOTE_WAIT_SLICE: Duration = Duration::from_millis(500);
+/// How often a napping standby's worker checks whether it was promoted (see `Worker::nap`).
+const PROMOTION_CHECK: Duration = Duration::from_millis(100);
 
 /// Register the worker with the postmaster. Only valid while shared_preload_libraries are
 /// being loaded (checked by the caller).
@@ -110,6 +114,8 @@ struct Worker {
     last_round: Instant,
     started: bool,
     postmaster_died: bool,
+    /// The timeline since which this standby's slots are its own (`standby/own_slots.rs`).
+    own_slots_since: Option<u32>,
 }
 
 impl Worker {
@@ -134,7 +140,7 @@ impl Worker {
             unsafe { pg_sys::proc_exit(1) };
         }
         check_for_interrupts!();
-        if BackgroundWorker::sigterm_received() {
+        if latch::stop_requested() {
             log!("{WORKER_TYPE} stopping");
             // SAFETY: as above. Exit code 1 asks the postmaster to restart us unless it is
             // shutting down.
@@ -170,6 +176,7 @@ impl Worker {
         if self.standby && !standby {
             log!("{WORKER_TYPE}: this server was promoted and is now a primary");
             let (rows, _) = last_round::rows();
+            self.own_slots_since = None;
             self.sync.reset();
             last_round::clear();
             xact::in_transaction(|| standby::promote(&rows));
@@ -206,13 +213,34 @@ impl Worker {
         } else {
             interval
         };
+        self.nap(left)
+    }
+
+    /// Naps on the latch for `left`. On a standby, in slices of at most [`PROMOTION_CHECK`],
+    /// checking between two whether it was promoted: a promotion sets no latch, and the
+    /// promoted server must record its timeline at once (`standby/own_slots.rs`), even while a
+    /// lost upstream is retried with a long back-off. If it crashed before that, back in
+    /// recovery its slots would not count as its own.
+    fn nap(&mut self, left: Duration) -> Wake {
         let started = Instant::now();
-        self.postmaster_died =
-            latch::wait_in_main_loop(left.as_millis() as i64, pg_sys::PG_WAIT_EXTENSION);
-        if started.elapsed() >= left {
-            Wake::Naptime
-        } else {
-            Wake::Latch
+        loop {
+            let remaining = left.saturating_sub(started.elapsed());
+            let slice = if self.standby {
+                remaining.min(PROMOTION_CHECK)
+            } else {
+                remaining
+            };
+            let ms = slice.as_micros().div_ceil(1000) as i64;
+            match latch::wait_in_main_loop(ms, pg_sys::PG_WAIT_EXTENSION) {
+                latch::Woken::PostmasterDied => {
+                    self.postmaster_died = true;
+                    return Wake::Latch;
+                }
+                latch::Woken::Latch => return Wake::Latch,
+                latch::Woken::Timeout if started.elapsed() >= left => return Wake::Naptime,
+                latch::Woken::Timeout if !crate::pg::in_recovery() => return Wake::Latch,
+                latch::Woken::Timeout => {}
+            }
         }
     }
 
@@ -255,6 +283,10 @@ impl Worker {
     /// is up, or `sync()` asked) or the partial one could not stand for it: the moved slots
     /// never wait behind the periodic work.
     fn synchronize(&mut self, wake: Wake, asked: bool) {
+        if self.keeps_own_slots() {
+            self.last_round = Instant::now();
+            return;
+        }
         let full_due = asked || self.last_round.elapsed() >= self.round_interval();
         let (woken, full) = match wake {
             Wake::Moved(names, rows) => {
@@ -291,6 +323,30 @@ impl Worker {
             }
         }
         self.sync.report(outcome);
+    }
+}
+
+impl Worker {
+    /// Whether this standby is a primary back in recovery whose slots are its own
+    /// (`standby/own_slots.rs`): then it runs no rounds (they would replace its slots with
+    /// copies), and the status shows its own slots. Logs when that starts and ends.
+    fn keeps_own_slots(&mut self) -> bool {
+        let since = own_slots::authentic_since();
+        match (since, self.own_slots_since) {
+            (Some(timeline), None) => {
+                log!(
+                    "{WORKER_TYPE}: this server was the primary on timeline {timeline} and has replayed only its own WAL since: its slots are its own and ready for failover; it synchronizes copies once it streams from an upstream"
+                );
+                self.sync.reset();
+                last_round::clear();
+            }
+            (None, Some(_)) => log!(
+                "{WORKER_TYPE}: this server was given an upstream to follow (primary_conninfo) or asked one for WAL: its own slots count as stale from now on, and copies are synchronized from the upstream"
+            ),
+            _ => {}
+        }
+        self.own_slots_since = since;
+        since.is_some()
     }
 }
 
@@ -331,6 +387,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
                 "{WORKER_TYPE}: replication slot \"{name}\" was a copy made when this server was a standby; it is this primary's own now"
             );
         }
+        xact::in_transaction(own_slots::record_primary_timeline);
     }
     // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
     // valid in every server process; on_shmem_exit runs our callback when this process exits.
@@ -346,6 +403,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         last_round: Instant::now(),
         started: false,
         postmaster_died: false,
+        own_slots_since: None,
     };
     // The logical senders wait until the marks are known: publish them before anything else.
     worker.publisher.publish(standby);

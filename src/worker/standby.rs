@@ -249,7 +249,8 @@ impl SyncState {
 /// At promotion: keep ready copies, drop the others loudly (saying why each was not ready,
 /// from `last_round`: the rows of the worker's last round), and name every marked slot that
 /// has no copy here. The kept slots are this server's own from now on: their marker files go
-/// (see `copy::disown_all`).
+/// (see `copy::disown_all`), and the timeline it is primary on is recorded (see
+/// `standby/own_slots.rs`).
 pub fn promote(last_round: &[Row]) {
     let why = |name: &str| {
         last_round
@@ -259,6 +260,7 @@ pub fn promote(last_round: &[Row]) {
     };
     let kept = round::drop_unready(true, &why);
     crate::standby::copy::disown_all();
+    crate::standby::own_slots::record_primary_timeline();
     for name in &kept {
         log!(
             "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"

@@ -1,0 +1,166 @@
+//! A primary back in recovery: its slots are its own, not copies, and they are ready.
+//!
+//! A primary that crashed (or stopped) and is started again as a standby replays the WAL it
+//! wrote itself. Until it asks an upstream for WAL, its slots are exactly the ones its
+//! consumers used: promoting it again is, for them, a restart in place. An HA manager may have
+//! no other member to promote: Patroni in synchronous mode promotes only the former leader and
+//! the standbys its `/sync` key names, and right after a promotion that key names none until a
+//! standby is confirmed synchronous. If the promotion gate refused the former leader there, the
+//! cluster would stay without a primary. So on such a server every marked slot it has,
+//! persistent and valid, is `ready` (in `status`, `failover_ready()`, the gate), and the worker
+//! runs no rounds (a round would take them for stale slots and replace them with copies).
+//!
+//! How it is known (the rule: `slot_failover_rules::own_slots::authentic`):
+//!
+//! * The worker on a primary records the timeline it runs on in [`RECORD`], at its start and
+//!   at a promotion, after its copies' markers are gone (`copy::disown_all`). The file is
+//!   directly in `pg_replslot`, not a slot directory: PostgreSQL's slot code restores
+//!   directories only, and pg_basebackup and pg_rewind leave out `pg_replslot`'s contents, so a
+//!   new standby or a rewound one has no record.
+//! * The server replays that very timeline: one that followed another primary replays that
+//!   primary's newer timeline.
+//! * No WAL receiver was asked to stream since the postmaster started: `GetWalRcvFlushRecPtr`
+//!   is 0 until the first request (shared memory starts zeroed). From the first request on, the
+//!   slots count as stale, like any slot left from a primary, until the next restart.
+//! * `primary_conninfo` is empty: a server given one means to follow an upstream (an old
+//!   primary rejoining after a switchover, in the moment before its WAL receiver starts), and
+//!   its slots are about to go stale. Patroni restarts a crashed leader with none while there
+//!   is no leader to follow.
+//!
+//! Left open: a copy of a primary's data directory taken by other means that keeps
+//! `pg_replslot` (a file-system snapshot) and is started without `primary_conninfo` passes for
+//! that primary until it streams. PostgreSQL's documentation asks to leave `pg_replslot` out of
+//! such copies.
+
+use std::fs;
+use std::io::Write;
+
+use pgrx::pg_sys;
+
+use crate::standby::copy;
+use crate::standby::last_round::Row;
+use slot_failover_rules::Lsn;
+use slot_failover_rules::own_slots::{Facts, authentic, judge};
+use slot_failover_rules::report::{SlotAction, SlotReport};
+
+/// The record: the timeline this server last ran on as a primary, in decimal.
+const RECORD: &str = "pg_replslot/slot_failover.primary_timeline";
+
+/// On a primary (the worker, inside a transaction): record the timeline it runs on, durably.
+pub fn record_primary_timeline() {
+    let tli = crate::pg::xact::read_one::<String>(
+        "SELECT pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)",
+        &[],
+    );
+    let tli = match tli {
+        Ok(Some(hex)) => u32::from_str_radix(&hex, 16).ok(),
+        _ => None,
+    };
+    let Some(tli) = tli else {
+        pgrx::warning!(
+            "slot_failover could not read this primary's timeline; if this server comes back as a standby, its slots will not count as ready"
+        );
+        return;
+    };
+    let tmp = format!("{RECORD}.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        writeln!(f, "{tli}")?;
+        f.sync_all()?;
+        fs::rename(&tmp, RECORD)?;
+        fs::File::open("pg_replslot")?.sync_all()
+    };
+    if let Err(e) = write() {
+        pgrx::warning!(
+            "slot_failover could not write \"{RECORD}\": {e}; if this server comes back as a standby, its slots will not count as ready"
+        );
+    }
+}
+
+/// The timeline since which this server's own slots are authentic (see the module comment),
+/// None when they are not (or it is not in recovery).
+pub fn authentic_since() -> Option<u32> {
+    if !crate::pg::in_recovery() {
+        return None;
+    }
+    // Checked first, as every streaming standby has it: the rule says None whatever else
+    // holds, and the record is not read on every turn of the worker's loop.
+    let upstream_configured = crate::standby::upstream::string_guc(c"primary_conninfo").is_some();
+    if upstream_configured {
+        return None;
+    }
+    let primary_timeline = fs::read_to_string(RECORD)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    primary_timeline?;
+    let mut replay_timeline: pg_sys::TimeLineID = 0;
+    // SAFETY: both read positions kept in shared memory under their spinlocks (XLogRecoveryCtl,
+    // WalRcv), valid in any process attached to it; same signatures on 14 to 18. Null out
+    // pointers are allowed for GetWalRcvFlushRecPtr.
+    let streaming_requested = unsafe {
+        pg_sys::GetXLogReplayRecPtr(&mut replay_timeline);
+        pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut()) != 0
+    };
+    authentic(&Facts {
+        primary_timeline,
+        replay_timeline,
+        streaming_requested,
+        upstream_configured,
+    })
+}
+
+/// [`reports`] as the rows of a round just run (`status`, `failover_ready()`, `sync()`): on a
+/// server whose own slots are authentic they stand for the worker's last round, which runs
+/// none there. Computed at each call, so they are gone the moment the slots stop counting.
+pub fn rows() -> Option<Vec<Row>> {
+    // SAFETY: GetCurrentTimestamp only reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    Some(
+        reports()?
+            .into_iter()
+            .map(|r| Row {
+                name: r.name,
+                action: r.action,
+                state: r.state,
+                detail: r.detail,
+                upstream_confirmed_flush: r.upstream_confirmed_flush,
+                synced_at: now,
+            })
+            .collect(),
+    )
+}
+
+/// When this server's own slots are authentic: one row per marked slot (inside a transaction:
+/// the marks are read from the catalog), as a round would report it. None otherwise.
+pub fn reports() -> Option<Vec<SlotReport>> {
+    let timeline = authentic_since()?;
+    // The extension may not be installed in the worker's database: nothing marked there.
+    let installed = crate::pg::xact::read_one::<bool>(
+        "SELECT pg_catalog.to_regclass('slot_failover.marked_slots') IS NOT NULL",
+        &[],
+    );
+    let marked = if matches!(installed, Ok(Some(true))) {
+        crate::pg::xact::read_column(
+            "SELECT slot_name::pg_catalog.text FROM slot_failover.marked_slots ORDER BY 1",
+        )
+        .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let local = copy::local_slots();
+    Some(
+        marked
+            .into_iter()
+            .map(|name| {
+                let (state, detail) = judge(local.get(&name), timeline);
+                SlotReport {
+                    name,
+                    action: SlotAction::None,
+                    state,
+                    detail,
+                    upstream_confirmed_flush: Lsn::INVALID,
+                }
+            })
+            .collect(),
+    )
+}
