@@ -12,6 +12,7 @@
 //! | `slot_failover.own_slot_name` | string, empty | the physical slot the other servers keep for this one (under Patroni: the member's name); a failover standby of that name is never waited for here, like this server's own `primary_slot_name` |
 //! | `slot_failover.standbys_min_confirmed` | int, -1 | how many of the failover standbys must have flushed a change before it is sent; -1: all |
 //! | `slot_failover.drop_stale_slots` | bool, on | on a standby, a slot named like a marked slot upstream that slot_failover did not make and nobody uses is dropped (WARNING) and replaced by a copy |
+//! | `slot_failover.own_slots_in_recovery` | bool, off | a former primary back in recovery that follows no one counts its own slots as ready (`standby/own_slots.rs`); for HA managers that promote a former primary only if it was the last one |
 //! | `slot_failover.retained_wal_warning` | int MB, -1 | the worker logs a WARNING when a marked slot (or its copy) keeps more WAL than this, once per crossing; -1: off |
 //! | `slot_failover.debug_pause_file` | string, empty | for tests: while this file (relative to the data directory) exists, the worker waits before each change to a slot |
 //! | `slot_failover.mark_failover_slots` | bool, off | on a 17+ primary, the worker marks every slot that has PostgreSQL's `failover` flag (`marked_by` = this setting's name), and removes such a mark when its slot loses the flag or is dropped |
@@ -35,6 +36,7 @@ pub static OWN_SLOT_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 pub static STANDBYS_MIN_CONFIRMED: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static RETAINED_WAL_WARNING_MB: GucSetting<i32> = GucSetting::<i32>::new(-1);
 pub static DROP_STALE_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static OWN_SLOTS_IN_RECOVERY: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static MARK_FAILOVER_SLOTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static DEBUG_PAUSE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -133,6 +135,14 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"slot_failover.own_slots_in_recovery",
+        c"Whether a former primary back in recovery, following no one, counts its own slots as ready for failover.",
+        c"Only for an HA manager that promotes a former primary only if it was the last primary (Patroni's synchronous_mode): this server cannot see a later primary.",
+        &OWN_SLOTS_IN_RECOVERY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"slot_failover.retained_wal_warning",
         c"WAL a marked slot or its copy may keep before the slot_failover worker logs a WARNING.",
@@ -185,6 +195,10 @@ pub fn naptime() -> std::time::Duration {
 
 pub fn drop_stale_slots() -> bool {
     DROP_STALE_SLOTS.get()
+}
+
+pub fn own_slots_in_recovery() -> bool {
+    OWN_SLOTS_IN_RECOVERY.get()
 }
 
 /// `slot_failover.retained_wal_warning` in MB, None when off (-1).

@@ -556,7 +556,14 @@ fn patroni_failovers_keep_the_marked_subscription() {
     let (_, rows) = compare_rows(&cluster, &sub, writer, "gate");
     timing(
         major,
-        &format!("gate: switchover to not-ready {held_one} refused, {new} promoted"),
+        &format!(
+            "gate: switchover to not-ready {held_one} refused, {new} promoted ({})",
+            if new == old {
+                "the former leader, its own slots"
+            } else {
+                "the replica with ready copies"
+            }
+        ),
         &t_leader,
         &t_stream,
         "-",

@@ -509,6 +509,101 @@ fn a_paused_worker_still_stops_at_a_fast_shutdown() {
     );
 }
 
+/// The promotion gate (`slot_failover_pre_promote`, for Patroni's `pre_promote`) on a standby
+/// whose copy is not ready yet (its worker paused before it makes the copy): it refuses, saying
+/// why; with `--allow-after N` it refuses until it has refused for N seconds, counting in a
+/// file in the data directory, then lets the promotion through with a WARNING and forgets the
+/// count; once the copy is ready it promotes. (`patroni.rs` runs it under Patroni, without
+/// `--allow-after`.)
+#[test]
+fn the_promotion_gate_refuses_until_the_copies_are_ready_or_allow_after_runs_out() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!("{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"),
+    );
+    let pause = "slot_failover.pause";
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.debug_pause_file = '{pause}'"),
+    );
+    let pause_file = standby.data_dir().join(pause);
+    std::fs::write(&pause_file, "").expect("create the pause file");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('td');",
+    );
+    standby.wait_for_log(
+        r#"slot_failover is pausing before it changes replication slot "td""#,
+        0,
+    );
+    let gate = pg_test::install::PgInstall::from_env()
+        .bindir
+        .join("slot_failover_pre_promote");
+    let socket = standby.base_dir().display().to_string();
+    let port = standby.port().to_string();
+    let run = |options: &[&str]| {
+        let out = pg_test::install::as_server_user(&gate)
+            .args(options)
+            .args(["-h", &socket, "-p", &port, "-d", "postgres"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", gate.display()));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let count_file = standby
+        .data_dir()
+        .join("slot_failover_pre_promote.refused_since");
+
+    let (code, said) = run(&[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("slot_failover_pre_promote: refusing promotion: not every marked slot has a ready copy here")
+            && said.contains(r#""td""#),
+        "{said}"
+    );
+    let (code, said) = run(&["--allow-after", "3600"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("allowed after 3600 s of refusals (0 s so far)"),
+        "{said}"
+    );
+    assert!(
+        count_file.exists(),
+        "the refusals are counted in {count_file:?}"
+    );
+    let (code, said) = run(&["--allow-after", "0"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("WARNING: promoting although not every marked slot has a ready copy here")
+            && said.contains("(--allow-after 0)"),
+        "{said}"
+    );
+    assert!(
+        !count_file.exists(),
+        "the count is forgotten once it lets a promotion through"
+    );
+    let (code, said) = run(&["--allow-after", "x"]);
+    assert_eq!(code, Some(2), "{said}");
+
+    std::fs::remove_file(&pause_file).expect("remove the pause file");
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let (code, said) = run(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(
+            "slot_failover_pre_promote: promoting: every marked slot has a ready copy here"
+        ),
+        "{said}"
+    );
+}
+
 /// 18: `idle_replication_slot_timeout` invalidates slots idle that long at checkpoints and
 /// restartpoints, and in recovery exempts only PostgreSQL's own synced slots. A copy of a slot
 /// whose consumer is idle is not changed by the worker, so before 0.6.0 it counted as idle and

@@ -300,14 +300,17 @@ fn a_node_promoted_once_rejoins_with_fresh_copies_not_its_old_slots() {
 /// and the standbys its `/sync` key names, and right after a promotion that key names none: a
 /// gate that refused the former leader there left the cluster without a primary (seen once in
 /// CI on 16: every member "not the healthiest node", the former leader's `pre_promote`
-/// refusing, for 180 s). So there `failover_ready()` is true, each marked slot reads `ready`
-/// as this server's own, the worker runs no rounds (they would drop the slots as stale), and
-/// after the promotion the subscriber continues with exactly the rows. Before the fix it said
-/// false (`"sub" is not_synced: the worker has not synchronized this slot yet`).
+/// refusing, for 180 s). Before the fix `failover_ready()` said false there (`"sub" is
+/// not_synced: the worker has not synchronized this slot yet`) and this test timed out.
 ///
-/// The slots stop counting as its own the moment the server asks an upstream for WAL (here
-/// its own standby, which has less WAL than it: nothing comes, but the request is enough),
-/// until its next restart.
+/// With `slot_failover.own_slots_in_recovery` on (off by default, and then it stays false:
+/// the server cannot see whether a later primary existed), `failover_ready()` is true, each
+/// marked slot reads `ready` as this server's own, through restarts, the worker runs no rounds
+/// (they would drop the slots as stale), and after the promotion the subscriber continues with
+/// exactly the rows. The promoted server records its new timeline, so a second crash counts
+/// the same way. The moment the server follows an upstream (here its own standby: nothing comes,
+/// the request is enough) its slots stop counting and the worker deletes the record: a restart
+/// with no upstream after that does not make them count again.
 #[test]
 fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
     let mut primary = primary_with_extension();
@@ -343,29 +346,39 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let detail = |node: &Cluster| {
+        node.safe_psql(
+            "postgres",
+            "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
+        )
+    };
+    let record = "SELECT pg_catalog.btrim(pg_catalog.pg_read_file('pg_replslot/slot_failover.primary_timeline', 0, 100, true), E' \\n')";
 
-    // The primary crashes and comes back as a standby with no upstream.
+    // The primary crashes and comes back as a standby with no upstream. Off by default.
     primary.kill9();
     primary.append_conf("standby.signal", "");
     primary.start();
-    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
-    let detail = primary.safe_psql(
-        "postgres",
-        "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
+    assert_eq!(
+        primary.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f",
+        "slot_failover.own_slots_in_recovery is off by default"
     );
+    primary.append_conf(
+        "postgresql.conf",
+        "slot_failover.own_slots_in_recovery = on",
+    );
+    primary.reload();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let said = detail(&primary);
     assert!(
-        detail.starts_with("ready: this server's own slot: it was the primary on timeline 1"),
-        "{detail}"
+        said.starts_with("ready: this server's own slot: it was the primary on timeline 1"),
+        "{said}"
     );
     primary.wait_for_log(
         "this server was the primary on timeline 1 and has replayed only its own WAL since",
         0,
     );
-
-    // Asking an upstream for WAL ends it, until the next restart.
-    primary.set_and_reload("primary_conninfo", &standby.connstr("postgres"));
-    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "f");
-    primary.append_conf("postgresql.conf", "primary_conninfo = ''");
+    // Restarted again with no upstream (as an HA manager may), it still counts.
     primary.restart();
     primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
     assert_eq!(
@@ -392,28 +405,46 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
 
     // The promoted server records its new timeline (the worker notices the promotion within
     // a tenth of a second, even napping), so a crash right after counts the same way.
-    primary.poll_query_until(
-        "postgres",
-        "SELECT pg_catalog.btrim(pg_catalog.pg_read_file('pg_replslot/slot_failover.primary_timeline'), E' \\n')",
-        "2",
-    );
+    primary.poll_query_until("postgres", record, "2");
     primary.kill9();
     primary.append_conf("standby.signal", "");
     primary.start();
     primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
-    let detail = primary.safe_psql(
-        "postgres",
-        "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
-    );
+    let said = detail(&primary);
     assert!(
-        detail.starts_with("ready: this server's own slot: it was the primary on timeline 2"),
-        "{detail}"
+        said.starts_with("ready: this server's own slot: it was the primary on timeline 2"),
+        "{said}"
     );
     primary.promote();
     write_rows(&primary, &subscriber, next, next + 9);
     next += 10;
     assert_eq!(ids(&subscriber), ids(&primary));
     assert_eq!(ids(&primary).split(',').count() as i64, i64::from(next) - 1);
+
+    // Back in recovery once more, then given an upstream: the slots stop counting, and the
+    // record goes, so that a restart without an upstream does not bring them back.
+    primary.poll_query_until("postgres", record, "3");
+    primary.kill9();
+    primary.append_conf("standby.signal", "");
+    primary.start();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let at = primary.log_position();
+    primary.set_and_reload("primary_conninfo", &standby.connstr("postgres"));
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "f");
+    primary.wait_for_log(
+        "this server follows an upstream: it no longer counts as the primary it was on timeline 3",
+        at,
+    );
+    primary.poll_query_until("postgres", record, "");
+    primary.append_conf("postgresql.conf", "primary_conninfo = ''");
+    primary.restart();
+    assert_eq!(
+        primary.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f",
+        "the record is gone: its slots do not count again"
+    );
+    let said = detail(&primary);
+    assert!(!said.contains("this server's own slot"), "{said}");
 }
 
 /// A primary that crashes with WAL its failover standby never got, and is really rewound

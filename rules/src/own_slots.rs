@@ -6,9 +6,13 @@
 
 use crate::readiness::{Local, State};
 
-/// What a server in recovery knows about its past.
+/// What a server in recovery knows about its past, and whether it may trust it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
+    /// `slot_failover.own_slots_in_recovery`: the server cannot see whether another primary
+    /// came after it (it may have been down all through that one's reign), so its own slots
+    /// count only where the HA manager promotes a former primary only if it was the last one.
+    pub allowed: bool,
     /// The timeline it last ran on as a primary, from its record (None: no record, e.g. after
     /// pg_basebackup or pg_rewind, which leave out pg_replslot's contents).
     pub primary_timeline: Option<u32>,
@@ -21,14 +25,15 @@ pub struct Facts {
     pub upstream_configured: bool,
 }
 
-/// Some(timeline) when the server's own slots are authentic: it was the primary on the
-/// timeline it replays (a server that followed another primary replays that one's newer
+/// Some(timeline) when the server's own slots are authentic (and the setting allows them to
+/// count): it was the primary on the timeline it replays (a server that followed another primary replays that one's newer
 /// timeline), it has asked no upstream for WAL since it started, and it is not configured to.
 /// Anything else, and its slots are stale like any slot left from a primary.
 pub fn authentic(facts: &Facts) -> Option<u32> {
     match facts.primary_timeline {
         Some(tli)
-            if tli != 0
+            if facts.allowed
+                && tli != 0
                 && tli == facts.replay_timeline
                 && !facts.streaming_requested
                 && !facts.upstream_configured =>
@@ -100,6 +105,7 @@ mod tests {
     #[test]
     fn authentic_only_on_its_own_timeline_before_any_streaming() {
         let f = |primary_timeline, replay_timeline, streaming_requested| Facts {
+            allowed: true,
             primary_timeline,
             replay_timeline,
             streaming_requested,
@@ -115,6 +121,12 @@ mod tests {
             ..f(Some(3), 3, false)
         };
         assert_eq!(authentic(&configured), None);
+        // Not allowed by the setting.
+        let off = Facts {
+            allowed: false,
+            ..f(Some(3), 3, false)
+        };
+        assert_eq!(authentic(&off), None);
         // Never a primary here, or the record was left out by pg_basebackup / pg_rewind.
         assert_eq!(authentic(&f(None, 3, false)), None);
         assert_eq!(authentic(&f(Some(0), 0, false)), None);

@@ -6,31 +6,42 @@
 //! no other member to promote: Patroni in synchronous mode promotes only the former leader and
 //! the standbys its `/sync` key names, and right after a promotion that key names none until a
 //! standby is confirmed synchronous. If the promotion gate refused the former leader there, the
-//! cluster would stay without a primary. So on such a server every marked slot it has,
-//! persistent and valid, is `ready` (in `status`, `failover_ready()`, the gate), and the worker
-//! runs no rounds (a round would take them for stale slots and replace them with copies).
+//! cluster would stay without a primary. So on such a server (with the setting below on) every
+//! marked slot it has, persistent and valid, is `ready` (in `status`, `failover_ready()`, the
+//! gate), and the worker runs no rounds (a round would take them for stale slots and replace
+//! them with copies); it marks them used as often as rounds would run (18's
+//! `idle_replication_slot_timeout` spares only synced slots in recovery).
 //!
 //! How it is known (the rule: `slot_failover_rules::own_slots::authentic`):
 //!
 //! * The worker on a primary records the timeline it runs on in [`RECORD`], at its start and
 //!   at a promotion, after its copies' markers are gone (`copy::disown_all`). The file is
 //!   directly in `pg_replslot`, not a slot directory: PostgreSQL's slot code restores
-//!   directories only, and pg_basebackup and pg_rewind leave out `pg_replslot`'s contents, so a
-//!   new standby or a rewound one has no record.
+//!   directories only, pg_basebackup leaves out `pg_replslot`'s contents and a pg_rewind that
+//!   rewinds empties it, so a new standby or a rewound one has no record.
 //! * The server replays that very timeline: one that followed another primary replays that
 //!   primary's newer timeline.
 //! * No WAL receiver was asked to stream since the postmaster started: `GetWalRcvFlushRecPtr`
-//!   is 0 until the first request (shared memory starts zeroed). From the first request on, the
-//!   slots count as stale, like any slot left from a primary, until the next restart.
+//!   is 0 until the first request (shared memory starts zeroed).
 //! * `primary_conninfo` is empty: a server given one means to follow an upstream (an old
 //!   primary rejoining after a switchover, in the moment before its WAL receiver starts), and
 //!   its slots are about to go stale. Patroni restarts a crashed leader with none while there
 //!   is no leader to follow.
+//! * `slot_failover.own_slots_in_recovery` is on (off by default). The server cannot see
+//!   whether another primary came after it: down all through a later primary's reign, it would
+//!   still replay its own timeline, while its slots' consumers moved on with the later one.
+//!   Only an HA manager that promotes a former primary only if it was the last primary
+//!   (Patroni's `synchronous_mode`: the former leader races only if `/sync` still names it)
+//!   makes that safe; the Patroni recipe turns it on.
 //!
-//! Left open: a copy of a primary's data directory taken by other means that keeps
-//! `pg_replslot` (a file-system snapshot) and is started without `primary_conninfo` passes for
-//! that primary until it streams. PostgreSQL's documentation asks to leave `pg_replslot` out of
-//! such copies.
+//! Once the server follows an upstream (a `primary_conninfo`, or a request for WAL), the
+//! worker removes the record ([`forget_record`], within a tenth of a second): its slots are
+//! stale from then on, through restarts, until it is promoted and records its new timeline.
+//!
+//! Left open, with the setting on: a copy of a primary's data directory taken by other means
+//! that keeps `pg_replslot` (a file-system snapshot, a low-level backup) and recovers without
+//! an upstream (from an archive only) passes for that primary; PostgreSQL's documentation
+//! advises leaving `pg_replslot` out of such copies.
 
 use std::fs;
 use std::io::Write;
@@ -80,7 +91,8 @@ pub fn record_primary_timeline() {
 /// The timeline since which this server's own slots are authentic (see the module comment),
 /// None when they are not (or it is not in recovery).
 pub fn authentic_since() -> Option<u32> {
-    if !crate::pg::in_recovery() {
+    // Checked first: the rule says None whatever else holds (and nothing is read).
+    if !crate::gucs::own_slots_in_recovery() || !crate::pg::in_recovery() {
         return None;
     }
     // Checked first, as every streaming standby has it: the rule says None whatever else
@@ -94,19 +106,65 @@ pub fn authentic_since() -> Option<u32> {
         .and_then(|s| s.trim().parse::<u32>().ok());
     primary_timeline?;
     let mut replay_timeline: pg_sys::TimeLineID = 0;
-    // SAFETY: both read positions kept in shared memory under their spinlocks (XLogRecoveryCtl,
-    // WalRcv), valid in any process attached to it; same signatures on 14 to 18. Null out
-    // pointers are allowed for GetWalRcvFlushRecPtr.
-    let streaming_requested = unsafe {
-        pg_sys::GetXLogReplayRecPtr(&mut replay_timeline);
-        pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut()) != 0
-    };
+    // SAFETY: reads the replay position kept in shared memory under its spinlock
+    // (XLogRecoveryCtl; XLogCtl on 14), valid in any process attached to it; same signature on
+    // 14 to 18.
+    unsafe { pg_sys::GetXLogReplayRecPtr(&mut replay_timeline) };
     authentic(&Facts {
+        allowed: true, // checked above
         primary_timeline,
         replay_timeline,
-        streaming_requested,
+        streaming_requested: streaming_requested(),
         upstream_configured,
     })
+}
+
+/// Whether a WAL receiver was asked to stream since the postmaster started.
+fn streaming_requested() -> bool {
+    // SAFETY: reads the WAL receiver's shared state under its spinlock, valid in any process
+    // attached to shared memory; same signature on 14 to 18, and null out pointers are allowed.
+    // The state starts zeroed, and the first request for WAL sets the position.
+    unsafe { pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut()) != 0 }
+}
+
+/// Whether this server, in recovery, follows an upstream: it has a `primary_conninfo`, or a
+/// WAL receiver was asked to stream since it started. From then on its own slots are stale for
+/// good: see [`forget_record`].
+pub fn follows_an_upstream() -> bool {
+    crate::pg::in_recovery()
+        && (crate::standby::upstream::string_guc(c"primary_conninfo").is_some()
+            || streaming_requested())
+}
+
+/// Remove the record (durably), so that this server's slots never count as its own again
+/// until it is promoted: once it has followed an upstream, its slots may be behind what
+/// their consumers got from that upstream's line, and a later restart with no upstream must
+/// not make them count again. Returns the timeline it named, if there was one.
+pub fn forget_record() -> Option<u32> {
+    let timeline = fs::read_to_string(RECORD)
+        .ok()
+        .map(|s| s.trim().parse::<u32>().unwrap_or(0))?;
+    let removed = fs::remove_file(RECORD).and_then(|()| fs::File::open("pg_replslot")?.sync_all());
+    if let Err(e) = removed {
+        pgrx::warning!(
+            "slot_failover could not remove \"{RECORD}\": {e}; remove it by hand, or this server may count its own slots as ready after a restart with no upstream"
+        );
+    }
+    Some(timeline)
+}
+
+/// On a server whose own slots count (the worker, inside a transaction): mark its ready marked
+/// slots as used just now, as rounds do for ready copies: 18's `idle_replication_slot_timeout`
+/// spares only PostgreSQL's own synced slots in recovery, and no round runs here.
+pub fn touch_ready() {
+    if let Some(reports) = reports() {
+        let ready: Vec<String> = reports
+            .into_iter()
+            .filter(|r| r.state == slot_failover_rules::readiness::State::Ready)
+            .map(|r| r.name)
+            .collect();
+        copy::touch(&ready);
+    }
 }
 
 /// [`reports`] as the rows of a round just run (`status`, `failover_ready()`, `sync()`): on a

@@ -116,6 +116,8 @@ struct Worker {
     postmaster_died: bool,
     /// The timeline since which this standby's slots are its own (`standby/own_slots.rs`).
     own_slots_since: Option<u32>,
+    /// Whether this standby already forgot that it was a primary (`own_slots::forget_record`).
+    record_forgotten: bool,
 }
 
 impl Worker {
@@ -177,6 +179,7 @@ impl Worker {
             log!("{WORKER_TYPE}: this server was promoted and is now a primary");
             let (rows, _) = last_round::rows();
             self.own_slots_since = None;
+            self.record_forgotten = false;
             self.sync.reset();
             last_round::clear();
             xact::in_transaction(|| standby::promote(&rows));
@@ -220,7 +223,8 @@ impl Worker {
     /// checking between two whether it was promoted: a promotion sets no latch, and the
     /// promoted server must record its timeline at once (`standby/own_slots.rs`), even while a
     /// lost upstream is retried with a long back-off. If it crashed before that, back in
-    /// recovery its slots would not count as its own.
+    /// recovery its slots would not count as its own. Between two slices it also forgets
+    /// having been a primary once it follows an upstream.
     fn nap(&mut self, left: Duration) -> Wake {
         let started = Instant::now();
         loop {
@@ -239,7 +243,7 @@ impl Worker {
                 latch::Woken::Latch => return Wake::Latch,
                 latch::Woken::Timeout if started.elapsed() >= left => return Wake::Naptime,
                 latch::Woken::Timeout if !crate::pg::in_recovery() => return Wake::Latch,
-                latch::Woken::Timeout => {}
+                latch::Woken::Timeout => self.forget_being_primary_if_following(),
             }
         }
     }
@@ -249,6 +253,7 @@ impl Worker {
             return;
         }
         self.notice_promotion();
+        self.forget_being_primary_if_following();
         // A primary publishes the marks before anything else (its senders wait on them).
         if !self.standby {
             self.publisher.publish(false);
@@ -284,7 +289,11 @@ impl Worker {
     /// never wait behind the periodic work.
     fn synchronize(&mut self, wake: Wake, asked: bool) {
         if self.keeps_own_slots() {
-            self.last_round = Instant::now();
+            // No rounds; the own slots are marked used as often as rounds would run.
+            if asked || self.last_round.elapsed() >= gucs::naptime() {
+                xact::in_transaction(own_slots::touch_ready);
+                self.last_round = Instant::now();
+            }
             return;
         }
         let full_due = asked || self.last_round.elapsed() >= self.round_interval();
@@ -327,6 +336,21 @@ impl Worker {
 }
 
 impl Worker {
+    /// On a standby that follows an upstream: forget, once, that this server was a primary
+    /// (`own_slots::forget_record`), saying so. Runs on every turn of the loop and between two
+    /// slices of a nap, so that a restart soon after cannot bring the record back into play.
+    fn forget_being_primary_if_following(&mut self) {
+        if !self.standby || self.record_forgotten || !own_slots::follows_an_upstream() {
+            return;
+        }
+        self.record_forgotten = true;
+        if let Some(timeline) = own_slots::forget_record() {
+            log!(
+                "{WORKER_TYPE}: this server follows an upstream: it no longer counts as the primary it was on timeline {timeline}, and its own slots will not count as ready again before it is promoted"
+            );
+        }
+    }
+
     /// Whether this standby is a primary back in recovery whose slots are its own
     /// (`standby/own_slots.rs`): then it runs no rounds (they would replace its slots with
     /// copies), and the status shows its own slots. Logs when that starts and ends.
@@ -341,7 +365,7 @@ impl Worker {
                 last_round::clear();
             }
             (None, Some(_)) => log!(
-                "{WORKER_TYPE}: this server was given an upstream to follow (primary_conninfo) or asked one for WAL: its own slots count as stale from now on, and copies are synchronized from the upstream"
+                "{WORKER_TYPE}: this server's own slots no longer count as ready for failover: it follows an upstream, or slot_failover.own_slots_in_recovery was switched off"
             ),
             _ => {}
         }
@@ -404,6 +428,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         started: false,
         postmaster_died: false,
         own_slots_since: None,
+        record_forgotten: false,
     };
     // The logical senders wait until the marks are known: publish them before anything else.
     worker.publisher.publish(standby);
