@@ -392,14 +392,12 @@ fn a_slot_created_again_under_the_same_name_is_copied_anew() {
     );
 }
 
-/// A round that runs into a promotion changes nothing more. The round is paused (the tests'
-/// `slot_failover.debug_pause_file`) right before it drops the copy of a slot that the old
-/// primary says is gone; the standby is promoted; the round goes on. Its drop is refused, and
-/// the promoted server keeps the ready slot. Before 0.6.0 promotion was looked at only before
-/// a round: the round dropped the new primary's slot.
-#[test]
-fn a_round_that_runs_into_a_promotion_changes_nothing() {
-    let mut primary = primary_with_extension();
+/// A primary and its standby `standby1`, whose copy of test_decoding slot `td` was ready; then
+/// `td` is dropped upstream and the standby's round is paused (the tests'
+/// `slot_failover.debug_pause_file`) right before it drops the copy. Returns both, the pause
+/// file (the round goes on once it is removed) and the standby's log position before the drop.
+fn a_round_paused_before_it_drops_a_copy() -> (Cluster, Cluster, std::path::PathBuf, u64) {
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
         &format!(
@@ -428,6 +426,17 @@ fn a_round_that_runs_into_a_promotion_changes_nothing() {
         r#"slot_failover is pausing before it changes replication slot "td""#,
         offset,
     );
+    (primary, standby, pause_file, offset)
+}
+
+/// A round that runs into a promotion changes nothing more. The round is paused (the tests'
+/// `slot_failover.debug_pause_file`) right before it drops the copy of a slot that the old
+/// primary says is gone; the standby is promoted; the round goes on. Its drop is refused, and
+/// the promoted server keeps the ready slot. Before 0.6.0 promotion was looked at only before
+/// a round: the round dropped the new primary's slot.
+#[test]
+fn a_round_that_runs_into_a_promotion_changes_nothing() {
+    let (mut primary, standby, pause_file, offset) = a_round_paused_before_it_drops_a_copy();
     primary.stop(StopMode::Fast);
     standby.promote();
     standby.poll_query_until("postgres", "SELECT pg_catalog.pg_is_in_recovery()", "f");
@@ -469,33 +478,7 @@ fn a_round_that_runs_into_a_promotion_changes_nothing() {
 /// failed after pg_ctl's 180 s wait.
 #[test]
 fn a_paused_worker_still_stops_at_a_fast_shutdown() {
-    let mut primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
-             SELECT slot_failover.enable('td');"
-        ),
-    );
-    let pause = "slot_failover.pause";
-    let mut standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nslot_failover.debug_pause_file = '{pause}'"),
-    );
-    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
-    std::fs::write(standby.data_dir().join(pause), "").expect("create the pause file");
-    let offset = standby.log_position();
-    primary.safe_psql(
-        "postgres",
-        "SELECT pg_catalog.pg_drop_replication_slot('td')",
-    );
-    standby.wait_for_log(
-        r#"slot_failover is pausing before it changes replication slot "td""#,
-        offset,
-    );
+    let (mut primary, mut standby, _pause_file, offset) = a_round_paused_before_it_drops_a_copy();
     // The upstream goes first, as in the Patroni test: the worker has no connection to fail
     // on, only its naps.
     primary.stop(StopMode::Fast);

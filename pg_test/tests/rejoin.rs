@@ -24,25 +24,14 @@ fn wait_for_ready_copies(
     next: &mut i32,
 ) {
     consume_until_ready(upstream, standby, &["td"]);
-    pg_test::wait::until(
-        "both copies ready",
-        pg_test::wait::default_timeout(),
-        || {
-            write_rows(upstream, subscriber, *next, *next + 4);
-            *next += 5;
-            upstream.safe_psql(
-                "postgres",
-                "SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
-            );
-            let states = standby.safe_psql("postgres", STATES);
-            if states == "sub:ready,td:ready" {
-                pg_test::wait::Check::Done(())
-            } else {
-                pg_test::wait::Check::NotYet(states)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    write_until(
+        upstream,
+        subscriber,
+        &["td"],
+        standby,
+        "sub:ready,td:ready",
+        next,
+    );
     upstream.wait_for_catchup(standby);
     let flush = upstream.safe_psql(
         "postgres",
@@ -55,6 +44,91 @@ fn wait_for_ready_copies(
         ),
         "t",
     );
+}
+
+/// Insert rows on `publisher` for `subscriber` (5 at a time, from `next`), and consume the
+/// slots `consumed` there, until `node`'s status reads `want`. A copy is ready only once its
+/// upstream slot moves past what the node can guarantee, which their consumers' progress brings.
+fn write_until(
+    publisher: &Cluster,
+    subscriber: &Cluster,
+    consumed: &[&str],
+    node: &Cluster,
+    want: &str,
+    next: &mut i32,
+) {
+    pg_test::wait::until(
+        &format!("{want} on {}", node.name()),
+        pg_test::wait::default_timeout(),
+        || {
+            write_rows(publisher, subscriber, *next, *next + 4);
+            *next += 5;
+            for slot in consumed {
+                publisher.safe_psql(
+                    "postgres",
+                    &format!("SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{slot}', NULL, NULL)"),
+                );
+            }
+            let states = node.safe_psql("postgres", STATES);
+            if states == want {
+                pg_test::wait::Check::Done(())
+            } else {
+                pg_test::wait::Check::NotYet(states)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`write_until`] the copy of `sub` is ready on `node`.
+fn write_until_sub_ready(
+    publisher: &Cluster,
+    subscriber: &Cluster,
+    node: &Cluster,
+    next: &mut i32,
+) {
+    write_until(publisher, subscriber, &[], node, "sub:ready", next);
+}
+
+/// Write ten more rows on `publisher` and compare: the subscriber has exactly its rows, and
+/// they are every id written so far, once (1 to `next` - 1).
+fn write_and_compare(publisher: &Cluster, subscriber: &Cluster, next: &mut i32) {
+    write_rows(publisher, subscriber, *next, *next + 9);
+    *next += 10;
+    assert_eq!(ids(subscriber), ids(publisher));
+    assert_eq!(
+        ids(publisher),
+        (1..*next)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
+
+/// A primary (table `t`, publication `pub`, its standby's slot a failover standby), the
+/// standby `standby1`, and a subscriber whose subscription `sub` is marked, its copy ready on
+/// the standby. Returns them and the next id to write.
+fn a_marked_subscription_with_a_ready_copy() -> (Cluster, Cluster, Cluster, i32) {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    write_until_sub_ready(&primary, &subscriber, &standby, &mut next);
+    (primary, standby, subscriber, next)
 }
 
 #[test]
@@ -281,15 +355,34 @@ fn a_node_promoted_once_rejoins_with_fresh_copies_not_its_old_slots() {
     a.stop(StopMode::Fast);
     b.promote();
     repoint(&subscriber, "sub", &b);
-    write_rows(&b, &subscriber, next, next + 9);
-    next += 10;
-    assert_eq!(ids(&subscriber), ids(&b));
-    assert_eq!(
-        ids(&b),
-        (1..next)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+    write_and_compare(&b, &subscriber, &mut next);
+}
+
+/// `sub`'s state and detail in `slot_failover.status`.
+fn sub_state(node: &Cluster) -> String {
+    node.safe_psql(
+        "postgres",
+        "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
+    )
+}
+
+/// The timeline a server recorded as the one it is (or was last) primary on; empty if none.
+const RECORD: &str = "SELECT pg_catalog.btrim(pg_catalog.pg_read_file('pg_replslot/slot_failover.primary_timeline', 0, 100, true), E' \\n')";
+
+/// A primary on `timeline` (once it has recorded it) crashes and comes back in recovery with
+/// no upstream: its own slots count as ready (`slot_failover.own_slots_in_recovery` on).
+fn crash_into_recovery_with_own_slots(primary: &mut Cluster, timeline: u32) {
+    primary.poll_query_until("postgres", RECORD, &timeline.to_string());
+    primary.kill9();
+    primary.append_conf("standby.signal", "");
+    primary.start();
+    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    let said = sub_state(primary);
+    assert!(
+        said.starts_with(&format!(
+            "ready: this server's own slot: it was the primary on timeline {timeline}"
+        )),
+        "{said}"
     );
 }
 
@@ -313,46 +406,7 @@ fn a_node_promoted_once_rejoins_with_fresh_copies_not_its_old_slots() {
 /// with no upstream after that does not make them count again.
 #[test]
 fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
-    let mut primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE PUBLICATION pub FOR TABLE t;
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
-        ),
-    );
-    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
-    let subscriber = subscriber_of(
-        &primary,
-        "sub",
-        "pub",
-        "CREATE TABLE t (id int PRIMARY KEY)",
-    );
-    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
-    let mut next = 1;
-    pg_test::wait::until(
-        "the copy of sub ready",
-        pg_test::wait::default_timeout(),
-        || {
-            write_rows(&primary, &subscriber, next, next + 4);
-            next += 5;
-            let states = standby.safe_psql("postgres", STATES);
-            if states == "sub:ready" {
-                pg_test::wait::Check::Done(())
-            } else {
-                pg_test::wait::Check::NotYet(states)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let detail = |node: &Cluster| {
-        node.safe_psql(
-            "postgres",
-            "SELECT state || ': ' || detail FROM slot_failover.status WHERE slot_name = 'sub'",
-        )
-    };
-    let record = "SELECT pg_catalog.btrim(pg_catalog.pg_read_file('pg_replslot/slot_failover.primary_timeline', 0, 100, true), E' \\n')";
+    let (mut primary, standby, subscriber, mut next) = a_marked_subscription_with_a_ready_copy();
 
     // The primary crashes and comes back as a standby with no upstream. Off by default.
     primary.kill9();
@@ -369,7 +423,7 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
     );
     primary.reload();
     primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
-    let said = detail(&primary);
+    let said = sub_state(&primary);
     assert!(
         said.starts_with("ready: this server's own slot: it was the primary on timeline 1"),
         "{said}"
@@ -392,42 +446,17 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
 
     // Promoted again, it carries on: the subscriber reconnects and misses nothing.
     primary.promote();
-    write_rows(&primary, &subscriber, next, next + 9);
-    next += 10;
-    assert_eq!(ids(&subscriber), ids(&primary));
-    assert_eq!(
-        ids(&primary),
-        (1..next)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    write_and_compare(&primary, &subscriber, &mut next);
 
     // The promoted server records its new timeline (the worker notices the promotion within
     // a tenth of a second, even napping), so a crash right after counts the same way.
-    primary.poll_query_until("postgres", record, "2");
-    primary.kill9();
-    primary.append_conf("standby.signal", "");
-    primary.start();
-    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
-    let said = detail(&primary);
-    assert!(
-        said.starts_with("ready: this server's own slot: it was the primary on timeline 2"),
-        "{said}"
-    );
+    crash_into_recovery_with_own_slots(&mut primary, 2);
     primary.promote();
-    write_rows(&primary, &subscriber, next, next + 9);
-    next += 10;
-    assert_eq!(ids(&subscriber), ids(&primary));
-    assert_eq!(ids(&primary).split(',').count() as i64, i64::from(next) - 1);
+    write_and_compare(&primary, &subscriber, &mut next);
 
     // Back in recovery once more, then given an upstream: the slots stop counting, and the
     // record goes, so that a restart without an upstream does not bring them back.
-    primary.poll_query_until("postgres", record, "3");
-    primary.kill9();
-    primary.append_conf("standby.signal", "");
-    primary.start();
-    primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
+    crash_into_recovery_with_own_slots(&mut primary, 3);
     let at = primary.log_position();
     primary.set_and_reload("primary_conninfo", &standby.connstr("postgres"));
     primary.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "f");
@@ -435,7 +464,7 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
         "this server follows an upstream: it no longer counts as the primary it was on timeline 3",
         at,
     );
-    primary.poll_query_until("postgres", record, "");
+    primary.poll_query_until("postgres", RECORD, "");
     primary.append_conf("postgresql.conf", "primary_conninfo = ''");
     primary.restart();
     assert_eq!(
@@ -443,7 +472,7 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
         "f",
         "the record is gone: its slots do not count again"
     );
-    let said = detail(&primary);
+    let said = sub_state(&primary);
     assert!(!said.contains("this server's own slot"), "{said}");
 }
 
@@ -454,38 +483,12 @@ fn a_crashed_primary_back_in_recovery_counts_its_own_slots_as_ready() {
 /// subscriber cannot be ahead of the standby, which is what the issue's wording asked to set up;
 /// what is ahead is the old primary itself. The rewind empties its `pg_replslot`: no stale slot
 /// of the marked name is left, and neither is its record of having been the primary
-/// (`standby/own_slots.rs`), so its slots never count as its own. It is not failover-ready
-/// until its fresh copy is; then it takes over again and the subscriber has exactly its rows.
+/// (`standby/own_slots.rs`), so its slots never count as its own. It is failover-ready only
+/// through the fresh copy its worker makes; then it takes over again and the subscriber has
+/// exactly its rows.
 #[test]
 fn a_really_rewound_primary_is_ready_only_with_fresh_copies() {
-    let mut old = primary_with_extension();
-    old.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE PUBLICATION pub FOR TABLE t;
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
-        ),
-    );
-    let mut new = standby_of(&old, "standby1", STANDBY_SLOT, SYNCING);
-    let subscriber = subscriber_of(&old, "sub", "pub", "CREATE TABLE t (id int PRIMARY KEY)");
-    old.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
-    let mut next = 1;
-    pg_test::wait::until(
-        "the copy of sub ready",
-        pg_test::wait::default_timeout(),
-        || {
-            write_rows(&old, &subscriber, next, next + 4);
-            next += 5;
-            let states = new.safe_psql("postgres", STATES);
-            if states == "sub:ready" {
-                pg_test::wait::Check::Done(())
-            } else {
-                pg_test::wait::Check::NotYet(states)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (mut old, mut new, subscriber, mut next) = a_marked_subscription_with_a_ready_copy();
     old.wait_for_catchup(&new);
 
     // The standby goes away; the primary commits rows only it has, then crashes.
@@ -526,34 +529,27 @@ fn a_really_rewound_primary_is_ready_only_with_fresh_copies() {
     assert!(left.is_empty(), "pg_rewind left {left:?} in pg_replslot");
     old.append_conf("postgresql.conf", SYNCING);
     old.start();
-    assert_eq!(
-        old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
-        "f",
-        "no copy yet"
-    );
     new.wait_for_catchup(&old);
     new.safe_psql(
         "postgres",
         "SELECT slot_failover.enable_standby('old_slot')",
     );
-    pg_test::wait::until(
-        "a fresh copy of sub ready on the rewound node",
-        pg_test::wait::default_timeout(),
-        || {
-            write_rows(&new, &subscriber, next, next + 4);
-            next += 5;
-            let states = old.safe_psql("postgres", STATES);
-            if states == "sub:ready" {
-                pg_test::wait::Check::Done(())
-            } else {
-                pg_test::wait::Check::NotYet(states)
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // With pg_replslot empty, the only slot it can have is a copy its worker makes. (That copy
+    // may be ready a few milliseconds after the start, as seen on 17: there need not be a
+    // moment to catch it not ready.)
+    write_until_sub_ready(&new, &subscriber, &old, &mut next);
     assert_eq!(
         old.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
         "t"
+    );
+    old.wait_for_log(
+        r#"slot_failover worker: replication slot "sub" is ready for failover"#,
+        0,
+    );
+    assert_eq!(
+        old.safe_psql("postgres", RECORD),
+        "",
+        "the rewind left no record of having been the primary"
     );
     let flush = new.safe_psql(
         "postgres",
@@ -576,15 +572,6 @@ fn a_really_rewound_primary_is_ready_only_with_fresh_copies() {
         &format!("SELECT slot_failover.disable_standby('{STANDBY_SLOT}')"),
     );
     repoint(&subscriber, "sub", &old);
-    write_rows(&old, &subscriber, next, next + 9);
-    next += 10;
-    assert_eq!(ids(&subscriber), ids(&old));
-    assert_eq!(
-        ids(&old),
-        (1..next)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-        "every row but the crashed primary's last ten, once"
-    );
+    // Every row but the crashed primary's last ten (ids 100001 to 100010), once.
+    write_and_compare(&old, &subscriber, &mut next);
 }
