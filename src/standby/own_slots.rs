@@ -197,13 +197,15 @@ pub fn reports() -> Option<Vec<SlotReport>> {
         "SELECT pg_catalog.to_regclass('slot_failover.marked_slots') IS NOT NULL",
         &[],
     );
-    let marked = if matches!(installed, Ok(Some(true))) {
-        crate::pg::xact::read_column(
+    // A failed read claims nothing (None: the caller falls back to the last round's rows,
+    // which say not synchronized), never "nothing is marked".
+    let marked = match installed {
+        Ok(Some(true)) => crate::pg::xact::read_column(
             "SELECT slot_name::pg_catalog.text FROM slot_failover.marked_slots ORDER BY 1",
         )
-        .unwrap_or_default()
-    } else {
-        Vec::new()
+        .ok()?,
+        Ok(_) => Vec::new(),
+        Err(_) => return None,
     };
     let local = copy::local_slots();
     Some(

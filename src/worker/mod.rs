@@ -31,8 +31,8 @@
 //! Invariants:
 //!
 //! * Signal handlers only set flags and the process latch (pgrx's handlers: SIGHUP sets
-//!   `ConfigReloadPending`, SIGTERM a flag of pgrx's that `latch::stop_requested` keeps once read).
-//!   The main loop does the work.
+//!   `ConfigReloadPending`, SIGTERM a flag of pgrx's that `latch::stop_requested` keeps once
+//!   read). The main loop does the work.
 //! * The loop never sleeps without the latch, so a signal is acted on at once.
 //! * A round runs at least every naptime (for what the upstream does not signal: slots moved
 //!   by SQL functions, drops, invalidations), and at once when `sync()` asks.
