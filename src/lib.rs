@@ -38,7 +38,7 @@
 //! | `standby/own_slots` | a primary back in recovery: its own slots count as ready (a record of the timeline it was primary on) | worker, backends | - |
 //! | `standby/last_round` | the outcome of the last round, per slot | worker (writes), backends | `slot_failover_status` |
 //! | `worker` | the background worker: its loop, a standby's and a primary's duties, retained WAL | the worker | `worker/control` (`slot_failover_control`) |
-//! | `pg` | talking to PostgreSQL: `compat` (every version difference), the slot array, transactions, latches, log redaction | any | the slot array |
+//! | `pg` | talking to PostgreSQL: `compat` (every version difference), the slot array, transactions, latches, durable files, log redaction | any | the slot array |
 
 use crate::error::Error;
 use crate::pg::log_redaction;

@@ -7,10 +7,12 @@
 //! | [`slot_array`] | this server's replication slots, read (and `inactive_since` written) in `ReplicationSlotCtl` | any | the slot array, under its control lock and each slot's spinlock |
 //! | [`xact`] | transactions and subtransactions around work, read-only SPI | worker, backends | - |
 //! | [`latch`] | waiting on the process latch | any | - |
+//! | [`durable`] | files kept in the data directory, replaced durably (temporary file, fsync, rename, directory fsync) | any | - |
 //! | [`fixed_text`] | strings in fixed-size byte arrays (shared memory) | any | - |
 //! | [`log_redaction`] | the `emit_log_hook` that masks passwords in the server log | every process | - |
 
 pub mod compat;
+pub mod durable;
 pub mod fixed_text;
 pub mod latch;
 pub mod log_redaction;

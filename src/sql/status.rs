@@ -293,17 +293,18 @@ fn sync_here() -> Result<Vec<(String, String, String, String)>, Error> {
         let c = CONTROL.share();
         c.worker_syncing && c.worker_latch != 0
     };
-    if own_slots::authentic_since().is_some() {
-        // A primary back in recovery: its own slots stand, there is nothing to synchronize.
-    } else if worker_syncing {
-        worker_round().map_err(Error::SyncFailed)?;
-    } else {
-        let reports = own_round().map_err(|p| Error::SyncFailed(p.to_string()))?;
-        last_round::publish(&reports, None);
-    }
+    // A primary back in recovery: its own slots stand, there is nothing to synchronize.
     let (rows, problem) = match own_slots::rows() {
         Some(rows) => (rows, None),
-        None => last_round::rows(),
+        None => {
+            if worker_syncing {
+                worker_round().map_err(Error::SyncFailed)?;
+            } else {
+                let reports = own_round().map_err(|p| Error::SyncFailed(p.to_string()))?;
+                last_round::publish(&reports, None);
+            }
+            last_round::rows()
+        }
     };
     if let Some(problem) = problem {
         return Err(Error::SyncFailed(problem));

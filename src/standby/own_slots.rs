@@ -44,7 +44,6 @@
 //! advises leaving `pg_replslot` out of such copies.
 
 use std::fs;
-use std::io::Write;
 
 use pgrx::pg_sys;
 
@@ -73,15 +72,9 @@ pub fn record_primary_timeline() {
         );
         return;
     };
-    let tmp = format!("{RECORD}.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{tli}")?;
-        f.sync_all()?;
-        fs::rename(&tmp, RECORD)?;
-        fs::File::open("pg_replslot")?.sync_all()
-    };
-    if let Err(e) = write() {
+    if let Err(e) =
+        crate::pg::durable::replace(RECORD, "pg_replslot", format!("{tli}\n").as_bytes())
+    {
         pgrx::warning!(
             "slot_failover could not write \"{RECORD}\": {e}; if this server comes back as a standby, its slots will not count as ready"
         );
@@ -91,19 +84,13 @@ pub fn record_primary_timeline() {
 /// The timeline since which this server's own slots are authentic (see the module comment),
 /// None when they are not (or it is not in recovery).
 pub fn authentic_since() -> Option<u32> {
-    // Checked first: the rule says None whatever else holds (and nothing is read).
-    if !crate::gucs::own_slots_in_recovery() || !crate::pg::in_recovery() {
+    // Checked first, in this order: the rule says None whatever else holds, and the record is
+    // not read on every turn of a streaming standby's worker loop.
+    let upstream_configured = primary_conninfo_set();
+    if !crate::gucs::own_slots_in_recovery() || !crate::pg::in_recovery() || upstream_configured {
         return None;
     }
-    // Checked first, as every streaming standby has it: the rule says None whatever else
-    // holds, and the record is not read on every turn of the worker's loop.
-    let upstream_configured = crate::standby::upstream::string_guc(c"primary_conninfo").is_some();
-    if upstream_configured {
-        return None;
-    }
-    let primary_timeline = fs::read_to_string(RECORD)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
+    let primary_timeline = recorded_timeline();
     primary_timeline?;
     let mut replay_timeline: pg_sys::TimeLineID = 0;
     // SAFETY: reads the replay position kept in shared memory under its spinlock
@@ -119,6 +106,16 @@ pub fn authentic_since() -> Option<u32> {
     })
 }
 
+/// The timeline the record names; None without a (readable) record.
+fn recorded_timeline() -> Option<u32> {
+    fs::read_to_string(RECORD).ok()?.trim().parse().ok()
+}
+
+/// Whether `primary_conninfo` is set: the server means to follow an upstream.
+fn primary_conninfo_set() -> bool {
+    crate::standby::upstream::string_guc(c"primary_conninfo").is_some()
+}
+
 /// Whether a WAL receiver was asked to stream since the postmaster started.
 fn streaming_requested() -> bool {
     // SAFETY: reads the WAL receiver's shared state under its spinlock, valid in any process
@@ -131,9 +128,7 @@ fn streaming_requested() -> bool {
 /// WAL receiver was asked to stream since it started. From then on its own slots are stale for
 /// good: see [`forget_record`].
 pub fn follows_an_upstream() -> bool {
-    crate::pg::in_recovery()
-        && (crate::standby::upstream::string_guc(c"primary_conninfo").is_some()
-            || streaming_requested())
+    crate::pg::in_recovery() && (primary_conninfo_set() || streaming_requested())
 }
 
 /// Remove the record (durably), so that this server's slots never count as its own again
@@ -141,9 +136,11 @@ pub fn follows_an_upstream() -> bool {
 /// their consumers got from that upstream's line, and a later restart with no upstream must
 /// not make them count again. Returns the timeline it named, if there was one.
 pub fn forget_record() -> Option<u32> {
-    let timeline = fs::read_to_string(RECORD)
-        .ok()
-        .map(|s| s.trim().parse::<u32>().unwrap_or(0))?;
+    if !std::path::Path::new(RECORD).exists() {
+        return None;
+    }
+    // An unreadable record is removed all the same (0: its timeline is unknown).
+    let timeline = recorded_timeline().unwrap_or(0);
     let removed = fs::remove_file(RECORD).and_then(|()| fs::File::open("pg_replslot")?.sync_all());
     if let Err(e) = removed {
         pgrx::warning!(

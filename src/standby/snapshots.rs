@@ -4,7 +4,6 @@
 //! upstream with `pg_read_binary_file` (`standby::upstream`) and stored durably.
 
 use std::fs;
-use std::io::Write;
 
 use slot_failover_rules::Lsn;
 
@@ -26,8 +25,7 @@ pub fn here(at: Lsn) -> bool {
 /// The magic number a serialized snapshot file starts with (snapbuild.c, all majors).
 const SNAPBUILD_MAGIC: u32 = 0x51A1_E001;
 
-/// Store a snapshot file fetched from the upstream, durably: written to a temporary file,
-/// fsynced, renamed into place, directory fsynced. A file that does not start with the
+/// Store a snapshot file fetched from the upstream, durably (`pg::durable::replace`). A file that does not start with the
 /// snapshot magic number is refused.
 pub fn store(at: Lsn, bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 4
@@ -38,16 +36,6 @@ pub fn store(at: Lsn, bytes: &[u8]) -> Result<(), String> {
         ));
     }
     let path = path(at);
-    let tmp = format!("{path}.slot_failover.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open("pg_logical/snapshots")?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("could not store snapshot file \"{path}\": {e}")
-    })
+    crate::pg::durable::replace(&path, "pg_logical/snapshots", bytes)
+        .map_err(|e| format!("could not store snapshot file \"{path}\": {e}"))
 }
