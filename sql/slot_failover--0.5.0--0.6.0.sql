@@ -5,7 +5,11 @@
 -- pg_replication_slots does not show. Standbys' workers read it with the marked slots' rows,
 -- carry it on their copies, and tell from it a slot that was dropped and created again under
 -- the same name. A 0.6.0 standby of a 0.5.0 upstream reads it from the upstream's slot state
--- files instead, as before. Nothing else changes.
+-- files instead, as before.
+--
+-- 0.6.0 also adds slot_failover.log_standby_snapshot(): a standby snapshot logged at once
+-- (pg_log_standby_snapshot() of 16+, on every major, at most one per 200 ms), which standbys'
+-- workers ask for while a new copy waits for its slot to move past its reservation.
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.6.0'" to load this file. \quit
 
@@ -19,6 +23,15 @@ AS 'MODULE_PATHNAME', 'two_phase_points_wrapper';
 
 REVOKE ALL ON FUNCTION slot_failover.two_phase_points() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.two_phase_points()
+    TO slot_failover_admin, pg_monitor;
+
+CREATE FUNCTION slot_failover.log_standby_snapshot() RETURNS TEXT /* Option < String > */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'log_standby_snapshot_wrapper';
+
+REVOKE ALL ON FUNCTION slot_failover.log_standby_snapshot() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()
     TO slot_failover_admin, pg_monitor;
 
 CREATE OR REPLACE VIEW slot_failover.standbys AS

@@ -7,6 +7,7 @@
 //! | `slot_failover.upstream_conninfo` | string, empty | where the worker reads marked slots; empty: `primary_conninfo`. Superuser only, never logged |
 //! | `slot_failover.database` | string, `postgres` | database the extension is installed in; the worker connects to it locally, and adds it as `dbname` to a conninfo that has none |
 //! | `slot_failover.naptime` | int ms, 1000 | longest pause between synchronization rounds (a move of a marked slot upstream starts one at once) |
+//! | `slot_failover.sync_delay` | int ms, 5 | after a round woken by moves upstream, the worker takes the next moves no sooner than this: moves that arrive meanwhile are copied together (lag against CPU; 0: each at once) |
 //! | `slot_failover.wait_for_standbys` | bool, on | on a primary, logical senders of marked slots send nothing the failover standbys have not flushed |
 //! | `slot_failover.standby_slot_names` | string, empty | comma-separated physical slots of the failover standbys; empty: the ones named with `enable_standby()` |
 //! | `slot_failover.own_slot_name` | string, empty | the physical slot the other servers keep for this one (under Patroni: the member's name); a failover standby of that name is never waited for here, like this server's own `primary_slot_name` |
@@ -28,6 +29,7 @@ pub static UPSTREAM_CONNINFO: GucSetting<Option<CString>> =
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_NAPTIME_MS);
+pub static SYNC_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_SYNC_DELAY_MS);
 
 pub static WAIT_FOR_STANDBYS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static STANDBY_SLOT_NAMES: GucSetting<Option<CString>> =
@@ -44,6 +46,12 @@ pub static DEBUG_PAUSE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<C
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
 /// and sets the idle cost: two small queries per naptime on the upstream.
 pub const DEFAULT_NAPTIME_MS: i32 = 1000;
+
+/// Each round woken by moves upstream costs a query there and a transaction here, however few
+/// moves it takes, so under a steady stream of moves the worker's CPU is set by how often it
+/// takes them. 5 ms keeps a copy's lag under about 10 ms (p99) while a busy upstream's moves
+/// are taken together, at most 200 rounds a second (see docs/design.md, "What copies cost").
+pub const DEFAULT_SYNC_DELAY_MS: i32 = 5;
 
 /// Define the GUCs. Called from `_PG_init` while shared_preload_libraries are loaded.
 pub fn define() {
@@ -78,6 +86,16 @@ pub fn define() {
         &NAPTIME_MS,
         10,
         3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"slot_failover.sync_delay",
+        c"Shortest time between two synchronization rounds woken by moves of marked slots on the upstream.",
+        c"Moves that arrive meanwhile are copied together: a longer delay costs the worker and the upstream less CPU under load and lets copies lag further behind. 0 copies each move at once.",
+        &SYNC_DELAY_MS,
+        0,
+        1000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -191,6 +209,10 @@ pub fn database() -> String {
 
 pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_millis(NAPTIME_MS.get().max(1) as u64)
+}
+
+pub fn sync_delay() -> std::time::Duration {
+    std::time::Duration::from_millis(SYNC_DELAY_MS.get().max(0) as u64)
 }
 
 pub fn drop_stale_slots() -> bool {

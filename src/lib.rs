@@ -45,6 +45,7 @@ use crate::pg::log_redaction;
 use crate::primary::changes::{CHANGES, WAKEUP};
 use crate::primary::hold::HOLDS;
 use crate::primary::marks_cache::{GENERATION, MARKS};
+use crate::primary::standby_snapshot::LOGGED_AT as STANDBY_SNAPSHOT_AT;
 use crate::standby::last_round::LAST_ROUND;
 use crate::worker::control::CONTROL;
 use pgrx::prelude::*;
@@ -87,6 +88,7 @@ pub extern "C-unwind" fn _PG_init() {
     pgrx::pg_shmem_init!(HOLDS);
     pgrx::pg_shmem_init!(CHANGES);
     pgrx::pg_shmem_init!(WAKEUP);
+    pgrx::pg_shmem_init!(STANDBY_SNAPSHOT_AT);
     log_redaction::install();
     primary::hold::install();
     worker::register();

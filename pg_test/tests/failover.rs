@@ -585,3 +585,174 @@ fn a_copy_held_by_its_creator_is_ours_even_without_its_marker() {
         "the ready copy outlives the session"
     );
 }
+
+/// Durability of a copy (`standby/copy.rs`, "Durability"): the worker saves a copy's
+/// (restart_lsn, catalog_xmin) pair before relying on it, but leaves a move of confirmed_flush
+/// alone to the next restartpoint, as PostgreSQL does for its own slots. This test crashes
+/// the standby (immediate stop) after the copy's restart_lsn moved past where the copy was made
+/// ready, and after more moves of confirmed_flush only, then starts it with the worker off,
+/// so that what it reads is what the slot's file held:
+///
+/// * restart_lsn and catalog_xmin are at least what the copy had before the crash (a file
+///   that still named the older pair would need WAL and catalog rows this standby no longer
+///   keeps);
+/// * confirmed_flush is never past the upstream's (it may be behind it: the moves since the
+///   last restartpoint are gone, as from a crashed primary's slot);
+/// * the copy is still ready, and after a promotion the subscriber, which sends its own start
+///   position, continues with exactly its rows: nothing lost, nothing twice.
+#[test]
+fn a_crashed_standby_keeps_what_its_copies_rely_on() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, note text);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let mut standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY, note text)",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    // Five rows, and a checkpoint (it logs the running transactions, after which the slot's
+    // restart_lsn can move) unless `flush_only`.
+    let mut write_rows = |primary: &Cluster, flush_only: bool| {
+        primary.safe_psql(
+            "postgres",
+            &format!(
+                "INSERT INTO t SELECT generate_series({next}, {}); {}",
+                next + 4,
+                if flush_only { "" } else { "CHECKPOINT;" }
+            ),
+        );
+        next += 5;
+        subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &(next - 1).to_string());
+        next
+    };
+    let copy_is = |standby: &Cluster, what: &str| {
+        standby.safe_psql(
+            "postgres",
+            &format!("SELECT {what} FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"),
+        )
+    };
+    wait::until(
+        "the copy of sub to be ready",
+        wait::default_timeout(),
+        || {
+            write_rows(&primary, false);
+            match copy_is(&standby, "NOT temporary").as_str() {
+                "t" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let made_ready_at = slot_lsn(&standby, "sub", "restart_lsn");
+
+    // The upstream slot's restart_lsn moves (the checkpoints log running transactions), and
+    // the copy follows it.
+    wait::until(
+        "the copy's restart_lsn to move",
+        wait::default_timeout(),
+        || {
+            write_rows(&primary, false);
+            let now = slot_lsn(&standby, "sub", "restart_lsn");
+            if now > made_ready_at {
+                Check::Done(())
+            } else {
+                Check::NotYet(now.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // More rows, no checkpoint, until the upstream slot's confirmed_flush has moved while its
+    // restart_lsn stayed (the bgwriter may log running transactions meanwhile: then again);
+    // then wait until the copy has that confirmed_flush.
+    let upstream = |what: &str| slot_lsn(&primary, "sub", what);
+    let mut restart = upstream("restart_lsn");
+    let mut flush = upstream("confirmed_flush_lsn");
+    wait::until(
+        "a move of confirmed_flush alone",
+        wait::default_timeout(),
+        || {
+            write_rows(&primary, true);
+            let (r, f) = (upstream("restart_lsn"), upstream("confirmed_flush_lsn"));
+            if r == restart && f > flush {
+                flush = f;
+                return Check::Done(());
+            }
+            (restart, flush) = (r, f);
+            Check::NotYet(format!("restart_lsn {r}, confirmed_flush {f}"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT confirmed_flush_lsn >= '{flush}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"),
+        "t",
+    );
+    let restart_before = slot_lsn(&standby, "sub", "restart_lsn");
+    let xmin_before: u32 = copy_is(&standby, "catalog_xmin").parse().expect("an xid");
+    let flush_before = slot_lsn(&standby, "sub", "confirmed_flush_lsn");
+
+    standby.stop(StopMode::Immediate);
+    standby.append_conf("postgresql.conf", "slot_failover.enabled = off\n");
+    standby.start();
+    let restart_after = slot_lsn(&standby, "sub", "restart_lsn");
+    let xmin_after: u32 = copy_is(&standby, "catalog_xmin").parse().expect("an xid");
+    let flush_after = slot_lsn(&standby, "sub", "confirmed_flush_lsn");
+    let upstream_flush = slot_lsn(&primary, "sub", "confirmed_flush_lsn");
+    eprintln!(
+        "copy of sub before the crash: restart_lsn {restart_before}, catalog_xmin {xmin_before}, confirmed_flush {flush_before}; after: {restart_after}, {xmin_after}, {flush_after} (made ready at restart_lsn {made_ready_at}; upstream confirmed_flush {upstream_flush})"
+    );
+    assert!(
+        restart_after >= restart_before,
+        "the copy's restart_lsn went back from {restart_before} to {restart_after} in the crash"
+    );
+    assert!(
+        xmin_after == xmin_before || !xid_precedes(xmin_after, xmin_before),
+        "the copy's catalog_xmin went back from {xmin_before} to {xmin_after} in the crash"
+    );
+    assert!(
+        flush_after <= upstream_flush && flush_after >= restart_after,
+        "confirmed_flush {flush_after} after the crash: not between restart_lsn {restart_after} and the upstream's {upstream_flush}"
+    );
+    assert_eq!(
+        copy_is(&standby, "temporary"),
+        "f",
+        "the ready copy survived the crash"
+    );
+
+    // The worker takes over again; then a failover: the subscriber continues with exactly
+    // its rows from the promoted standby.
+    standby.set_and_reload("slot_failover.enabled", "on");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'sub'",
+        "ready",
+    );
+    primary.wait_for_catchup(&standby);
+    primary.stop(StopMode::Immediate);
+    standby.promote();
+    repoint(&subscriber, "sub", &standby);
+    let last = write_rows(&standby, false) - 1;
+    assert_eq!(ids(&subscriber), ids(&standby));
+    assert_eq!(
+        ids(&standby),
+        (1..=last)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
+
+/// `a` precedes `b` in PostgreSQL's circular xid order.
+fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}

@@ -160,6 +160,12 @@ pub struct Decision {
     pub action: Action,
     pub state: State,
     pub detail: String,
+    /// The copy waits for the upstream's logical slot to move past its reservation (its
+    /// restart_lsn, its catalog_xmin, or to a position with a serialized snapshot). Such a slot
+    /// moves when its decoder next reads a standby snapshot (`xl_running_xacts`, logged every
+    /// 15 s by the upstream's bgwriter) and its consumer confirms past it: asking the upstream
+    /// to log one at once saves most of that wait.
+    pub awaits_running_xacts: bool,
 }
 
 fn decision(action: Action, state: State, detail: impl Into<String>) -> Decision {
@@ -167,6 +173,15 @@ fn decision(action: Action, state: State, detail: impl Into<String>) -> Decision
         action,
         state,
         detail: detail.into(),
+        awaits_running_xacts: false,
+    }
+}
+
+/// A copy that waits for its upstream slot to move (see [`Decision::awaits_running_xacts`]).
+fn awaiting_running_xacts(detail: String) -> Decision {
+    Decision {
+        awaits_running_xacts: true,
+        ..decision(Action::Nothing, State::WaitingForUpstream, detail)
     }
 }
 
@@ -442,34 +457,22 @@ pub fn decide(
     }
     if !l.persistent {
         if up.restart_lsn < l.restart_lsn {
-            return decision(
-                Nothing,
-                WaitingForUpstream,
-                format!(
-                    "the upstream slot needs WAL from {}, but this standby has WAL from {} only; waiting for the upstream slot to advance",
-                    up.restart_lsn, l.restart_lsn
-                ),
-            );
+            return awaiting_running_xacts(format!(
+                "the upstream slot needs WAL from {}, but this standby has WAL from {} only; waiting for the upstream slot to advance",
+                up.restart_lsn, l.restart_lsn
+            ));
         }
         if xid_precedes(up.catalog_xmin, l.catalog_xmin) {
-            return decision(
-                Nothing,
-                WaitingForUpstream,
-                format!(
-                    "the upstream slot needs catalog rows from xid {}, but this standby can only guarantee them from xid {}; waiting for the upstream slot to advance",
-                    up.catalog_xmin, l.catalog_xmin
-                ),
-            );
+            return awaiting_running_xacts(format!(
+                "the upstream slot needs catalog rows from xid {}, but this standby can only guarantee them from xid {}; waiting for the upstream slot to advance",
+                up.catalog_xmin, l.catalog_xmin
+            ));
         }
         if !snapshot_here {
-            return decision(
-                Nothing,
-                WaitingForUpstream,
-                format!(
-                    "the upstream server has no serialized snapshot at the slot's restart_lsn {} yet; one appears when the slot's consumer advances it",
-                    up.restart_lsn
-                ),
-            );
+            return awaiting_running_xacts(format!(
+                "the upstream server has no serialized snapshot at the slot's restart_lsn {} yet; one appears when the slot's consumer advances it",
+                up.restart_lsn
+            ));
         }
         let two_phase = match two_phase_change(up, l, up.confirmed_flush.max(l.confirmed_flush)) {
             Ok(change) => change,
@@ -633,6 +636,41 @@ mod tests {
             d.action,
             update(Some((100, 10)), Some(200), None, None, Some(true))
         );
+        assert!(!d.awaits_running_xacts);
+    }
+
+    #[test]
+    fn only_a_copy_waiting_for_its_slot_to_move_asks_for_a_standby_snapshot() {
+        let u = up(100, 200, 10);
+        // The three waits a standby snapshot upstream ends: reservation, catalog horizon,
+        // snapshot.
+        for (l, snapshot) in [
+            (copy(false, 150, 0, 5), true),
+            (copy(false, 100, 0, 11), true),
+            (copy(false, 90, 0, 9), false),
+        ] {
+            let d = decide(Some(&u), Some(&l), 1000, snapshot);
+            assert!(d.awaits_running_xacts, "{l:?}: {d:?}");
+        }
+        // Not: a wait for this standby's own WAL, a ready copy, a physical copy, a copy to make.
+        let ahead = decide(
+            Some(&up(100, 2000, 10)),
+            Some(&copy(false, 90, 0, 9)),
+            1000,
+            true,
+        );
+        assert_eq!(ahead.state, State::AheadOfStandby);
+        let ready = decide(Some(&u), Some(&copy(true, 90, 150, 9)), 1000, false);
+        let mut physical_up = up(100, 0, 0);
+        physical_up.logical = false;
+        let mut physical = copy(false, 150, 0, 0);
+        physical.database = 0;
+        let physical = decide(Some(&physical_up), Some(&physical), 1000, true);
+        assert_eq!(physical.state, State::WaitingForUpstream);
+        let create = decide(Some(&u), None, 1000, true);
+        for d in [ahead, ready, physical, create] {
+            assert!(!d.awaits_running_xacts, "{d:?}");
+        }
     }
 
     #[test]

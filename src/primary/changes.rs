@@ -17,7 +17,7 @@
 //!   `slot_failover.wait_for_slot_change(seen, timeout_ms)` on its upstream connection. It
 //!   returns the counter at once when it differs from `seen`, else as soon as it changes, else
 //!   after `timeout_ms`, together with the names of the slots behind the bumps since `seen`
-//!   (the last 128 are remembered). The worker then runs a round over just those slots; a
+//!   (the last 1,024 are remembered). The worker then runs a round over just those slots; a
 //!   change of the marks, or more moves than remembered, gets a full round.
 //!
 //! ## Invariants
@@ -54,8 +54,11 @@ use crate::pg::compat;
 // SAFETY: the name is unique to this extension; created by pg_shmem_init!.
 pub static CHANGES: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"slot_failover_slot_changes") };
 
-/// How many recent moves are remembered by name.
-const RECENT: usize = 128;
+/// How many recent moves are remembered by name: every move between two rounds a few
+/// milliseconds apart (`slot_failover.sync_delay` plus the round) even at 100,000 confirmations
+/// a second, so that a standby's round still names what moved (past this it reads every marked
+/// slot).
+const RECENT: usize = 1024;
 const NAME_LEN: usize = 64;
 
 /// The condition variable waiters sleep on, and the names of the slots behind the last
@@ -179,18 +182,24 @@ fn moved_between(seen: i64, now: i64) -> Option<Vec<String>> {
         return None;
     }
     let w = WAKEUP.share();
-    let mut names: Vec<String> = Vec::new();
+    // Compared as raw names under the lock (a busy slot fills most of the entries).
+    let mut names: Vec<[u8; NAME_LEN]> = Vec::new();
     for n in (seen + 1)..=now {
         let i = (n as u64 % RECENT as u64) as usize;
         if w.bump[i] != n as u64 || w.name[i][0] == 0 {
             return None;
         }
-        let name = crate::pg::fixed_text::get(&w.name[i]);
-        if !names.contains(&name) {
-            names.push(name);
+        if !names.contains(&w.name[i]) {
+            names.push(w.name[i]);
         }
     }
-    Some(names)
+    drop(w);
+    Some(
+        names
+            .iter()
+            .map(|name| crate::pg::fixed_text::get(name))
+            .collect(),
+    )
 }
 
 /// Upper bound of one wait, in milliseconds.

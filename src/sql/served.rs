@@ -1,10 +1,11 @@
 //! What an upstream serves its standbys' workers, as SQL functions (`standby::protocol` says how
 //! the workers call them): the wait for a marked slot to move, the digest of the marked slots'
-//! rows, and the slots' two_phase points. The mechanisms are in `primary/`.
+//! rows, the slots' two_phase points, and a standby snapshot on request. The mechanisms are in
+//! `primary/`.
 
 use pgrx::prelude::*;
 
-use crate::primary::{changes, digest};
+use crate::primary::{changes, digest, standby_snapshot};
 
 extension_sql!(
     r#"
@@ -27,6 +28,16 @@ GRANT EXECUTE ON FUNCTION slot_failover.two_phase_points()
 "#,
     name = "marked_slots_digest_privileges",
     requires = ["catalog", marked_slots_digest, two_phase_points]
+);
+
+extension_sql!(
+    r#"
+REVOKE ALL ON FUNCTION slot_failover.log_standby_snapshot() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()
+    TO slot_failover_admin, pg_monitor;
+"#,
+    name = "log_standby_snapshot_privileges",
+    requires = ["catalog", log_standby_snapshot]
 );
 
 /// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
@@ -66,4 +77,15 @@ fn two_phase_points() -> TableIterator<
             .into_iter()
             .map(|(name, at)| (name, at.map(|at| at.to_string()))),
     )
+}
+
+/// On an upstream: log a standby snapshot (`xl_running_xacts`) now, as
+/// `pg_log_standby_snapshot()` does on 16+, so that logical slots move past a new copy's
+/// reservation without waiting for the bgwriter's next one (`primary/standby_snapshot.rs`).
+/// Returns its position, as text in pg_lsn's format; NULL when none was logged: one was logged on request in the last
+/// 200 ms (it serves this caller too), or the server is in recovery. Used by standbys'
+/// workers while a copy waits for its slot to move.
+#[pg_extern(volatile, parallel_unsafe)]
+fn log_standby_snapshot() -> Option<String> {
+    standby_snapshot::log_on_request().map(|at| slot_failover_rules::Lsn(at).to_string())
 }

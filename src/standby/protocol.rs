@@ -10,6 +10,7 @@
 //! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot |
 //! | [`prepare_wait`] / [`execute_wait`] | between rounds (0.2.0+ upstream) | `wait_for_slot_change(seen, timeout)`: the change counter, the moved slots' names, and their [`RemoteSlot`] rows, read after the wait |
 //! | [`kept_from`] | a round in which a copy could become ready | the xmin and catalog_xmin of this standby's physical slot there |
+//! | [`LOG_STANDBY_SNAPSHOT`] | a round in which a new copy waits for its slot to move past its reservation (at most once a second, less often while the wait goes on; 0.6.0+ upstream) | `log_standby_snapshot()`: the position of the snapshot logged, or NULL |
 //! | [`read_file`] | a copy needs the upstream's snapshot file, or (before 0.6.0) its slot state file | the file, as bytea |
 //!
 //! The upstream's end is `sql/served.rs` (the functions) and PostgreSQL's own views and
@@ -62,9 +63,11 @@ pub struct Checked {
     pub can_digest: bool,
     /// It has `two_phase_points()` (0.6.0+) and we may run it.
     pub can_points: bool,
+    /// It has `log_standby_snapshot()` (0.6.0+) and we may run it.
+    pub can_log_snapshot: bool,
 }
 
-/// The prerequisites query (seven columns).
+/// The prerequisites query (eight columns).
 pub fn check(primary_slot: &str) -> (String, usize) {
     (
         format!(
@@ -83,10 +86,13 @@ pub fn check(primary_slot: &str) -> (String, usize) {
                         false)::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.two_phase_points()'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.log_standby_snapshot()'), 'EXECUTE'),
                         false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         ),
-        7,
+        8,
     )
 }
 
@@ -100,6 +106,7 @@ pub fn checked(row: &[Option<String>]) -> Checked {
         can_wait: row[4].as_deref() == Some("true"),
         can_digest: row[5].as_deref() == Some("true"),
         can_points: row[6].as_deref() == Some("true"),
+        can_log_snapshot: row[7].as_deref() == Some("true"),
     }
 }
 
@@ -240,6 +247,9 @@ pub fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
         two_phase_at: num(&r[11]).filter(|&at| at != 0).map(Lsn),
     }
 }
+
+/// Asks the upstream to log a standby snapshot now (`primary/standby_snapshot.rs`; one column).
+pub const LOG_STANDBY_SNAPSHOT: &str = "SELECT slot_failover.log_standby_snapshot()";
 
 /// The xmin and catalog_xmin of this standby's physical slot `primary_slot` upstream (two
 /// columns, NULLs when unset).

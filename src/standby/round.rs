@@ -29,6 +29,8 @@ struct Round<'a> {
     primary_slot: String,
     standby_flush: Lsn,
     kept_from: std::cell::OnceCell<Result<Option<u32>, String>>,
+    /// A copy waits for its slot upstream to move (`Decision::awaits_running_xacts`).
+    awaits_running_xacts: std::cell::Cell<bool>,
 }
 
 impl<'a> Round<'a> {
@@ -38,6 +40,17 @@ impl<'a> Round<'a> {
             primary_slot: primary_slot.to_string(),
             standby_flush: copy::standby_flush(),
             kept_from: std::cell::OnceCell::new(),
+            awaits_running_xacts: std::cell::Cell::new(false),
+        }
+    }
+
+    /// At the end of the round: if a copy waits for its slot to move, ask the upstream for a
+    /// standby snapshot (see `Upstream::ask_for_standby_snapshot`).
+    fn ask_for_standby_snapshot(&self, full: bool) {
+        let waiting = self.awaits_running_xacts.get();
+        // A partial round saw only the slots that moved: it cannot tell that no copy waits.
+        if waiting || full {
+            self.up.ask_for_standby_snapshot(waiting);
         }
     }
 
@@ -331,6 +344,9 @@ fn handle_slot(
                 }
             },
         );
+        if decision.awaits_running_xacts {
+            round.awaits_running_xacts.set(true);
+        }
         if remote.temporary {
             decision.detail = if decision.action == Action::Drop {
                 "the upstream server is a standby whose copy of this slot is not ready; dropping the copy"
@@ -427,10 +443,12 @@ fn touch_ready(reports: &[SlotReport]) {
 pub fn round_some(up: &Upstream, moved: &[String], remote: &[RemoteSlot]) -> Vec<SlotReport> {
     let round = Round::new(up, &gucs::primary_slot_name().unwrap_or_default());
     let mut locals = copy::local_slots_named(Some(moved));
-    remote
+    let reports = remote
         .iter()
         .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
-        .collect()
+        .collect();
+    round.ask_for_standby_snapshot(false);
+    reports
 }
 
 /// One round against an open upstream connection: with `check`, check the upstream first
@@ -476,6 +494,7 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
         });
     }
     touch_ready(&reports);
+    round.ask_for_standby_snapshot(true);
     Ok(reports)
 }
 

@@ -94,6 +94,12 @@ pub struct Upstream {
     /// it, as of the last [`check`](Upstream::check): the rows then carry each slot's two_phase
     /// point. Set before any row query is prepared on this connection (check runs first).
     can_points: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.log_standby_snapshot()` (0.6.0 and later) and we may
+    /// run it, as of the last [`check`](Upstream::check).
+    can_log_snapshot: std::cell::Cell<bool>,
+    /// When a standby snapshot was last asked for, and how long to wait before asking again
+    /// (see [`ask_for_standby_snapshot`](Upstream::ask_for_standby_snapshot)).
+    snapshot_asked: std::cell::Cell<Option<(std::time::Instant, std::time::Duration)>>,
     /// The rows of the last read of every marked slot, with the digest read just before them
     /// (see [`marked_slots`](Upstream::marked_slots)).
     cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
@@ -185,6 +191,8 @@ impl Upstream {
             can_digest: std::cell::Cell::new(false),
             digest_prepared: std::cell::Cell::new(false),
             can_points: std::cell::Cell::new(false),
+            can_log_snapshot: std::cell::Cell::new(false),
+            snapshot_asked: std::cell::Cell::new(None),
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
         })
@@ -281,6 +289,7 @@ impl Upstream {
         }
         self.can_wait.set(c.can_wait);
         self.can_digest.set(c.can_digest);
+        self.can_log_snapshot.set(c.can_log_snapshot);
         if c.can_points != self.can_points.get() {
             // The upstream was updated under this connection: the prepared queries name
             // the columns of the old version.
@@ -315,6 +324,36 @@ impl Upstream {
         let (sql, ncols) = protocol::execute_wait(seen, timeout.as_millis());
         let rows = self.query(&sql, ncols)?;
         protocol::waited(&rows).map_err(Problem::Query)
+    }
+
+    /// A copy waits for its slot upstream to move past its reservation: ask the upstream to
+    /// log a standby snapshot, which makes the slot move as soon as its consumer confirms past
+    /// it (see `primary/standby_snapshot.rs`). At most once a second; while copies keep
+    /// waiting (a long transaction upstream holds the slot's catalog_xmin back, say), the
+    /// pause doubles up to [`SNAPSHOT_ASK_MAX`], and it starts again at a second once no copy
+    /// waits (`waiting` false). An upstream that cannot be asked (before 0.6.0, no EXECUTE
+    /// privilege) is not: the copy then waits for the bgwriter's snapshot, up to 15 s. A
+    /// failure is only logged at DEBUG1: the copy's state already says what it waits for.
+    pub fn ask_for_standby_snapshot(&self, waiting: bool) {
+        if !waiting {
+            self.snapshot_asked.set(None);
+            return;
+        }
+        if !self.can_log_snapshot.get() {
+            return;
+        }
+        let pause = match self.snapshot_asked.get() {
+            Some((at, pause)) if at.elapsed() < pause => return,
+            Some((_, pause)) => (pause * 2).min(SNAPSHOT_ASK_MAX),
+            None => SNAPSHOT_ASK_MIN,
+        };
+        self.snapshot_asked
+            .set(Some((std::time::Instant::now(), pause)));
+        if let Err(e) = self.query(protocol::LOG_STANDBY_SNAPSHOT, 1) {
+            pgrx::debug1!(
+                "slot_failover worker: could not ask the upstream for a standby snapshot: {e}"
+            );
+        }
     }
 
     /// Every marked slot, with the upstream's view of it. When the upstream can give a digest
@@ -421,6 +460,11 @@ impl Upstream {
         protocol::decode_bytea_hex(&hex).map(Some)
     }
 }
+
+/// The first pause between two requests for a standby snapshot, and the longest (the
+/// bgwriter logs one every 15 s anyway).
+const SNAPSHOT_ASK_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const SNAPSHOT_ASK_MAX: std::time::Duration = std::time::Duration::from_secs(16);
 
 /// Snapshot files hold a few arrays of xids: 256 MiB is far beyond any real one (a longer
 /// file would be cut short, and its checksum would then fail loudly when restored).

@@ -14,7 +14,8 @@
 //! * `wait_for_work` returns a [`Wake`]: why there is work now. A synchronizing standby waits
 //!   on its upstream, which answers as soon as a marked slot moves there (`primary/changes.rs`),
 //!   in slices of at most [`REMOTE_WAIT_SLICE`] so that signals and `sync()` requests are seen
-//!   between two remote calls; anything else naps on the process latch, which a signal, a
+//!   between two remote calls, and no sooner than `slot_failover.sync_delay` after the last
+//!   round it woke for (moves that arrive meanwhile are taken together, in one round); anything else naps on the process latch, which a signal, a
 //!   `sync()` request or the commit of `enable()` and friends sets (on a standby in slices of
 //!   at most [`PROMOTION_CHECK`]: a promotion sets no latch).
 //! * `run` does the duties of the server's role: on a standby, a round over the slots that
@@ -112,6 +113,8 @@ struct Worker {
     publisher: Publisher,
     /// When the last full round started.
     last_round: Instant,
+    /// When the last round woken by moves upstream started (see `slot_failover.sync_delay`).
+    last_woken: Instant,
     started: bool,
     postmaster_died: bool,
     /// The timeline since which this standby's slots are its own (`standby/own_slots.rs`).
@@ -197,6 +200,16 @@ impl Worker {
             let left = interval.saturating_sub(self.last_round.elapsed());
             if left.is_zero() {
                 return Wake::Naptime;
+            }
+            // Moves that arrive within sync_delay of the last woken round are taken together.
+            let delay = gucs::sync_delay()
+                .saturating_sub(self.last_woken.elapsed())
+                .min(left);
+            if !delay.is_zero() {
+                match self.nap(delay) {
+                    Wake::Naptime => {}
+                    other => return other,
+                }
             }
             match self.sync.wait_upstream(left.min(REMOTE_WAIT_SLICE)) {
                 Some(Moved::Slots(names, rows)) => return Wake::Moved(names, rows),
@@ -300,6 +313,7 @@ impl Worker {
         let (woken, full) = match wake {
             Wake::Moved(names, rows) => {
                 let started = Instant::now();
+                self.last_woken = started;
                 let partial = xact::in_transaction(|| self.sync.round_some(&names, &rows));
                 match partial {
                     Some(reports) if last_round::publish_some(&reports) => {
@@ -313,7 +327,10 @@ impl Worker {
                 }
             }
             Wake::Start | Wake::Naptime => (false, true),
-            Wake::Anything => (true, true),
+            Wake::Anything => {
+                self.last_woken = Instant::now();
+                (true, true)
+            }
             Wake::Latch => (false, full_due),
         };
         if !full {
@@ -425,6 +442,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         sync: SyncState::new(),
         publisher: Publisher::new(),
         last_round: Instant::now(),
+        last_woken: Instant::now(),
         started: false,
         postmaster_died: false,
         own_slots_since: None,
