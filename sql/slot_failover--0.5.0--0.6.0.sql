@@ -9,7 +9,10 @@
 --
 -- 0.6.0 also adds slot_failover.log_standby_snapshot(): a standby snapshot logged at once
 -- (pg_log_standby_snapshot() of 16+, on every major, at most one per 200 ms), which standbys'
--- workers ask for while a new copy waits for its slot to move past its reservation.
+-- workers ask for while a new copy waits for its slot to move past its reservation; and
+-- slot_failover.slot_rows(names): the rows of the slots named, from shared memory, which
+-- standbys' workers read instead of pg_replication_slots, so that a move upstream costs the
+-- same however many slots did not move.
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.6.0'" to load this file. \quit
 
@@ -32,6 +35,30 @@ AS 'MODULE_PATHNAME', 'log_standby_snapshot_wrapper';
 
 REVOKE ALL ON FUNCTION slot_failover.log_standby_snapshot() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()
+    TO slot_failover_admin, pg_monitor;
+
+CREATE FUNCTION slot_failover.slot_rows(
+	"names" TEXT[] /* alloc::vec::Vec<alloc::string::String> */
+) RETURNS TABLE (
+	"slot_name" TEXT,  /* core::option::Option<alloc::string::String> */
+	"slot_type" TEXT,  /* core::option::Option<alloc::string::String> */
+	"database" TEXT,  /* core::option::Option<alloc::string::String> */
+	"plugin" TEXT,  /* core::option::Option<alloc::string::String> */
+	"restart_lsn" TEXT,  /* core::option::Option<alloc::string::String> */
+	"confirmed_flush" TEXT,  /* core::option::Option<alloc::string::String> */
+	"catalog_xmin" TEXT,  /* core::option::Option<alloc::string::String> */
+	"two_phase" TEXT,  /* core::option::Option<alloc::string::String> */
+	"invalidated" TEXT,  /* core::option::Option<alloc::string::String> */
+	"temporary" TEXT,  /* core::option::Option<alloc::string::String> */
+	"failover" TEXT,  /* core::option::Option<alloc::string::String> */
+	"two_phase_at" TEXT  /* core::option::Option<alloc::string::String> */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'slot_rows_wrapper';
+
+REVOKE ALL ON FUNCTION slot_failover.slot_rows(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.slot_rows(text[])
     TO slot_failover_admin, pg_monitor;
 
 CREATE OR REPLACE VIEW slot_failover.standbys AS

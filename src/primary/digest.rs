@@ -1,5 +1,7 @@
-//! A digest of the marked slots as an upstream sees them, so that a standby's periodic full
-//! round fetches the rows only when something in them changed.
+//! What an upstream serves its standbys' workers from shared memory: the marked slots' rows
+//! ([`slot_rows`]: per move, only the slots that moved), their two_phase points, and a digest
+//! of the marked slots as the upstream sees them, so that a standby's periodic full round
+//! fetches the rows only when something in them changed.
 //!
 //! A standby's worker runs a full round at least every `slot_failover.naptime`, for what its
 //! upstream does not signal (slots moved by SQL functions, drops, invalidations; see
@@ -36,6 +38,117 @@ use crate::error::Error;
 use crate::pg::{compat, slot_array};
 use slot_failover_rules::Lsn;
 use slot_failover_rules::digest::{Facts, digest_of};
+
+/// A slot's row as standbys' workers read it (`standby::protocol::remote_slot`), every value
+/// as text: positions and xids as decimal numbers, flags as `true`/`false`; None where the
+/// view `pg_replication_slots` shows NULL (and for everything but the name when there is no
+/// such slot).
+pub type SlotRow = [Option<String>; 12];
+
+/// On an upstream: the rows of the slots `names`, in that order (one per name; a name with no
+/// slot gets a row with only its name), read straight from shared memory: one scan of the slot
+/// array, whatever the number of slots, and nothing built for the slots not asked for. What
+/// `pg_replication_slots` joined with `two_phase_points()` gives, except that a slot whose WAL
+/// is gone counts as invalidated on every major (the view says `lost` on 14-16, and only after
+/// the checkpoint that invalidates it on 17+): no copy can be made of it either way.
+pub fn slot_rows(names: &[String]) -> Vec<SlotRow> {
+    // SAFETY: reads the last removed WAL segment, kept in shared memory under XLogCtl's own
+    // lock; valid in any backend. Read before the slots: a segment removed after this is not
+    // seen (the slot is then not called lost), one removed before is really gone.
+    let (last_removed, segment_size) = unsafe {
+        (
+            pg_sys::XLogGetLastRemovedSegno(),
+            pg_sys::wal_segment_size as u64,
+        )
+    };
+    struct Seen {
+        name: String,
+        database: pg_sys::Oid,
+        plugin: String,
+        restart_lsn: u64,
+        confirmed_flush: u64,
+        catalog_xmin: u32,
+        two_phase: bool,
+        two_phase_at: u64,
+        invalidated: bool,
+        temporary: bool,
+        failover: bool,
+    }
+    let mut seen: HashMap<String, Seen> = slot_array::scan(|slot| {
+        let name = slot_array::name(slot);
+        if !names.contains(&name) {
+            return None;
+        }
+        let data = &slot.data;
+        let removed = data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
+        Some(Seen {
+            name,
+            database: data.database,
+            // SAFETY: NameData is NUL-terminated within its 64 bytes.
+            plugin: unsafe { std::ffi::CStr::from_ptr(data.plugin.data.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+            restart_lsn: data.restart_lsn,
+            confirmed_flush: data.confirmed_flush,
+            catalog_xmin: data.catalog_xmin.into_inner(),
+            two_phase: data.two_phase,
+            two_phase_at: compat::slot_two_phase_at(data),
+            // SAFETY: read under the slot's spinlock (slot_array::scan).
+            invalidated: unsafe { compat::slot_data_invalidated(data) } || removed,
+            temporary: data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY,
+            failover: compat::slot_data_failover(data),
+        })
+    })
+    .into_iter()
+    .map(|s| (s.name.clone(), s))
+    .collect();
+    let number = |v: u64| (v != 0).then(|| v.to_string());
+    names
+        .iter()
+        .map(|name| {
+            let Some(s) = seen.remove(name) else {
+                return std::array::from_fn(|i| (i == 0).then(|| name.clone()));
+            };
+            let logical = s.database != pg_sys::InvalidOid;
+            [
+                Some(s.name),
+                Some(if logical { "logical" } else { "physical" }.to_string()),
+                logical.then(|| database_name(s.database)).flatten(),
+                logical.then_some(s.plugin),
+                number(s.restart_lsn),
+                if logical {
+                    number(s.confirmed_flush)
+                } else {
+                    None
+                },
+                number(s.catalog_xmin.into()),
+                Some(s.two_phase.to_string()),
+                Some(s.invalidated.to_string()),
+                Some(s.temporary.to_string()),
+                Some(s.failover.to_string()),
+                if logical {
+                    number(s.two_phase_at)
+                } else {
+                    None
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The name of database `oid` here (None if it was dropped meanwhile).
+fn database_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: in a transaction (the query's), so the catalog look-up is allowed; it returns
+    // NULL for a database that does not exist, and a palloc'd copy otherwise.
+    unsafe {
+        let name = pg_sys::get_database_name(oid);
+        (!name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
 
 /// On an upstream: every logical slot's two_phase point, which `pg_replication_slots` does not
 /// show (before 18): `two_phase_at` on 15+, `initial_consistent_point` on 14 (see

@@ -1,6 +1,7 @@
 //! What an upstream serves its standbys' workers, as SQL functions (`standby::protocol` says how
 //! the workers call them): the wait for a marked slot to move, the digest of the marked slots'
-//! rows, the slots' two_phase points, and a standby snapshot on request. The mechanisms are in
+//! rows, the rows themselves (of the slots named), the slots' two_phase points, and a standby
+//! snapshot on request. The mechanisms are in
 //! `primary/`.
 
 use pgrx::prelude::*;
@@ -35,9 +36,12 @@ extension_sql!(
 REVOKE ALL ON FUNCTION slot_failover.log_standby_snapshot() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()
     TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.slot_rows(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.slot_rows(text[])
+    TO slot_failover_admin, pg_monitor;
 "#,
     name = "log_standby_snapshot_privileges",
-    requires = ["catalog", log_standby_snapshot]
+    requires = ["catalog", log_standby_snapshot, slot_rows]
 );
 
 /// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
@@ -88,4 +92,36 @@ fn two_phase_points() -> TableIterator<
 #[pg_extern(volatile, parallel_unsafe)]
 fn log_standby_snapshot() -> Option<String> {
     standby_snapshot::log_on_request().map(|at| slot_failover_rules::Lsn(at).to_string())
+}
+
+/// On an upstream: the rows of the slots `names` as standbys' workers read them, one per name
+/// in that order, from shared memory (`primary/digest.rs`): a move costs the same whatever the
+/// number of slots that did not move. Every value is text (positions and xids as decimal
+/// numbers); a name with no slot gets a row with only its name. Used by standbys' workers,
+/// joined with the marks (`standby/protocol.rs`).
+#[pg_extern(volatile, parallel_restricted)]
+#[allow(clippy::type_complexity)]
+fn slot_rows(
+    names: Vec<String>,
+) -> TableIterator<
+    'static,
+    (
+        name!(slot_name, Option<String>),
+        name!(slot_type, Option<String>),
+        name!(database, Option<String>),
+        name!(plugin, Option<String>),
+        name!(restart_lsn, Option<String>),
+        name!(confirmed_flush, Option<String>),
+        name!(catalog_xmin, Option<String>),
+        name!(two_phase, Option<String>),
+        name!(invalidated, Option<String>),
+        name!(temporary, Option<String>),
+        name!(failover, Option<String>),
+        name!(two_phase_at, Option<String>),
+    ),
+> {
+    TableIterator::new(digest::slot_rows(&names).into_iter().map(|r| {
+        let [a, b, c, d, e, f, g, h, i, j, k, l] = r;
+        (a, b, c, d, e, f, g, h, i, j, k, l)
+    }))
 }

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`check`] | on a new connection, then once per naptime | one row: `wal_level`, the type of this standby's physical slot there, whether the extension is installed (and where), and which of the functions below the upstream has and lets us run |
 //! | [`PREPARE_DIGEST`] / `EXECUTE slot_failover_digest` | each full round (0.5.0+ upstream) | `marked_slots_digest()`: one bigint |
-//! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot |
+//! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot, from `slot_rows()` (0.6.0+ upstream, see [`Rows`]) or `pg_replication_slots` |
 //! | [`prepare_wait`] / [`execute_wait`] | between rounds (0.2.0+ upstream) | `wait_for_slot_change(seen, timeout)`: the change counter, the moved slots' names, and their [`RemoteSlot`] rows, read after the wait |
 //! | [`kept_from`] | a round in which a copy could become ready | the xmin and catalog_xmin of this standby's physical slot there |
 //! | [`LOG_STANDBY_SNAPSHOT`] | a round in which a new copy waits for its slot to move past its reservation (at most once a second, less often while the wait goes on; 0.6.0+ upstream) | `log_standby_snapshot()`: the position of the snapshot logged, or NULL |
@@ -65,9 +65,11 @@ pub struct Checked {
     pub can_points: bool,
     /// It has `log_standby_snapshot()` (0.6.0+) and we may run it.
     pub can_log_snapshot: bool,
+    /// It has `slot_rows()` (0.6.0+) and we may run it.
+    pub can_rows: bool,
 }
 
-/// The prerequisites query (eight columns).
+/// The prerequisites query (nine columns).
 pub fn check(primary_slot: &str) -> (String, usize) {
     (
         format!(
@@ -89,10 +91,13 @@ pub fn check(primary_slot: &str) -> (String, usize) {
                         false)::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.log_standby_snapshot()'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.slot_rows(text[])'), 'EXECUTE'),
                         false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         ),
-        8,
+        9,
     )
 }
 
@@ -107,6 +112,7 @@ pub fn checked(row: &[Option<String>]) -> Checked {
         can_digest: row[5].as_deref() == Some("true"),
         can_points: row[6].as_deref() == Some("true"),
         can_log_snapshot: row[7].as_deref() == Some("true"),
+        can_rows: row[8].as_deref() == Some("true"),
     }
 }
 
@@ -118,10 +124,19 @@ pub const EXECUTE_DIGEST: &str = "EXECUTE slot_failover_digest";
 /// How many columns a [`RemoteSlot`] row has.
 pub const SLOT_COLUMNS: usize = 12;
 
-/// The columns of a marked slot's row (see [`remote_slot`]); with `points`, the upstream has
-/// `two_phase_points()` (joined in by [`slots_from`]) and the last column is the slot's two_phase
-/// point, else NULL.
-fn slot_columns(points: bool) -> String {
+/// Where an upstream's rows of the marked slots come from (decided by [`check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// `slot_rows()` (0.6.0+): only the slots asked for, read from shared memory, two_phase
+    /// points included; the cost of a move does not grow with the slots that did not move.
+    Served,
+    /// `pg_replication_slots` (before 0.6.0, or without EXECUTE on `slot_rows()`); with
+    /// `points`, joined with `two_phase_points()` for the last column (else NULL).
+    View { points: bool },
+}
+
+/// The columns of a marked slot's row from the view (see [`remote_slot`]).
+fn view_columns(points: bool) -> String {
     format!(
         "m.slot_name::pg_catalog.text, s.slot_type, s.database::pg_catalog.text,
          s.plugin::pg_catalog.text,
@@ -140,8 +155,8 @@ fn slot_columns(points: bool) -> String {
     )
 }
 
-/// The FROM clause of [`slot_columns`].
-fn slots_from(points: bool) -> String {
+/// The FROM clause of [`view_columns`].
+fn view_from(points: bool) -> String {
     let mut from = "FROM slot_failover.marked_slots AS m
        LEFT JOIN pg_catalog.pg_replication_slots AS s
          ON s.slot_name OPERATOR(pg_catalog.=) m.slot_name"
@@ -156,31 +171,54 @@ fn slots_from(points: bool) -> String {
     from
 }
 
-/// Every marked slot's row ([`SLOT_COLUMNS`] columns), in name order.
-pub fn marked_slots(points: bool) -> String {
+/// `slot_rows()` over the marked slots that `filter` (a WHERE clause on `m`, or nothing)
+/// lets through, in name order.
+fn served_rows(filter: &str) -> String {
     format!(
-        "SELECT {} {} ORDER BY m.slot_name",
-        slot_columns(points),
-        slots_from(points)
+        "slot_failover.slot_rows(ARRAY(
+             SELECT m.slot_name::pg_catalog.text FROM slot_failover.marked_slots AS m {filter}
+              ORDER BY m.slot_name))"
     )
 }
 
-/// Prepares `slot_failover_wait`: the wait, then (LATERAL, so after it) the rows of the slots
-/// it names; none when it returned NULL or nothing moved. It runs once per move upstream, so it
-/// is prepared once per connection: parsing and planning it each time was most of what the
-/// upstream spent per move. (A walsender takes no extended-protocol messages, but SQL PREPARE
-/// and EXECUTE; a change of the objects it uses makes PostgreSQL plan it again, and a dropped
-/// object makes EXECUTE fail, which ends the connection like any failed query.)
-pub fn prepare_wait(points: bool) -> String {
+/// Every marked slot's row ([`SLOT_COLUMNS`] columns), in name order.
+pub fn marked_slots(rows: Rows) -> String {
+    match rows {
+        Rows::Served => format!("SELECT r.* FROM {} AS r", served_rows("")),
+        Rows::View { points } => format!(
+            "SELECT {} {} ORDER BY m.slot_name",
+            view_columns(points),
+            view_from(points)
+        ),
+    }
+}
+
+/// Prepares `slot_failover_wait`: the wait, then (LATERAL, so after it) the rows of the marked
+/// slots it names; none when it returned NULL or nothing moved. It runs once per move upstream,
+/// so it is prepared once per connection: parsing and planning it each time was most of what
+/// the upstream spent per move. (A walsender takes no extended-protocol messages, but SQL
+/// PREPARE and EXECUTE; a change of the objects it uses makes PostgreSQL plan it again, and a
+/// dropped object makes EXECUTE fail, which ends the connection like any failed query.)
+pub fn prepare_wait(rows: Rows) -> String {
+    let moved = match rows {
+        Rows::Served => format!(
+            "{} AS x",
+            served_rows(
+                "WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])"
+            )
+        ),
+        Rows::View { points } => format!(
+            "(SELECT {} {}
+               WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x",
+            view_columns(points),
+            view_from(points)
+        ),
+    };
     format!(
         "PREPARE slot_failover_wait (pg_catalog.int8, pg_catalog.int4) AS
          SELECT w.counter::pg_catalog.text, pg_catalog.array_to_string(w.moved, ','), x.*
            FROM slot_failover.wait_for_slot_change($1, $2) AS w
-           LEFT JOIN LATERAL (SELECT {} {}
-                               WHERE m.slot_name OPERATOR(pg_catalog.=) ANY (w.moved::pg_catalog.name[])) AS x
-             ON true",
-        slot_columns(points),
-        slots_from(points)
+           LEFT JOIN LATERAL {moved} ON true"
     )
 }
 

@@ -90,10 +90,10 @@ pub struct Upstream {
     can_digest: std::cell::Cell<bool>,
     /// The digest query is prepared in this session.
     digest_prepared: std::cell::Cell<bool>,
-    /// The upstream has `slot_failover.two_phase_points()` (0.6.0 and later) and we may run
-    /// it, as of the last [`check`](Upstream::check): the rows then carry each slot's two_phase
-    /// point. Set before any row query is prepared on this connection (check runs first).
-    can_points: std::cell::Cell<bool>,
+    /// Where the rows come from (see `protocol::Rows`: with `two_phase_points()`, 0.6.0 and
+    /// later, the rows carry each slot's two_phase point), as of the last
+    /// [`check`](Upstream::check); set before any row query is prepared on this connection.
+    rows: std::cell::Cell<protocol::Rows>,
     /// The upstream has `slot_failover.log_standby_snapshot()` (0.6.0 and later) and we may
     /// run it, as of the last [`check`](Upstream::check).
     can_log_snapshot: std::cell::Cell<bool>,
@@ -190,7 +190,7 @@ impl Upstream {
             wait_prepared: std::cell::Cell::new(false),
             can_digest: std::cell::Cell::new(false),
             digest_prepared: std::cell::Cell::new(false),
-            can_points: std::cell::Cell::new(false),
+            rows: std::cell::Cell::new(protocol::Rows::View { points: false }),
             can_log_snapshot: std::cell::Cell::new(false),
             snapshot_asked: std::cell::Cell::new(None),
             cached: std::cell::RefCell::new(None),
@@ -290,14 +290,21 @@ impl Upstream {
         self.can_wait.set(c.can_wait);
         self.can_digest.set(c.can_digest);
         self.can_log_snapshot.set(c.can_log_snapshot);
-        if c.can_points != self.can_points.get() {
+        let rows = if c.can_rows {
+            protocol::Rows::Served
+        } else {
+            protocol::Rows::View {
+                points: c.can_points,
+            }
+        };
+        if rows != self.rows.get() {
             // The upstream was updated under this connection: the prepared queries name
-            // the columns of the old version.
+            // the functions and columns of the old version.
             if self.wait_prepared.replace(false) {
                 self.command(protocol::DEALLOCATE_WAIT)?;
             }
             self.cached.replace(None);
-            self.can_points.set(c.can_points);
+            self.rows.set(rows);
         }
         Ok(())
     }
@@ -318,7 +325,7 @@ impl Upstream {
         timeout: std::time::Duration,
     ) -> Result<(i64, Option<MovedSlots>), Problem> {
         if !self.wait_prepared.get() {
-            self.command(&protocol::prepare_wait(self.can_points.get()))?;
+            self.command(&protocol::prepare_wait(self.rows.get()))?;
             self.wait_prepared.set(true);
         }
         let (sql, ncols) = protocol::execute_wait(seen, timeout.as_millis());
@@ -399,7 +406,7 @@ impl Upstream {
     /// Read the row of every marked slot.
     fn read_marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
         let rows = self.query(
-            &protocol::marked_slots(self.can_points.get()),
+            &protocol::marked_slots(self.rows.get()),
             protocol::SLOT_COLUMNS,
         )?;
         Ok(rows.iter().map(|r| protocol::remote_slot(r)).collect())
