@@ -12,7 +12,9 @@
 -- workers ask for while a new copy waits for its slot to move past its reservation; and
 -- slot_failover.slot_rows(names): the rows of the slots named, from shared memory, which
 -- standbys' workers read instead of pg_replication_slots, so that a move upstream costs the
--- same however many slots did not move.
+-- same however many slots did not move; and slot_failover.slot_feed(seen, duration_ms,
+-- delay_ms): the moves of marked slots as they happen, which standbys' workers read through
+-- COPY on a connection of their own instead of running a query per move.
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.6.0'" to load this file. \quit
 
@@ -59,6 +61,19 @@ AS 'MODULE_PATHNAME', 'slot_rows_wrapper';
 
 REVOKE ALL ON FUNCTION slot_failover.slot_rows(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.slot_rows(text[])
+    TO slot_failover_admin, pg_monitor;
+
+CREATE FUNCTION slot_failover.slot_feed(
+	"seen" bigint, /* i64 */
+	"duration_ms" INT, /* i32 */
+	"delay_ms" INT /* i32 */
+) RETURNS SETOF TEXT /* alloc::string::String */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'slot_feed_wrapper';
+
+REVOKE ALL ON FUNCTION slot_failover.slot_feed(bigint, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.slot_feed(bigint, integer, integer)
     TO slot_failover_admin, pg_monitor;
 
 CREATE OR REPLACE VIEW slot_failover.standbys AS

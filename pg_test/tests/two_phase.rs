@@ -363,7 +363,7 @@ fn a_transaction_prepared_before_the_slot_was_consistent_is_sent_whole() {
 /// A copy that is not ready does not survive a promotion, however ready it was before. Here
 /// the slot switches two_phase on (a subscriber with two_phase = true starts streaming) while
 /// the standby cannot read the slot's two_phase_at (its role may run neither
-/// `two_phase_points()` and `slot_rows()` nor `pg_read_binary_file()` upstream): its copy, made ready with
+/// `two_phase_points()`, `slot_rows()` and `slot_feed()` nor `pg_read_binary_file()` upstream): its copy, made ready with
 /// two_phase off, cannot follow, and is made not ready at once (temporary again); at the
 /// promotion it is dropped, with a WARNING that says why. Before 0.6.0 promotion kept every
 /// persistent copy: this one, with two_phase off, would have sent a transaction prepared after
@@ -405,6 +405,7 @@ fn a_copy_that_is_not_ready_does_not_survive_a_promotion() {
         "postgres",
         "REVOKE EXECUTE ON FUNCTION slot_failover.two_phase_points() FROM pg_monitor;
          REVOKE EXECUTE ON FUNCTION slot_failover.slot_rows(text[]) FROM pg_monitor;
+         REVOKE EXECUTE ON FUNCTION slot_failover.slot_feed(bigint, integer, integer) FROM pg_monitor;
          REVOKE EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) FROM syncer;",
     );
     let mut subscriber = Cluster::init("subscriber", InitOptions::default());

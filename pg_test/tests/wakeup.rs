@@ -75,12 +75,12 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
         upto += 20;
         write_and_follow(&primary, &standby, &subscriber, upto);
     }
-    // The primary's walsender serving the worker waits with the wake-up's wait event now
-    // and then (17+: its own name; 14-16: the generic Extension event).
+    // The primary's walsender serving the worker's feed waits with the wake-up's wait event
+    // now and then (17+: its own name; 14-16: the generic Extension event).
     primary.poll_query_until(
         "postgres",
         "SELECT count(*) > 0 FROM pg_catalog.pg_stat_activity
-          WHERE application_name = 'slot_failover worker'
+          WHERE application_name = 'slot_failover worker feed'
             AND wait_event IN ('SlotFailoverWaitForSlotChange', 'Extension')",
         "t",
     );
@@ -263,4 +263,64 @@ fn idle_rounds_read_the_marked_slots_only_when_they_changed() {
         "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'idle_b'",
         "0",
     );
+}
+
+/// The feed a standby's worker reads the moves from (`slot_failover.slot_feed()`, through
+/// `COPY ... TO STDOUT`): anything may have changed when it knows nothing yet (`seen` = -1) or
+/// the marks changed, and the feed then ends; nothing when nothing moved for its whole
+/// duration; its arguments are checked, with the errors a DBA sees. (Moves streaming through
+/// it to a copy are tested above: with an hour-long naptime nothing else moves the copies.)
+#[test]
+fn the_feed_says_what_changed_and_checks_its_arguments() {
+    let primary = primary_with_extension();
+    let mut client = primary.connect("postgres");
+    let mut feed = |seen: i64, ms: i32| {
+        let mut out = String::new();
+        std::io::Read::read_to_string(
+            &mut client
+                .copy_out(&format!(
+                    "COPY (SELECT slot_failover.slot_feed({seen}, {ms}, 5)) TO STDOUT"
+                ))
+                .expect("COPY the feed"),
+            &mut out,
+        )
+        .expect("read the feed");
+        out.trim_end().to_string()
+    };
+    // Knowing nothing: anything may have changed, at once (not after 10 s).
+    let first = feed(-1, 10_000);
+    let counter: i64 = first
+        .strip_suffix(" *")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not \"<counter> *\": {first:?}"));
+    // Nothing moves: nothing is sent.
+    assert_eq!(feed(counter, 50), "");
+    // A change of the marks: anything may have changed.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('m1', 'test_decoding');
+         SELECT slot_failover.enable('m1');",
+    );
+    assert_eq!(feed(counter, 10_000), format!("{} *", counter + 1));
+
+    for (call, parameter, value, max) in [
+        ("slot_feed(0, 10001, 5)", "duration_ms", 10001, 10000),
+        ("slot_feed(0, -1, 5)", "duration_ms", -1, 10000),
+        ("slot_feed(0, 100, 1001)", "delay_ms", 1001, 1000),
+    ] {
+        let out = primary.psql("postgres", &format!("SELECT slot_failover.{call}"));
+        assert!(
+            out.stderr.contains(&format!(
+                "ERROR:  {parameter} must be between 0 and {max}, not {value}"
+            )),
+            "{call}: {}",
+            out.stderr
+        );
+        assert_eq!(out.sqlstate.as_deref(), Some("22023"), "{}", out.stderr);
+    }
+    let out = primary.psql(
+        "postgres",
+        "CREATE ROLE nobody LOGIN; SET ROLE nobody; SELECT slot_failover.slot_feed(0, 0, 0)",
+    );
+    assert_eq!(out.sqlstate.as_deref(), Some("42501"), "{}", out.stderr);
 }

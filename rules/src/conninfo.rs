@@ -13,18 +13,24 @@
 /// The `application_name` of the worker's upstream connection.
 pub const WORKER_APPLICATION_NAME: &str = "slot_failover worker";
 
+/// The `application_name` of the worker's second connection, which streams the moves
+/// (`slot_failover.slot_feed()`).
+pub const FEED_APPLICATION_NAME: &str = "slot_failover worker feed";
+
 /// The connection string the worker uses: `conninfo` with `dbname` added when missing and
 /// `application_name` set to [`WORKER_APPLICATION_NAME`] (a later key overrides an earlier one).
 pub fn for_worker(conninfo: &str, database: &str) -> String {
-    let with_db = with_database(conninfo, database);
-    if is_uri(&with_db) {
-        let sep = if with_db.contains('?') { '&' } else { '?' };
-        format!(
-            "{with_db}{sep}application_name={}",
-            percent_encode(WORKER_APPLICATION_NAME)
-        )
+    with_application_name(&with_database(conninfo, database), WORKER_APPLICATION_NAME)
+}
+
+/// `conninfo` with `application_name` set to `name` (added last: a later key overrides an
+/// earlier one, in key=value strings and in URIs).
+pub fn with_application_name(conninfo: &str, name: &str) -> String {
+    if is_uri(conninfo) {
+        let sep = if conninfo.contains('?') { '&' } else { '?' };
+        format!("{conninfo}{sep}application_name={}", percent_encode(name))
     } else {
-        format!("{with_db} application_name='{WORKER_APPLICATION_NAME}'")
+        format!("{conninfo} application_name='{name}'")
     }
 }
 
@@ -252,6 +258,18 @@ mod tests {
         assert_eq!(
             for_worker("postgresql://h/app", "db"),
             "postgresql://h/app?application_name=slot_failover%20worker"
+        );
+        // Its feed connection names itself again, last (the last key wins).
+        assert_eq!(
+            with_application_name(&for_worker("host=a", "db"), FEED_APPLICATION_NAME),
+            "host=a dbname='db' application_name='slot_failover worker' application_name='slot_failover worker feed'"
+        );
+        assert_eq!(
+            with_application_name(
+                &for_worker("postgresql://h/app", "db"),
+                FEED_APPLICATION_NAME
+            ),
+            "postgresql://h/app?application_name=slot_failover%20worker&application_name=slot_failover%20worker%20feed"
         );
     }
 

@@ -12,6 +12,7 @@
 //! | [`report`] | what one round did to one slot, as the status view and the logs show it |
 //! | [`retention`] | when a slot crosses the retained-WAL threshold, one line per crossing |
 //! | [`digest`] | the digest of the marked slots' rows an upstream serves |
+//! | [`feed`] | the lines of an upstream's feed of moved slots (encoded there, decoded by a standby's worker) |
 //! | [`slot_name`] | whether a string is a valid replication slot name |
 //! | [`conninfo`] | connection strings: the worker's dbname and application_name, password masking |
 //! | [`lsn`] | WAL positions |
@@ -20,6 +21,7 @@
 
 pub mod conninfo;
 pub mod digest;
+pub mod feed;
 pub mod lsn;
 pub mod own_slots;
 pub mod quorum;

@@ -31,6 +31,8 @@ pub enum Woken {
     Timeout,
     /// The postmaster died.
     PostmasterDied,
+    /// The socket waited on has data ([`wait_in_main_loop_on_socket`]).
+    Readable,
 }
 
 /// Like [`sleep`], for a background worker's main loop, which handles its own signals and the
@@ -51,6 +53,35 @@ pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> Woken {
         Woken::PostmasterDied
     } else if events & pg_sys::WL_LATCH_SET as i32 != 0 {
         Woken::Latch
+    } else {
+        Woken::Timeout
+    }
+}
+
+/// [`wait_in_main_loop`], also woken when `socket` has data to read.
+pub fn wait_in_main_loop_on_socket(socket: pg_sys::pgsocket, ms: i64, wait_event: u32) -> Woken {
+    // SAFETY: as in wait_in_main_loop(); socket is an open connection's (libpq keeps it open
+    // while the caller holds the connection).
+    let events = unsafe {
+        let events = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET
+                | pg_sys::WL_SOCKET_READABLE
+                | pg_sys::WL_TIMEOUT
+                | pg_sys::WL_POSTMASTER_DEATH) as i32,
+            socket,
+            ms.max(0) as std::ffi::c_long,
+            wait_event,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        events
+    };
+    if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+        Woken::PostmasterDied
+    } else if events & pg_sys::WL_LATCH_SET as i32 != 0 {
+        Woken::Latch
+    } else if events & pg_sys::WL_SOCKET_READABLE as i32 != 0 {
+        Woken::Readable
     } else {
         Woken::Timeout
     }

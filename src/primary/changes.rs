@@ -258,3 +258,114 @@ fn wait(seen: i64, timeout_ms: i32) -> i64 {
     compat::cancel_condition_variable_sleep();
     value
 }
+
+/// Longest feed, in milliseconds (a feed's query holds a snapshot, and with it this server's
+/// xmin horizon, while it runs).
+pub const MAX_FEED_MS: i32 = 10_000;
+
+/// On an upstream (`slot_failover.slot_feed()`): the moves of marked slots as they happen,
+/// for `duration_ms`, as lines of `slot_failover_rules::feed`. A standby's worker runs it as
+/// `COPY (SELECT slot_failover.slot_feed(...)) TO STDOUT` on a connection of its own and reads
+/// the lines as they come, instead of a query per move: the wait for the next move, the read of
+/// the moved slots' rows (`digest::slot_rows`) and the line cost no parse, plan or executor
+/// start-up, which were most of what a move cost here.
+///
+/// * Each batch of moves is sent (flushed) at once; the next one no sooner than `delay_ms`
+///   after it, so that moves in between are sent together (`slot_failover.sync_delay` on the
+///   standby).
+/// * `seen` is the counter the standby saw last: moves after it are sent, none is lost between
+///   two feeds. A change that cannot be named (the marks changed, more moves than remembered,
+///   `seen` = -1) is sent as "anything" and ends the feed: the standby then reads every marked
+///   slot.
+/// * It ends after `duration_ms`, with nothing pending. Interrupts (a cancel, the standby
+///   going away, a shutdown) are seen in every wait.
+pub fn feed(seen: i64, duration_ms: i32, delay_ms: i32) -> Result<Feed, Error> {
+    for (parameter, value, max) in [
+        ("duration_ms", duration_ms, MAX_FEED_MS),
+        ("delay_ms", delay_ms, 1000),
+    ] {
+        if !(0..=max).contains(&value) {
+            return Err(Error::OutOfRange {
+                parameter,
+                value: value.into(),
+                min: 0,
+                max: max.into(),
+            });
+        }
+    }
+    let now = std::time::Instant::now();
+    Ok(Feed {
+        seen,
+        deadline: now + std::time::Duration::from_millis(duration_ms as u64),
+        delay: std::time::Duration::from_millis(delay_ms as u64),
+        last_batch: None,
+        pending: std::collections::VecDeque::new(),
+        done: false,
+    })
+}
+
+/// See [`feed`]: an iterator over the feed's lines, each one produced when it is due (the
+/// SQL function returns them one per call, so they stream through `COPY`).
+pub struct Feed {
+    seen: i64,
+    deadline: std::time::Instant,
+    delay: std::time::Duration,
+    last_batch: Option<std::time::Instant>,
+    pending: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl Iterator for Feed {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if let Some(line) = self.pending.pop_front() {
+            return Some(line);
+        }
+        if self.done {
+            return None;
+        }
+        // What was returned so far is in the output buffer (COPY puts each row there): send it
+        // now, before waiting for the next batch.
+        // SAFETY: this backend's own communication methods (PostgreSQL's, or ours in a
+        // walsender, which pass a flush through); flushing whole CopyData messages between
+        // two rows is what a blocking COPY does when its buffer fills.
+        unsafe { ((*compat::PqCommMethods).flush)() };
+        if let Some(at) = self.last_batch {
+            let next = (at + self.delay).min(self.deadline);
+            let pause = next.saturating_duration_since(std::time::Instant::now());
+            if !pause.is_zero() {
+                crate::pg::latch::sleep(
+                    pause.as_micros().div_ceil(1000) as i64,
+                    compat::slot_change_wait_event(),
+                );
+            }
+        }
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        let counter = wait(self.seen, left.as_millis() as i32);
+        if counter == self.seen {
+            self.done = true;
+            return None;
+        }
+        match moved_between(self.seen, counter) {
+            Some(names) => {
+                for row in super::digest::slot_rows(&names) {
+                    let mut fields: Vec<Option<String>> = row.columns.into();
+                    fields.push(row.database_oid.map(|oid| oid.to_string()));
+                    self.pending
+                        .push_back(slot_failover_rules::feed::encode(counter, Some(&fields)));
+                }
+            }
+            None => {
+                self.pending
+                    .push_back(slot_failover_rules::feed::encode(counter, None));
+                self.done = true;
+            }
+        }
+        self.seen = counter;
+        self.last_batch = Some(std::time::Instant::now());
+        self.pending.pop_front()
+    }
+}

@@ -42,8 +42,12 @@ use slot_failover_rules::digest::{Facts, digest_of};
 /// A slot's row as standbys' workers read it (`standby::protocol::remote_slot`), every value
 /// as text: positions and xids as decimal numbers, flags as `true`/`false`; None where the
 /// view `pg_replication_slots` shows NULL (and for everything but the name when there is no
-/// such slot).
-pub type SlotRow = [Option<String>; 12];
+/// such slot). Also its database's OID (the feed sends it, so that a standby, whose OIDs are
+/// the upstream's, need not look the name up per move).
+pub struct SlotRow {
+    pub columns: [Option<String>; 12],
+    pub database_oid: Option<u32>,
+}
 
 /// On an upstream: the rows of the slots `names`, in that order (one per name; a name with no
 /// slot gets a row with only its name), read straight from shared memory: one scan of the slot
@@ -107,10 +111,14 @@ pub fn slot_rows(names: &[String]) -> Vec<SlotRow> {
         .iter()
         .map(|name| {
             let Some(s) = seen.remove(name) else {
-                return std::array::from_fn(|i| (i == 0).then(|| name.clone()));
+                return SlotRow {
+                    columns: std::array::from_fn(|i| (i == 0).then(|| name.clone())),
+                    database_oid: None,
+                };
             };
             let logical = s.database != pg_sys::InvalidOid;
-            [
+            let database_oid = logical.then(|| s.database.to_u32());
+            let columns = [
                 Some(s.name),
                 Some(if logical { "logical" } else { "physical" }.to_string()),
                 logical.then(|| database_name(s.database)).flatten(),
@@ -131,7 +139,11 @@ pub fn slot_rows(names: &[String]) -> Vec<SlotRow> {
                 } else {
                     None
                 },
-            ]
+            ];
+            SlotRow {
+                columns,
+                database_oid,
+            }
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! What an upstream serves its standbys' workers, as SQL functions (`standby::protocol` says how
 //! the workers call them): the wait for a marked slot to move, the digest of the marked slots'
-//! rows, the rows themselves (of the slots named), the slots' two_phase points, and a standby
-//! snapshot on request. The mechanisms are in
+//! rows, the rows themselves (of the slots named), a feed of the moves as they happen, the
+//! slots' two_phase points, and a standby snapshot on request. The mechanisms are in
 //! `primary/`.
 
 use pgrx::prelude::*;
@@ -39,9 +39,12 @@ GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()
 REVOKE ALL ON FUNCTION slot_failover.slot_rows(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.slot_rows(text[])
     TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.slot_feed(bigint, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.slot_feed(bigint, integer, integer)
+    TO slot_failover_admin, pg_monitor;
 "#,
     name = "log_standby_snapshot_privileges",
-    requires = ["catalog", log_standby_snapshot, slot_rows]
+    requires = ["catalog", log_standby_snapshot, slot_rows, slot_feed]
 );
 
 /// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
@@ -121,7 +124,18 @@ fn slot_rows(
     ),
 > {
     TableIterator::new(digest::slot_rows(&names).into_iter().map(|r| {
-        let [a, b, c, d, e, f, g, h, i, j, k, l] = r;
+        let [a, b, c, d, e, f, g, h, i, j, k, l] = r.columns;
         (a, b, c, d, e, f, g, h, i, j, k, l)
     }))
+}
+
+/// On an upstream: the moves of marked slots as they happen, for `duration_ms` (at most
+/// 10,000), one line each (`slot_failover_rules::feed`), each batch sent at once and the next
+/// no sooner than `delay_ms` (at most 1,000) after it; moves after the counter `seen` only.
+/// Standbys' workers run it in `COPY (SELECT slot_failover.slot_feed(...)) TO STDOUT` on a
+/// connection of their own (`primary/changes.rs`). It returns its lines one per call, so it
+/// streams only from a select list, not from FROM (which collects a set before returning).
+#[pg_extern(volatile, parallel_unsafe)]
+fn slot_feed(seen: i64, duration_ms: i32, delay_ms: i32) -> SetOfIterator<'static, String> {
+    SetOfIterator::new(changes::feed(seen, duration_ms, delay_ms).unwrap_or_else(|e| e.report()))
 }

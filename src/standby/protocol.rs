@@ -9,6 +9,7 @@
 //! | [`PREPARE_DIGEST`] / `EXECUTE slot_failover_digest` | each full round (0.5.0+ upstream) | `marked_slots_digest()`: one bigint |
 //! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot, from `slot_rows()` (0.6.0+ upstream, see [`Rows`]) or `pg_replication_slots` |
 //! | [`prepare_wait`] / [`execute_wait`] | between rounds (0.2.0+ upstream) | `wait_for_slot_change(seen, timeout)`: the change counter, the moved slots' names, and their [`RemoteSlot`] rows, read after the wait |
+//! | [`feed`] | on a second connection, from the first wait on (0.6.0+ upstream; else [`prepare_wait`]) | `COPY (SELECT slot_failover.slot_feed(seen, duration, delay)) TO STDOUT`: a line per moved slot as it moves (`slot_failover_rules::feed`), read as it comes ([`feed_line`]) |
 //! | [`kept_from`] | a round in which a copy could become ready | the xmin and catalog_xmin of this standby's physical slot there |
 //! | [`LOG_STANDBY_SNAPSHOT`] | a round in which a new copy waits for its slot to move past its reservation (at most once a second, less often while the wait goes on; 0.6.0+ upstream) | `log_standby_snapshot()`: the position of the snapshot logged, or NULL |
 //! | [`read_file`] | a copy needs the upstream's snapshot file, or (before 0.6.0) its slot state file | the file, as bytea |
@@ -44,6 +45,9 @@ pub struct RemoteSlot {
     /// The slot's two_phase point (`compat::slot_two_phase_at`), when the upstream can tell
     /// it (`slot_failover.two_phase_points()`, 0.6.0 and later) and it is set.
     pub two_phase_at: Option<Lsn>,
+    /// The OID of the slot's database, when the upstream sent it (the feed does): a physical
+    /// standby's OIDs are its upstream's, so the name need not be looked up here.
+    pub database_oid: Option<u32>,
 }
 
 /// The slots a wake-up named, and their rows upstream.
@@ -67,9 +71,11 @@ pub struct Checked {
     pub can_log_snapshot: bool,
     /// It has `slot_rows()` (0.6.0+) and we may run it.
     pub can_rows: bool,
+    /// It has `slot_feed()` (0.6.0+) and we may run it.
+    pub can_feed: bool,
 }
 
-/// The prerequisites query (nine columns).
+/// The prerequisites query (ten columns).
 pub fn check(primary_slot: &str) -> (String, usize) {
     (
         format!(
@@ -94,10 +100,13 @@ pub fn check(primary_slot: &str) -> (String, usize) {
                         false)::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.slot_rows(text[])'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.slot_feed(bigint, integer, integer)'), 'EXECUTE'),
                         false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         ),
-        9,
+        10,
     )
 }
 
@@ -113,6 +122,7 @@ pub fn checked(row: &[Option<String>]) -> Checked {
         can_points: row[6].as_deref() == Some("true"),
         can_log_snapshot: row[7].as_deref() == Some("true"),
         can_rows: row[8].as_deref() == Some("true"),
+        can_feed: row[9].as_deref() == Some("true"),
     }
 }
 
@@ -283,7 +293,40 @@ pub fn remote_slot(r: &[Option<String>]) -> RemoteSlot {
         temporary: r[9].as_deref() == Some("true"),
         failover: r[10].as_deref() == Some("true"),
         two_phase_at: num(&r[11]).filter(|&at| at != 0).map(Lsn),
+        database_oid: None,
     }
+}
+
+/// The feed of moves (on its own connection: the COPY keeps it busy): for `duration_ms`, each
+/// batch of moves after `seen` as it happens, the next no sooner than `delay_ms` after it.
+pub fn feed(seen: i64, duration_ms: u128, delay_ms: u128) -> String {
+    format!(
+        "COPY (SELECT slot_failover.slot_feed({seen}, {}, {})) TO STDOUT",
+        duration_ms.min(crate::primary::changes::MAX_FEED_MS as u128),
+        delay_ms.min(1000)
+    )
+}
+
+/// What one line of [`feed`] says: anything may have changed, or this slot moved (its row).
+pub enum FeedLine {
+    Anything(i64),
+    Slot(i64, RemoteSlot),
+}
+
+/// One line of [`feed`] (a CopyData message: the line and its newline).
+pub fn feed_line(data: &[u8]) -> Result<FeedLine, String> {
+    let text = std::str::from_utf8(data).map_err(|_| "feed line is not UTF-8".to_string())?;
+    Ok(match slot_failover_rules::feed::decode(text)? {
+        slot_failover_rules::feed::Line::Anything(c) => FeedLine::Anything(c),
+        slot_failover_rules::feed::Line::Slot(c, fields) => {
+            let mut slot = remote_slot(&fields[..SLOT_COLUMNS]);
+            slot.database_oid = fields[SLOT_COLUMNS]
+                .as_deref()
+                .map(|oid| oid.parse().map_err(|_| format!("bad database OID {oid:?}")))
+                .transpose()?;
+            FeedLine::Slot(c, slot)
+        }
+    })
 }
 
 /// Asks the upstream to log a standby snapshot now (`primary/standby_snapshot.rs`; one column).

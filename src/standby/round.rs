@@ -99,7 +99,9 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
         two_phase: r.two_phase,
         two_phase_at,
         plugin: r.plugin.clone().unwrap_or_default(),
-        database: r.database.as_deref().and_then(database_oid),
+        database: r
+            .database_oid
+            .or_else(|| r.database.as_deref().and_then(database_oid)),
         failover: r.failover,
     })
 }

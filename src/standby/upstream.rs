@@ -80,6 +80,13 @@ impl Problem {
 /// An open connection to the upstream's walsender. Closed when dropped.
 pub struct Upstream {
     conn: *mut pg_sys::WalReceiverConn,
+    /// The connection string, for the feed's own connection (never logged).
+    conninfo: CString,
+    /// The upstream has `slot_failover.slot_feed()` (0.6.0 and later) and we may run it, as of
+    /// the last [`check`](Upstream::check).
+    can_feed: std::cell::Cell<bool>,
+    /// The feed's connection (see [`Feed`]), opened at the first wait.
+    feed: std::cell::RefCell<Option<Feed>>,
     /// The upstream has `slot_failover.wait_for_slot_change()` (0.2.0 and later), as of the
     /// last [`check`](Upstream::check).
     can_wait: std::cell::Cell<bool>,
@@ -186,6 +193,9 @@ impl Upstream {
         };
         conn.map(|conn| Upstream {
             conn,
+            conninfo: conninfo.clone(),
+            can_feed: std::cell::Cell::new(false),
+            feed: std::cell::RefCell::new(None),
             can_wait: std::cell::Cell::new(false),
             wait_prepared: std::cell::Cell::new(false),
             can_digest: std::cell::Cell::new(false),
@@ -227,7 +237,12 @@ impl Upstream {
             let exec = (*pg_sys::WalReceiverFunctions)
                 .walrcv_exec
                 .expect("no walrcv_exec");
-            let res = exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr());
+            // Through pgrx's boundary: an ERROR raised in there (libpq's, or an interrupt served
+            // while it waits) becomes a Rust panic that a caller's subtransaction can catch,
+            // instead of a longjmp past these frames.
+            let res = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr())
+            });
             if (*res).status != expected {
                 let err = if (*res).err.is_null() {
                     format!("unexpected result status {:?}", (*res).status)
@@ -290,6 +305,10 @@ impl Upstream {
         self.can_wait.set(c.can_wait);
         self.can_digest.set(c.can_digest);
         self.can_log_snapshot.set(c.can_log_snapshot);
+        if !c.can_feed {
+            self.feed.replace(None);
+        }
+        self.can_feed.set(c.can_feed);
         let rows = if c.can_rows {
             protocol::Rows::Served
         } else {
@@ -312,6 +331,78 @@ impl Upstream {
     /// Whether the upstream can tell us when a marked slot moves (see `primary/changes.rs`).
     pub fn can_wait(&self) -> bool {
         self.can_wait.get()
+    }
+
+    /// Whether the upstream streams the moves (`slot_failover.slot_feed()`, 0.6.0 and later).
+    pub fn can_feed(&self) -> bool {
+        self.can_feed.get()
+    }
+
+    /// The socket to wait on for the feed's next lines, starting a feed of the moves after
+    /// `seen` (for `duration`, batches `delay` apart) when none is running; the lines that
+    /// came with the start are in `lines`. Must run in a transaction (an ERROR of libpq's, the
+    /// connection lost say, is caught and returned).
+    pub fn feed_socket(
+        &self,
+        seen: i64,
+        duration: std::time::Duration,
+        delay: std::time::Duration,
+        lines: &mut Vec<protocol::FeedLine>,
+    ) -> Result<pg_sys::pgsocket, Problem> {
+        let mut feed = self.feed.borrow_mut();
+        if feed.is_none() {
+            let conninfo = conninfo::with_application_name(
+                &self.conninfo.to_string_lossy(),
+                conninfo::FEED_APPLICATION_NAME,
+            );
+            *feed = Some(Feed::connect(&conninfo)?);
+        }
+        let f = feed.as_mut().expect("set above");
+        // A feed that ended with nothing to say is started again at once: no move may wait
+        // on a socket that nothing will come on.
+        let result = loop {
+            match f
+                .start_if_idle(seen, duration, delay)
+                .and_then(|()| f.read(lines))
+            {
+                Ok(_) if !f.running && lines.is_empty() => continue,
+                other => break other,
+            }
+        };
+        if result.is_err() {
+            *feed = None;
+        }
+        result
+    }
+
+    /// Read the feed's lines that have come (none if no feed runs). Must run in a
+    /// transaction; a failure drops the feed's connection (the next wait opens a new one).
+    pub fn read_feed(&self, lines: &mut Vec<protocol::FeedLine>) -> Result<(), Problem> {
+        let mut feed = self.feed.borrow_mut();
+        let Some(f) = feed.as_mut() else {
+            return Ok(());
+        };
+        let result = f.read(lines).map(|_| ());
+        if result.is_err() {
+            *feed = None;
+        }
+        result
+    }
+
+    /// Close the feed's connection (after a failure: the next wait opens a new one).
+    pub fn drop_feed(&self) {
+        self.feed.replace(None);
+    }
+
+    /// The running feed's socket, when its last read left nothing to read: a wait on it (and
+    /// the latch) needs no transaction. None: start or read the feed first
+    /// ([`feed_socket`](Upstream::feed_socket)).
+    pub fn feed_idle_socket(&self) -> Option<pg_sys::pgsocket> {
+        self.feed
+            .borrow()
+            .as_ref()
+            .filter(|f| f.running)
+            .map(|f| f.socket)
     }
 
     /// Wait on the upstream until a marked slot moves or `timeout` passes. Returns the
@@ -465,6 +556,134 @@ impl Upstream {
             return Ok(None);
         };
         protocol::decode_bytea_hex(&hex).map(Some)
+    }
+}
+
+/// The worker's second connection to its upstream, which streams the moves of marked slots
+/// (`COPY (SELECT slot_failover.slot_feed(...)) TO STDOUT`, see `primary/changes.rs`) while
+/// the first one stays free for the rounds' queries. A feed runs for a bounded time (its query
+/// holds a snapshot upstream) and is started again when it ends. Closed when dropped.
+struct Feed {
+    conn: *mut pg_sys::WalReceiverConn,
+    /// A feed (the COPY) is running on it.
+    running: bool,
+    /// The socket to wait on, as the last read said.
+    socket: pg_sys::pgsocket,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // SAFETY: conn came from walrcv_connect and is disconnected only here, once; a COPY
+        // still running is abandoned with the connection (the upstream's backend ends when
+        // it next writes, or when its feed ends).
+        unsafe {
+            if let Some(disconnect) = (*pg_sys::WalReceiverFunctions).walrcv_disconnect {
+                disconnect(self.conn);
+            }
+        }
+    }
+}
+
+impl Feed {
+    fn connect(conninfo: &str) -> Result<Feed, Problem> {
+        let conninfo = CString::new(conninfo)
+            .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))?;
+        // SAFETY: as in Upstream::connect (libpqwalreceiver is loaded: the first connection
+        // loaded it); the connection outlives the transaction it is opened in.
+        let conn = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let conn = compat::walrcv_connect(&conninfo, c"slot_failover");
+            pg_sys::MemoryContextSwitchTo(old);
+            conn
+        };
+        conn.map(|conn| Feed {
+            conn,
+            running: false,
+            socket: pg_sys::PGINVALID_SOCKET,
+        })
+        .map_err(Problem::Connect)
+    }
+
+    /// Start a feed unless one is running.
+    fn start_if_idle(
+        &mut self,
+        seen: i64,
+        duration: std::time::Duration,
+        delay: std::time::Duration,
+    ) -> Result<(), Problem> {
+        if self.running {
+            return Ok(());
+        }
+        let sql = CString::new(protocol::feed(
+            seen,
+            duration.as_millis(),
+            delay.as_millis(),
+        ))
+        .expect("no NUL byte");
+        // SAFETY: conn is open and idle; walrcv_exec sends the query and returns once the COPY
+        // has started (or failed), allocating its result in the current memory context (the
+        // caller's transaction).
+        unsafe {
+            let exec = (*pg_sys::WalReceiverFunctions)
+                .walrcv_exec
+                .expect("no walrcv_exec");
+            // Through pgrx's boundary, as in Upstream::exec.
+            let res = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                exec(self.conn, sql.as_ptr(), 0, std::ptr::null())
+            });
+            if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_COPY_OUT {
+                let err = if (*res).err.is_null() {
+                    format!("unexpected result status {:?}", (*res).status)
+                } else {
+                    CStr::from_ptr((*res).err)
+                        .to_string_lossy()
+                        .trim_end()
+                        .to_string()
+                };
+                return Err(Problem::Query(err));
+            }
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// Read every line that has come, without waiting; returns the socket to wait on for more.
+    /// The feed is no longer running once it ended (its lines are all read).
+    fn read(&mut self, lines: &mut Vec<protocol::FeedLine>) -> Result<pg_sys::pgsocket, Problem> {
+        while self.running {
+            let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
+            let mut socket = pg_sys::PGINVALID_SOCKET;
+            // Until it returns, the feed counts as ended: if it raises, libpq has closed the
+            // socket, and nothing may wait on it again.
+            self.running = false;
+            // SAFETY: a COPY is running on conn; walrcv_receive does not block, and its buffer
+            // stays valid until its next call (we copy the line out first). It raises an ERROR
+            // if the connection fails: through pgrx's boundary that is a Rust panic, which the
+            // caller's subtransaction (`isolated`) catches.
+            let len = unsafe {
+                let receive = (*pg_sys::WalReceiverFunctions)
+                    .walrcv_receive
+                    .expect("no walrcv_receive");
+                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                    receive(self.conn, &mut buffer, &mut socket)
+                })
+            };
+            self.running = true;
+            match len {
+                0 => {
+                    self.socket = socket;
+                    break;
+                }
+                -1 => self.running = false,
+                n => {
+                    // SAFETY: walrcv_receive returned n bytes at buffer.
+                    let data =
+                        unsafe { std::slice::from_raw_parts(buffer.cast::<u8>(), n as usize) };
+                    lines.push(protocol::feed_line(data).map_err(Problem::Query)?);
+                }
+            }
+        }
+        Ok(self.socket)
     }
 }
 

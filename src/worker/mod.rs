@@ -52,7 +52,7 @@ use pgrx::prelude::*;
 
 use self::control::CONTROL;
 use self::primary::Publisher;
-use self::standby::{Moved, SyncState};
+use self::standby::{FeedWait, Moved, SyncState};
 use crate::gucs;
 use crate::pg::{latch, xact};
 use crate::standby::last_round;
@@ -98,6 +98,8 @@ enum Wake {
     /// The upstream said something changed without naming it (the marks changed, or more moves
     /// than it remembers).
     Anything,
+    /// The upstream's feed has lines to read (or ended).
+    Feed,
     /// The latch was set (a signal, a `sync()` request, a commit of `enable()`), or a slice of
     /// the wait on the upstream passed with nothing new.
     Latch,
@@ -201,6 +203,27 @@ impl Worker {
             if left.is_zero() {
                 return Wake::Naptime;
             }
+            // The feed of moves (a 0.6.0+ upstream): its socket is waited on with the latch, in
+            // slices of PROMOTION_CHECK (a promotion sets no latch). The upstream sends each
+            // batch of moves at once and the next no sooner than sync_delay after it.
+            loop {
+                let left = interval.saturating_sub(self.last_round.elapsed());
+                if left.is_zero() {
+                    return Wake::Naptime;
+                }
+                match self.sync.wait_feed(left.min(PROMOTION_CHECK)) {
+                    Some(FeedWait::Lines) => return Wake::Feed,
+                    Some(FeedWait::Latch) => return Wake::Latch,
+                    Some(FeedWait::PostmasterDied) => {
+                        self.postmaster_died = true;
+                        return Wake::Latch;
+                    }
+                    Some(FeedWait::Timeout) if !crate::pg::in_recovery() => return Wake::Latch,
+                    Some(FeedWait::Timeout) => self.forget_being_primary_if_following(),
+                    // No feed: wait the older way (a query per wait).
+                    None => break,
+                }
+            }
             // Moves that arrive within sync_delay of the last woken round are taken together.
             let delay = gucs::sync_delay()
                 .saturating_sub(self.last_woken.elapsed())
@@ -256,7 +279,9 @@ impl Worker {
                 latch::Woken::Latch => return Wake::Latch,
                 latch::Woken::Timeout if started.elapsed() >= left => return Wake::Naptime,
                 latch::Woken::Timeout if !crate::pg::in_recovery() => return Wake::Latch,
-                latch::Woken::Timeout => self.forget_being_primary_if_following(),
+                latch::Woken::Timeout | latch::Woken::Readable => {
+                    self.forget_being_primary_if_following()
+                }
             }
         }
     }
@@ -324,6 +349,32 @@ impl Worker {
                         (true, full_due)
                     }
                     _ => (true, true),
+                }
+            }
+            Wake::Feed => {
+                let started = Instant::now();
+                let partial = xact::in_transaction(|| match self.sync.take_feed() {
+                    None => Ok(None),
+                    Some(Moved::Slots(names, rows)) => {
+                        Ok(Some(self.sync.round_some(&names, &rows)))
+                    }
+                    Some(_) => Err(()),
+                });
+                match partial {
+                    // Nothing new (the feed ended, say).
+                    Ok(None) => (false, full_due),
+                    Ok(Some(Some(reports))) if last_round::publish_some(&reports) => {
+                        self.last_woken = started;
+                        for r in &reports {
+                            self.sync.report_slot(r);
+                        }
+                        control::record_round(started.elapsed(), true);
+                        (true, full_due)
+                    }
+                    _ => {
+                        self.last_woken = started;
+                        (true, true)
+                    }
                 }
             }
             Wake::Start | Wake::Naptime => (false, true),

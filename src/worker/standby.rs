@@ -9,9 +9,10 @@ use pgrx::prelude::*;
 
 use super::WORKER_TYPE;
 use crate::gucs;
-use crate::pg::xact::in_transaction_without_snapshot;
+use crate::pg::latch;
+use crate::pg::xact::{in_transaction_without_snapshot, isolated};
 use crate::standby::last_round::Row;
-use crate::standby::protocol::RemoteSlot;
+use crate::standby::protocol::{FeedLine, RemoteSlot};
 use crate::standby::round;
 use crate::standby::upstream::{self, Problem, Upstream};
 use slot_failover_rules::readiness::State;
@@ -19,6 +20,21 @@ use slot_failover_rules::report::{SlotAction, SlotReport};
 
 /// Longest pause between attempts while something is wrong (doubling from naptime).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long one feed of moves runs upstream before the worker starts the next one: its query
+/// holds a snapshot there (and with it the upstream's xmin horizon) while it runs, as a wait
+/// did.
+const FEED_DURATION: Duration = Duration::from_millis(500);
+
+/// What a wait on the upstream's feed said.
+pub enum FeedWait {
+    /// Lines have come (or the feed ended): a round reads them.
+    Lines,
+    /// The latch was set (a signal, a `sync()` request).
+    Latch,
+    Timeout,
+    PostmasterDied,
+}
 
 /// What a wait on the upstream said.
 pub enum Moved {
@@ -46,6 +62,8 @@ pub struct SyncState {
     change_seen: i64,
     /// When the upstream's prerequisites were last checked.
     checked_at: Option<std::time::Instant>,
+    /// Lines of the upstream's feed read and not yet taken by a round.
+    feed_lines: Vec<FeedLine>,
 }
 
 impl SyncState {
@@ -59,7 +77,102 @@ impl SyncState {
             backoff: gucs::naptime(),
             change_seen: -1,
             checked_at: None,
+            feed_lines: Vec::new(),
         }
+    }
+
+    /// Between rounds, wait on the upstream's feed of moves (`Upstream::feed_socket`) for at
+    /// most `timeout`, starting a feed when none runs. None when there is no feed to wait on
+    /// (no connection, an upstream before 0.6.0, a problem being retried, or the feed's
+    /// connection just failed: it is opened again next time); the caller then waits the older
+    /// way. The lines are read by the round that follows ([`take_feed`](Self::take_feed)).
+    pub fn wait_feed(&mut self, timeout: Duration) -> Option<FeedWait> {
+        if self.problem.is_some() {
+            return None;
+        }
+        let up = self.upstream.as_ref().filter(|up| up.can_feed())?;
+        if !self.feed_lines.is_empty() {
+            return Some(FeedWait::Lines);
+        }
+        let socket = match up.feed_idle_socket() {
+            Some(socket) => socket,
+            None => {
+                let seen = self.change_seen;
+                let mut lines = Vec::new();
+                let socket = in_transaction_without_snapshot(|| {
+                    isolated(|| {
+                        up.feed_socket(seen, FEED_DURATION, gucs::sync_delay(), &mut lines)
+                            .map_err(|p| p.to_string())
+                    })
+                });
+                match socket {
+                    Ok(socket) if lines.is_empty() => socket,
+                    Ok(_) => {
+                        self.feed_lines = lines;
+                        return Some(FeedWait::Lines);
+                    }
+                    Err(e) => {
+                        debug1!("{WORKER_TYPE}: the upstream's feed failed ({e}); reconnecting it");
+                        up.drop_feed();
+                        return None;
+                    }
+                }
+            }
+        };
+        let ms = timeout.as_micros().div_ceil(1000) as i64;
+        Some(
+            match latch::wait_in_main_loop_on_socket(socket, ms, pg_sys::PG_WAIT_EXTENSION) {
+                latch::Woken::Readable => FeedWait::Lines,
+                latch::Woken::Latch => FeedWait::Latch,
+                latch::Woken::Timeout => FeedWait::Timeout,
+                latch::Woken::PostmasterDied => FeedWait::PostmasterDied,
+            },
+        )
+    }
+
+    /// In a round's transaction: the moves the feed brought (the lines read before and those
+    /// that have come since), None when there were none. A failure to read drops the feed's
+    /// connection (the lines read before it still count).
+    pub fn take_feed(&mut self) -> Option<Moved> {
+        if let Some(up) = self.upstream.as_ref() {
+            let mut lines = std::mem::take(&mut self.feed_lines);
+            if let Err(e) = isolated(|| up.read_feed(&mut lines).map_err(|p| p.to_string())) {
+                debug1!("{WORKER_TYPE}: reading the upstream's feed failed ({e}); reconnecting it");
+                up.drop_feed();
+            }
+            self.feed_lines = lines;
+        }
+        if self.feed_lines.is_empty() {
+            return None;
+        }
+        let mut anything = false;
+        let mut names: Vec<String> = Vec::new();
+        let mut rows: Vec<RemoteSlot> = Vec::new();
+        for line in self.feed_lines.drain(..) {
+            let counter = match line {
+                FeedLine::Anything(c) => {
+                    anything = true;
+                    c
+                }
+                FeedLine::Slot(c, row) => {
+                    // The latest row of a slot stands.
+                    match names.iter().position(|n| *n == row.name) {
+                        Some(i) => rows[i] = row,
+                        None => {
+                            names.push(row.name.clone());
+                            rows.push(row);
+                        }
+                    }
+                    c
+                }
+            };
+            self.change_seen = self.change_seen.max(counter);
+        }
+        Some(if anything {
+            Moved::Anything
+        } else {
+            Moved::Slots(names, rows)
+        })
     }
 
     /// Between rounds, wait on the upstream until one of its marked slots moves (at most

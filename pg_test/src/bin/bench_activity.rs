@@ -185,9 +185,11 @@ fn setup(args: &Args) -> Setup {
     subscriber.append_conf(
         "postgresql.conf",
         &format!(
-            "max_logical_replication_workers = {}\nmax_worker_processes = {}\n",
+            "max_logical_replication_workers = {}\nmax_worker_processes = {}\nmax_replication_slots = {}\n",
             max_subs + 10,
-            max_subs + 20
+            max_subs + 20,
+            // One replication origin per subscription (the slots setting bounds them before 18).
+            max_subs + 10
         ),
     );
     subscriber.start();
@@ -829,7 +831,7 @@ fn lag(v: &Value) -> String {
     )
 }
 
-fn print_table(points: &[Value]) {
+fn print_header() {
     println!(
         "\n{:<15} | {:>13} | {:>13} | {:>5} | {:>15} | {:>20} | {:>20} | {:>9} | {:>8} | {:>15}",
         "subs × rate",
@@ -843,7 +845,10 @@ fn print_table(points: &[Value]) {
         "A rnd/s",
         "TPS sync/no"
     );
-    for p in points {
+}
+
+fn print_row(p: &Value) {
+    {
         let s = &p["both_syncing"];
         let n = &p["no_sync"];
         let rate = match p["rate"].as_u64() {
@@ -907,13 +912,18 @@ fn main() {
     for &n in &args.subs {
         activate(&mut s, n);
         for &rate in &args.rates {
-            points.push(point(&s, &args, n, rate));
+            let p = point(&s, &args, n, rate);
+            // Each row as soon as it is measured; the whole table again at the end.
+            print_header();
+            print_row(&p);
+            points.push(p);
         }
     }
     let one = one_slot_ready(&s);
     let many = (args.ready_slots > 0).then(|| many_slots_ready(&s, args.ready_slots, &args.a_conf));
 
-    print_table(&points);
+    print_header();
+    points.iter().for_each(print_row);
     println!(
         "(CPU as % of one core over the pgbench run; ratio = A's worker and upstream walsender over B's worker and backend; walsnd = the primary's walsenders serving the active subscriptions, both syncing / no slot sync; lags from the primary's slot move until the copy was seen there, moves never reached apart)"
     );
