@@ -7,7 +7,7 @@
 //! | [`round`] | one synchronization round over the marked slots (or those a wake-up named) | worker; a backend in `sync()` with the worker off | - |
 //! | [`copy`] | the copies in `pg_replslot`: create, change, make (not) ready, drop; the marker files that say a slot is ours | as `round` | the slot array (through PostgreSQL's slot functions) |
 //! | [`snapshots`] | the upstream's serialized snapshots the copies need, stored here | as `round` | - |
-//! | [`upstream`] | the connection to the upstream (libpqwalreceiver), prerequisites, its queries | as `round` | - |
+//! | [`upstream`] | the connections to the upstream (libpqwalreceiver): prerequisites, its queries, and the feed of moves | as `round` | - |
 //! | [`protocol`] | the wire format between a standby's worker and its upstream: the rows, their columns, the functions the upstream serves | - | - |
 //! | [`own_slots`] | a primary back in recovery: its own slots count as ready, and no round runs (the record of the timeline it was primary on) | worker (records, skips rounds), backends (`status`) | - |
 //! | [`last_round`] | the outcome of the worker's last round, per slot (status view, `failover_ready()`, `sync()`) | worker (writes), backends (read) | `slot_failover_status` |

@@ -1,7 +1,9 @@
-//! The standby's connection to its upstream: a walsender connection opened through PostgreSQL's
-//! own libpqwalreceiver (no client library of ours in the server), the prerequisite checks, and
-//! the queries of `protocol.rs`, with what is cached between them (the digest and the rows it
-//! came with, the prepared statements).
+//! The standby's connections to its upstream: walsender connections opened through
+//! PostgreSQL's own libpqwalreceiver (no client library of ours in the server). The first one
+//! runs the prerequisite checks and the queries of `protocol.rs`, with what is cached between
+//! them (the digest and the rows it came with, the prepared statements); the second one, the
+//! [`Feed`], streams the moves of marked slots (0.6.0+ upstream), so that the first one stays
+//! free for a round's queries while moves come in.
 //!
 //! Invariants:
 //!

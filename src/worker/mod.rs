@@ -12,8 +12,11 @@
 //!   postmaster restarts nothing), SIGHUP (re-read the configuration), and the promotion of
 //!   the standby it runs on (keep the ready copies, drop the others loudly).
 //! * `wait_for_work` returns a [`Wake`]: why there is work now. A synchronizing standby waits
-//!   on its upstream, which answers as soon as a marked slot moves there (`primary/changes.rs`),
-//!   in slices of at most [`REMOTE_WAIT_SLICE`] so that signals and `sync()` requests are seen
+//!   on its upstream's feed of moves (0.6.0+: the socket of its second connection, with the
+//!   latch, in slices of [`PROMOTION_CHECK`]; the upstream sends each batch of moves as it
+//!   happens, batches `slot_failover.sync_delay` apart; `primary/changes.rs`). Against an
+//!   older upstream it waits in a query that returns as soon as a marked slot moves there, in
+//!   slices of at most [`REMOTE_WAIT_SLICE`] so that signals and `sync()` requests are seen
 //!   between two remote calls, and no sooner than `slot_failover.sync_delay` after the last
 //!   round it woke for (moves that arrive meanwhile are taken together, in one round); anything else naps on the process latch, which a signal, a
 //!   `sync()` request or the commit of `enable()` and friends sets (on a standby in slices of

@@ -20,8 +20,9 @@
 //! the rate is 0) running a script that inserts one row into a random one of the N tables per
 //! transaction (`SELECT ins(i)`). Two windows per point:
 //!
-//! * **both syncing**: CPU (user + system, `/proc/<pid>/stat`) over the pgbench run, as % of
-//!   a core, of A's worker, of the primary's walsender serving it, of B's slotsync worker and
+//! * **both syncing**: CPU (time on a CPU, `/proc/<pid>/schedstat`) over the pgbench run, as % of
+//!   a core, of A's worker, of the primary's walsenders serving it (its queries, and its feed
+//!   of moves), of B's slotsync worker and
 //!   of the primary's backend serving it; ratio = (A's two) / (B's two). Also the sum over the
 //!   primary's walsenders serving the N subscriptions, pgbench's TPS, and A's rounds per
 //!   second (`slot_failover.worker_rounds()` before and after). Three samplers (one per server,
@@ -470,8 +471,16 @@ fn summary(values: &[Option<f64>]) -> Value {
     })
 }
 
-/// `/proc/<pid>/stat` user + system CPU seconds.
+/// CPU seconds of process `pid`: the time it ran, in nanoseconds, from `/proc/<pid>/schedstat`
+/// (the 10 ms ticks of `/proc/<pid>/stat` make a process that runs 0.3% of a core read 0.13%
+/// or 0.20% over 15 s); the ticks where schedstat is missing.
 fn cpu_seconds(pid: i32) -> f64 {
+    if let Some(ns) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        return ns / 1e9;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -512,6 +521,14 @@ fn processes(s: &Setup) -> Vec<(&'static str, Option<i32>)> {
             one(
                 &s.primary,
                 "backend_type = 'walsender' AND application_name = 'slot_failover worker'",
+            ),
+        ),
+        // A's second connection, which streams the moves (0.6.0+).
+        (
+            "a_feed_walsender",
+            one(
+                &s.primary,
+                "backend_type = 'walsender' AND application_name = 'slot_failover worker feed'",
             ),
         ),
         ("b_worker", one(&s.b, "backend_type = 'slotsync worker'")),
@@ -593,12 +610,19 @@ fn window(s: &Setup, n: usize, rate: u32, secs: u64, sample: Duration, sync: boo
         result[format!("{key}_percent_of_a_core")] = json!(value);
     }
     let get = |key: &str| result[format!("{key}_percent_of_a_core")].as_f64();
-    let a_total = get("a_worker").unwrap_or(0.0) + get("a_upstream_walsender").unwrap_or(0.0);
+    let a_upstream =
+        get("a_upstream_walsender").unwrap_or(0.0) + get("a_feed_walsender").unwrap_or(0.0);
+    let a_total = get("a_worker").unwrap_or(0.0) + a_upstream;
     let b_total = get("b_worker").unwrap_or(0.0) + get("b_backend").unwrap_or(0.0);
+    result["a_upstream_percent_of_a_core"] = json!(a_upstream);
     result["ratio_a_over_b"] = json!((b_total > 0.0).then(|| a_total / b_total));
     if let (Some((r0, w0)), Some((r1, w1))) = (rounds_before, rounds_after) {
         result["a_rounds_per_second"] = json!((r1 - r0) / elapsed);
         result["a_woken_rounds_per_second"] = json!((w1 - w0) / elapsed);
+        // What a round costs A (its worker and the walsenders serving it), in CPU time.
+        if r1 > r0 {
+            result["a_cpu_us_per_round"] = json!(a_total / 100.0 * elapsed / (r1 - r0) * 1e6);
+        }
     }
     // Let the last moves reach the copies.
     std::thread::sleep(Duration::from_secs(2));
@@ -751,12 +775,23 @@ fn many_slots_ready(s: &Setup, count: usize, a_conf: &str) -> Value {
                          FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'scale\\_%'";
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
+    // How long each pass over all the slots took: a copy cannot be ready before its slot has
+    // moved past what the new standby can guarantee, and here the slots move only this fast.
+    let passes: Arc<std::sync::Mutex<Vec<f64>>> = Arc::default();
+    let timed = passes.clone();
     let advancer = std::thread::spawn(move || {
         while !stopping.load(Ordering::Relaxed) {
+            let started = Instant::now();
             let _ = client.batch_execute(advance_all);
+            timed.lock().unwrap().push(started.elapsed().as_secs_f64());
             std::thread::sleep(Duration::from_secs(1));
         }
     });
+    // One whole pass first: the slots' first advance decodes all the WAL since their creation
+    // (minutes with 1,000 of them); only after it do they move every second, for C and D alike.
+    while passes.lock().unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let timeout = Duration::from_secs(900);
     let mut result = json!({ "slots": count, "timeout_seconds": timeout.as_secs() });
     for (key, name, slot, conf, ready_sql) in [
@@ -765,7 +800,9 @@ fn many_slots_ready(s: &Setup, count: usize, a_conf: &str) -> Value {
             "standby_c",
             "sb_c",
             format!("hot_standby_feedback = on\n{a_conf}"),
-            "SELECT count(*) FROM slot_failover.status WHERE slot_name LIKE 'scale\\_%' AND state = 'ready'",
+            // A copy of slot_failover's is ready exactly when it is persistent (the status
+            // view shows at most 1,024 marked slots).
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'scale\\_%' AND NOT temporary",
         ),
         (
             "d_builtin",
@@ -811,6 +848,8 @@ fn many_slots_ready(s: &Setup, count: usize, a_conf: &str) -> Value {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = advancer.join();
+    let passes = passes.lock().unwrap().clone();
+    result["advance_pass_seconds"] = json!(passes);
     result
 }
 
@@ -833,7 +872,7 @@ fn lag(v: &Value) -> String {
 
 fn print_header() {
     println!(
-        "\n{:<15} | {:>13} | {:>13} | {:>5} | {:>15} | {:>20} | {:>20} | {:>9} | {:>8} | {:>15}",
+        "\n{:<15} | {:>13} | {:>13} | {:>5} | {:>15} | {:>20} | {:>20} | {:>9} | {:>14} | {:>15}",
         "subs × rate",
         "A wkr+up %",
         "B wkr+be %",
@@ -842,7 +881,7 @@ fn print_header() {
         "A lag p50/p99/max ms",
         "B lag p50/p99/max ms",
         "missed A/B",
-        "A rnd/s",
+        "A rnd/s (µs)",
         "TPS sync/no"
     );
 }
@@ -856,12 +895,12 @@ fn print_row(p: &Value) {
             Some(r) => r.to_string(),
         };
         println!(
-            "{:<15} | {:>13} | {:>13} | {:>5} | {:>15} | {:>20} | {:>20} | {:>9} | {:>8} | {:>15}",
+            "{:<15} | {:>13} | {:>13} | {:>5} | {:>15} | {:>20} | {:>20} | {:>9} | {:>14} | {:>15}",
             format!("{} × {rate}", p["subscriptions"]),
             format!(
                 "{}+{}",
                 f2(&s["a_worker_percent_of_a_core"]),
-                f2(&s["a_upstream_walsender_percent_of_a_core"])
+                f2(&s["a_upstream_percent_of_a_core"])
             ),
             format!(
                 "{}+{}",
@@ -880,7 +919,13 @@ fn print_row(p: &Value) {
                 "{}/{}",
                 s["lag_a"]["never_reached"], s["lag_b"]["never_reached"]
             ),
-            f(&s["a_rounds_per_second"]),
+            format!(
+                "{} ({})",
+                f(&s["a_rounds_per_second"]),
+                s["a_cpu_us_per_round"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.0}"))
+            ),
             format!("{:.0}/{}", s["tps"].as_f64().unwrap_or(f64::NAN), {
                 n["tps"].as_f64().map_or("-".into(), |t| format!("{t:.0}"))
             }),
@@ -921,9 +966,41 @@ fn main() {
     }
     let one = one_slot_ready(&s);
     let many = (args.ready_slots > 0).then(|| many_slots_ready(&s, args.ready_slots, &args.a_conf));
+    // The cost of a move with many marked slots that do not move: the same point as the first
+    // of the matrix, now with the --ready-slots slots marked and idle.
+    let crowded = (args.ready_slots > 0).then(|| {
+        let rate = args.rates.first().copied().unwrap_or(200);
+        eprintln!(
+            "bench_activity: 1 subscription, {} more marked slots idle",
+            args.ready_slots
+        );
+        activate(&mut s, 1);
+        // A's CPU with nothing moving: the periodic full rounds over every marked slot.
+        let procs: Vec<i32> = processes(&s)
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("a_"))
+            .filter_map(|(_, pid)| pid)
+            .collect();
+        let before: f64 = procs.iter().map(|&p| cpu_seconds(p)).sum();
+        let idle_window = Duration::from_secs(10);
+        std::thread::sleep(idle_window);
+        let after: f64 = procs.iter().map(|&p| cpu_seconds(p)).sum();
+        let mut p = point(&s, &args, 1, rate);
+        p["idle_marked_slots"] = json!(args.ready_slots);
+        p["a_idle_percent_of_a_core"] = json!((after - before) * 100.0 / idle_window.as_secs_f64());
+        p
+    });
 
     print_header();
     points.iter().for_each(print_row);
+    if let Some(p) = &crowded {
+        println!(
+            "the first point again, with {} more marked slots, idle (A with nothing moving: {}% of a core):",
+            p["idle_marked_slots"],
+            f2(&p["a_idle_percent_of_a_core"])
+        );
+        print_row(p);
+    }
     println!(
         "(CPU as % of one core over the pgbench run; ratio = A's worker and upstream walsender over B's worker and backend; walsnd = the primary's walsenders serving the active subscriptions, both syncing / no slot sync; lags from the primary's slot move until the copy was seen there, moves never reached apart)"
     );
@@ -946,6 +1023,18 @@ fn main() {
                 m[key]["ready_at_end"]
             );
         }
+        let passes: Vec<f64> = m["advance_pass_seconds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        if !passes.is_empty() {
+            println!(
+                "(a pass of pg_replication_slot_advance() over all of them took {:.1} s on average, {:.1} s at most, {} passes)",
+                passes.iter().sum::<f64>() / passes.len() as f64,
+                passes.iter().cloned().fold(0.0, f64::max),
+                passes.len()
+            );
+        }
     }
 
     let report = json!({
@@ -958,6 +1047,7 @@ fn main() {
         "points": points,
         "time_to_ready_one_slot": one,
         "time_to_ready_many_slots": many,
+        "with_idle_marked_slots": crowded,
     });
     if let Some(path) = &args.json {
         if let Some(dir) = std::path::Path::new(path).parent() {
