@@ -1,4 +1,5 @@
-//! Signals to server processes, for tests that crash or kill them on purpose.
+//! Server processes: signals, for tests that crash or kill them on purpose, and the CPU they
+//! used, for the benchmarks.
 
 use std::fs;
 use std::io;
@@ -76,6 +77,34 @@ fn parent_of(pid: i32) -> Option<i32> {
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses; it ends at the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds process `pid` has used so far: its time on a CPU in nanoseconds, from
+/// `/proc/<pid>/schedstat` (the 10 ms ticks of `/proc/<pid>/stat` make a process that runs 0.3%
+/// of a core read 0.13% or 0.20% over 15 s); user + system ticks where schedstat is missing;
+/// 0 for a process that is gone.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    if let Some(ns) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        return ns / 1e9;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 use std::time::{Duration, Instant};
 
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, ids, primary_with_extension, repoint, standby_of, write_rows,
+    STANDBY_SLOT, SYNCING, ids, primary_with_extension, repoint, standby_of, subscriber_of,
+    write_rows,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
@@ -680,17 +681,7 @@ fn a_new_copy_asks_the_upstream_for_a_standby_snapshot() {
         ),
     );
     let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
-    let mut subscriber = Cluster::init("subscriber", InitOptions::default());
-    subscriber.start();
-    subscriber.safe_psql("postgres", TABLE);
-    subscriber.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
-            primary.connstr("postgres")
-        ),
-    );
-    subscriber.wait_for_subscription_sync(&primary, "sub");
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
     primary.safe_psql(
         "postgres",
         "ALTER SYSTEM SET log_min_messages = debug1; SELECT pg_catalog.pg_reload_conf();",

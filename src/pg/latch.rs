@@ -38,8 +38,9 @@ pub enum Woken {
 /// Like [`sleep`], for a background worker's main loop, which handles its own signals and the
 /// postmaster's death: says why it returned. Serves no interrupts.
 pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> Woken {
-    // SAFETY: as in sleep(); the caller is a background worker's main loop.
-    let events = unsafe {
+    // SAFETY: as in sleep(); the caller is a background worker's main loop. WaitLatch uses the
+    // process's lasting wait set (no epoll set made per call).
+    woken(unsafe {
         let events = pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
@@ -48,21 +49,14 @@ pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> Woken {
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         events
-    };
-    if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
-        Woken::PostmasterDied
-    } else if events & pg_sys::WL_LATCH_SET as i32 != 0 {
-        Woken::Latch
-    } else {
-        Woken::Timeout
-    }
+    })
 }
 
 /// [`wait_in_main_loop`], also woken when `socket` has data to read.
 pub fn wait_in_main_loop_on_socket(socket: pg_sys::pgsocket, ms: i64, wait_event: u32) -> Woken {
     // SAFETY: as in wait_in_main_loop(); socket is an open connection's (libpq keeps it open
     // while the caller holds the connection).
-    let events = unsafe {
+    woken(unsafe {
         let events = pg_sys::WaitLatchOrSocket(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET
@@ -75,7 +69,11 @@ pub fn wait_in_main_loop_on_socket(socket: pg_sys::pgsocket, ms: i64, wait_event
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
         events
-    };
+    })
+}
+
+/// What the events a wait returned say, the most pressing first.
+fn woken(events: i32) -> Woken {
     if events & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
         Woken::PostmasterDied
     } else if events & pg_sys::WL_LATCH_SET as i32 != 0 {

@@ -79,10 +79,10 @@ pub fn slot_rows(names: &[String]) -> Vec<SlotRow> {
         failover: bool,
     }
     let mut seen: HashMap<String, Seen> = slot_array::scan(|slot| {
-        let name = slot_array::name(slot);
-        if !names.contains(&name) {
+        if !slot_array::named(slot, names) {
             return None;
         }
+        let name = slot_array::name(slot);
         let data = &slot.data;
         let removed = data.restart_lsn != 0 && last_removed >= data.restart_lsn / segment_size;
         Some(Seen {

@@ -95,10 +95,10 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
     // SAFETY: MyProcPid is this process's pid, set at its start.
     let me = unsafe { pg_sys::MyProcPid };
     let seen = slot_array::scan(|slot| {
-        let name = slot_array::name(slot);
-        if !only.is_none_or(|names| names.contains(&name)) {
+        if !only.is_none_or(|names| slot_array::named(slot, names)) {
             return None;
         }
+        let name = slot_array::name(slot);
         let data = &slot.data;
         let temporary = data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
         // As the view's wal_status 'lost': invalidated, or its WAL is gone.

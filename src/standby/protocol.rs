@@ -10,6 +10,7 @@
 //! | [`marked_slots`] | a full round whose digest changed (and every 30 rounds) | one [`RemoteSlot`] row per marked slot, from `slot_rows()` (0.6.0+ upstream, see [`Rows`]) or `pg_replication_slots` |
 //! | [`prepare_wait`] / [`execute_wait`] | between rounds (0.2.0+ upstream) | `wait_for_slot_change(seen, timeout)`: the change counter, the moved slots' names, and their [`RemoteSlot`] rows, read after the wait |
 //! | [`feed`] | on a second connection, from the first wait on (0.6.0+ upstream; else [`prepare_wait`]) | `COPY (SELECT slot_failover.slot_feed(seen, duration, delay)) TO STDOUT`: a line per moved slot as it moves (`slot_failover_rules::feed`), read as it comes ([`feed_line`]) |
+//! | [`CHANGE_COUNTER`] | a full round, right after the rows, when a feed runs | the change counter: the feed's lines up to it are older than the round's rows |
 //! | [`kept_from`] | a round in which a copy could become ready | the xmin and catalog_xmin of this standby's physical slot there |
 //! | [`LOG_STANDBY_SNAPSHOT`] | a round in which a new copy waits for its slot to move past its reservation (at most once a second, less often while the wait goes on; 0.6.0+ upstream) | `log_standby_snapshot()`: the position of the snapshot logged, or NULL |
 //! | [`read_file`] | a copy needs the upstream's snapshot file, or (before 0.6.0) its slot state file | the file, as bytea |
@@ -328,6 +329,11 @@ pub fn feed_line(data: &[u8]) -> Result<FeedLine, String> {
         }
     })
 }
+
+/// The upstream's change counter now (one column): read by a full round right after the rows,
+/// when a feed runs (see `Upstream::rows_counter`).
+pub const CHANGE_COUNTER: &str =
+    "SELECT w.counter::pg_catalog.text FROM slot_failover.wait_for_slot_change(-1, 0) AS w";
 
 /// Asks the upstream to log a standby snapshot now (`primary/standby_snapshot.rs`; one column).
 pub const LOG_STANDBY_SNAPSHOT: &str = "SELECT slot_failover.log_standby_snapshot()";

@@ -89,6 +89,10 @@ pub struct Upstream {
     can_feed: std::cell::Cell<bool>,
     /// The feed's connection (see [`Feed`]), opened at the first wait.
     feed: std::cell::RefCell<Option<Feed>>,
+    /// The upstream's change counter read right after the last rows of every marked slot
+    /// ([`marked_slots`](Upstream::marked_slots)), with a feed: see
+    /// [`rows_counter`](Upstream::rows_counter).
+    rows_counter: std::cell::Cell<i64>,
     /// The upstream has `slot_failover.wait_for_slot_change()` (0.2.0 and later), as of the
     /// last [`check`](Upstream::check).
     can_wait: std::cell::Cell<bool>,
@@ -169,35 +173,48 @@ pub fn local_prerequisites() -> Result<Prerequisites, Problem> {
     })
 }
 
+/// Open a logical walsender connection to `conninfo` through libpqwalreceiver (loaded here
+/// when it is not yet).
+fn open(conninfo: &CString) -> Result<*mut pg_sys::WalReceiverConn, Problem> {
+    // SAFETY: load_file is idempotent and raises an ERROR if the library is missing (it
+    // ships with every PostgreSQL server). We are in a backend or background worker.
+    unsafe {
+        if pg_sys::WalReceiverFunctions.is_null() {
+            pg_sys::load_file(c"libpqwalreceiver".as_ptr(), false);
+        }
+        assert!(
+            !pg_sys::WalReceiverFunctions.is_null(),
+            "libpqwalreceiver did not register its functions"
+        );
+    }
+    // The connection must outlive the transaction it is opened in.
+    // SAFETY: TopMemoryContext lives as long as the process; we switch back right after.
+    let conn = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let conn = compat::walrcv_connect(conninfo, c"slot_failover");
+        pg_sys::MemoryContextSwitchTo(old);
+        conn
+    };
+    conn.map_err(Problem::Connect)
+}
+
+/// A connection string as a C string.
+fn c_conninfo(conninfo: &str) -> Result<CString, Problem> {
+    CString::new(conninfo)
+        .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))
+}
+
 impl Upstream {
     /// Connect to `conninfo` (a logical walsender connection).
     pub fn connect(conninfo: &str) -> Result<Upstream, Problem> {
-        let conninfo = CString::new(conninfo)
-            .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))?;
-        // SAFETY: load_file is idempotent and raises an ERROR if the library is missing (it
-        // ships with every PostgreSQL server). We are in a backend or background worker.
-        unsafe {
-            if pg_sys::WalReceiverFunctions.is_null() {
-                pg_sys::load_file(c"libpqwalreceiver".as_ptr(), false);
-            }
-            assert!(
-                !pg_sys::WalReceiverFunctions.is_null(),
-                "libpqwalreceiver did not register its functions"
-            );
-        }
-        // The connection must outlive the transaction it is opened in.
-        // SAFETY: TopMemoryContext lives as long as the process; we switch back right after.
-        let conn = unsafe {
-            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let conn = compat::walrcv_connect(&conninfo, c"slot_failover");
-            pg_sys::MemoryContextSwitchTo(old);
-            conn
-        };
+        let conninfo = c_conninfo(conninfo)?;
+        let conn = open(&conninfo);
         conn.map(|conn| Upstream {
             conn,
             conninfo: conninfo.clone(),
             can_feed: std::cell::Cell::new(false),
             feed: std::cell::RefCell::new(None),
+            rows_counter: std::cell::Cell::new(-1),
             can_wait: std::cell::Cell::new(false),
             wait_prepared: std::cell::Cell::new(false),
             can_digest: std::cell::Cell::new(false),
@@ -208,7 +225,6 @@ impl Upstream {
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
         })
-        .map_err(Problem::Connect)
     }
 
     /// Run `sql`, a command that returns no rows (`PREPARE`, say).
@@ -246,15 +262,7 @@ impl Upstream {
                 exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr())
             });
             if (*res).status != expected {
-                let err = if (*res).err.is_null() {
-                    format!("unexpected result status {:?}", (*res).status)
-                } else {
-                    CStr::from_ptr((*res).err)
-                        .to_string_lossy()
-                        .trim_end()
-                        .to_string()
-                };
-                return Err(Problem::Query(err));
+                return Err(Problem::Query(exec_error(res)));
             }
             if expected != pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES {
                 return Ok(Vec::new());
@@ -464,6 +472,33 @@ impl Upstream {
     /// otherwise be filed under a state that comes back later (a mark removed and added again,
     /// say) and stand for it.
     pub fn marked_slots(&self) -> Result<Vec<RemoteSlot>, Problem> {
+        let rows = self.marked_slots_as_of_digest()?;
+        if self.can_feed.get() {
+            self.rows_counter.set(self.change_counter()?);
+        }
+        Ok(rows)
+    }
+
+    /// A feed's line whose counter is at most this one came from rows read before the last
+    /// full round's (or at about the same time), so it may be older than what that round
+    /// applied, and must not be applied after it: a ready copy's `restart_lsn` ahead of its
+    /// slot's says the copy is not of that slot, and it would be dropped. Lines queued while a
+    /// full round ran are such lines. The counter is read after the rows, so a line with a
+    /// higher counter was read after a move that came after them.
+    pub fn rows_counter(&self) -> i64 {
+        self.rows_counter.get()
+    }
+
+    /// The upstream's change counter now (`wait_for_slot_change(-1, 0)` returns at once).
+    fn change_counter(&self) -> Result<i64, Problem> {
+        self.query(protocol::CHANGE_COUNTER, 1)?
+            .first()
+            .and_then(|r| r[0].as_deref()?.parse().ok())
+            .ok_or_else(|| Problem::Query("wait_for_slot_change() returned no counter".into()))
+    }
+
+    /// [`marked_slots`](Upstream::marked_slots), without the counter.
+    fn marked_slots_as_of_digest(&self) -> Result<Vec<RemoteSlot>, Problem> {
         if !self.can_digest.get() {
             return self.read_marked_slots();
         }
@@ -561,6 +596,25 @@ impl Upstream {
     }
 }
 
+/// What went wrong with a `walrcv_exec` whose status was not the one expected: libpq's error
+/// message, or the status.
+///
+/// # Safety
+/// `res` is a result `walrcv_exec` returned, not freed yet.
+unsafe fn exec_error(res: *const pg_sys::WalRcvExecResult) -> String {
+    // SAFETY: as the caller guarantees; err is NULL or a NUL-terminated message.
+    unsafe {
+        if (*res).err.is_null() {
+            format!("unexpected result status {:?}", (*res).status)
+        } else {
+            CStr::from_ptr((*res).err)
+                .to_string_lossy()
+                .trim_end()
+                .to_string()
+        }
+    }
+}
+
 /// The worker's second connection to its upstream, which streams the moves of marked slots
 /// (`COPY (SELECT slot_failover.slot_feed(...)) TO STDOUT`, see `primary/changes.rs`) while
 /// the first one stays free for the rounds' queries. A feed runs for a bounded time (its query
@@ -588,22 +642,11 @@ impl Drop for Feed {
 
 impl Feed {
     fn connect(conninfo: &str) -> Result<Feed, Problem> {
-        let conninfo = CString::new(conninfo)
-            .map_err(|_| Problem::Connect("connection string contains a NUL byte".into()))?;
-        // SAFETY: as in Upstream::connect (libpqwalreceiver is loaded: the first connection
-        // loaded it); the connection outlives the transaction it is opened in.
-        let conn = unsafe {
-            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let conn = compat::walrcv_connect(&conninfo, c"slot_failover");
-            pg_sys::MemoryContextSwitchTo(old);
-            conn
-        };
-        conn.map(|conn| Feed {
+        open(&c_conninfo(conninfo)?).map(|conn| Feed {
             conn,
             running: false,
             socket: pg_sys::PGINVALID_SOCKET,
         })
-        .map_err(Problem::Connect)
     }
 
     /// Start a feed unless one is running.
@@ -634,15 +677,7 @@ impl Feed {
                 exec(self.conn, sql.as_ptr(), 0, std::ptr::null())
             });
             if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_COPY_OUT {
-                let err = if (*res).err.is_null() {
-                    format!("unexpected result status {:?}", (*res).status)
-                } else {
-                    CStr::from_ptr((*res).err)
-                        .to_string_lossy()
-                        .trim_end()
-                        .to_string()
-                };
-                return Err(Problem::Query(err));
+                return Err(Problem::Query(exec_error(res)));
             }
         }
         self.running = true;

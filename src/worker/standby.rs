@@ -145,6 +145,21 @@ impl SyncState {
         if self.feed_lines.is_empty() {
             return None;
         }
+        // Lines from before the last full round's rows are not applied after it (see
+        // `Upstream::rows_counter`); their counters still count as seen.
+        let stale_up_to = self.upstream.as_ref().map_or(-1, |up| up.rows_counter());
+        for line in &self.feed_lines {
+            let counter = match line {
+                FeedLine::Anything(c) | FeedLine::Slot(c, _) => *c,
+            };
+            self.change_seen = self.change_seen.max(counter);
+        }
+        self.feed_lines.retain(|line| match line {
+            FeedLine::Anything(c) | FeedLine::Slot(c, _) => *c > stale_up_to,
+        });
+        if self.feed_lines.is_empty() {
+            return None;
+        }
         let mut anything = false;
         let mut names: Vec<String> = Vec::new();
         let mut rows: Vec<RemoteSlot> = Vec::new();

@@ -471,33 +471,6 @@ fn summary(values: &[Option<f64>]) -> Value {
     })
 }
 
-/// CPU seconds of process `pid`: the time it ran, in nanoseconds, from `/proc/<pid>/schedstat`
-/// (the 10 ms ticks of `/proc/<pid>/stat` make a process that runs 0.3% of a core read 0.13%
-/// or 0.20% over 15 s); the ticks where schedstat is missing.
-fn cpu_seconds(pid: i32) -> f64 {
-    if let Some(ns) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-    {
-        return ns / 1e9;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
-    let ticks = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz
-}
-
 fn pids_of(node: &Cluster, condition: &str) -> Vec<i32> {
     node.safe_psql(
         "postgres",
@@ -572,7 +545,9 @@ fn window(s: &Setup, n: usize, rate: u32, secs: u64, sample: Duration, sync: boo
     let samplers =
         [&s.primary, &s.a, &s.b].map(|node| sampler(node, &active, sample, start, stop.clone()));
     let rounds_before = if sync { rounds(s) } else { None };
-    let cpu = |pids: &mut dyn Iterator<Item = i32>| pids.map(cpu_seconds).collect::<Vec<_>>();
+    let cpu = |pids: &mut dyn Iterator<Item = i32>| {
+        pids.map(pg_test::process::cpu_seconds).collect::<Vec<_>>()
+    };
     let procs_before = cpu(&mut procs.iter().filter_map(|p| p.1));
     let walsenders_before = cpu(&mut walsenders.iter().copied());
     let load_start = start.elapsed();
@@ -981,10 +956,16 @@ fn main() {
             .filter(|(key, _)| key.starts_with("a_"))
             .filter_map(|(_, pid)| pid)
             .collect();
-        let before: f64 = procs.iter().map(|&p| cpu_seconds(p)).sum();
+        let before: f64 = procs
+            .iter()
+            .map(|&p| pg_test::process::cpu_seconds(p))
+            .sum();
         let idle_window = Duration::from_secs(10);
         std::thread::sleep(idle_window);
-        let after: f64 = procs.iter().map(|&p| cpu_seconds(p)).sum();
+        let after: f64 = procs
+            .iter()
+            .map(|&p| pg_test::process::cpu_seconds(p))
+            .sum();
         let mut p = point(&s, &args, 1, rate);
         p["idle_marked_slots"] = json!(args.ready_slots);
         p["a_idle_percent_of_a_core"] = json!((after - before) * 100.0 / idle_window.as_secs_f64());

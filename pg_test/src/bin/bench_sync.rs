@@ -504,25 +504,6 @@ impl Rng {
     }
 }
 
-/// `/proc/<pid>/stat` user + system CPU seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
-    let ticks = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz
-}
-
 /// `VmRSS` and `RssAnon` of `pid`, in kB.
 fn memory_kb(pid: i32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -576,7 +557,10 @@ fn processes(s: &Setup) -> Vec<(&'static str, i32)> {
 /// CPU seconds per minute of each process over `window`, while `load` runs (if any).
 fn cpu_per_minute(s: &Setup, window: Duration, load: Option<&dyn Fn(Instant)>) -> Vec<Value> {
     let procs = processes(s);
-    let before: Vec<f64> = procs.iter().map(|&(_, pid)| cpu_seconds(pid)).collect();
+    let before: Vec<f64> = procs
+        .iter()
+        .map(|&(_, pid)| pg_test::process::cpu_seconds(pid))
+        .collect();
     let started = Instant::now();
     match load {
         Some(load) => load(started + window),
@@ -587,7 +571,7 @@ fn cpu_per_minute(s: &Setup, window: Duration, load: Option<&dyn Fn(Instant)>) -
         .iter()
         .zip(before)
         .map(|(&(name, pid), before)| {
-            let used = cpu_seconds(pid) - before;
+            let used = pg_test::process::cpu_seconds(pid) - before;
             json!({
                 "process": name,
                 "cpu_seconds_per_minute": used * 60.0 / elapsed,
