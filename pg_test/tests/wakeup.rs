@@ -11,7 +11,7 @@
 //! next round read the rows again.
 
 use pg_test::topology::{
-    STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of, subscriber_of,
+    STANDBY_SLOT, SYNCING, consume_until_ready, primary_with_extension, standby_of, subscriber_of,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn};
@@ -323,4 +323,26 @@ fn the_feed_says_what_changed_and_checks_its_arguments() {
         "CREATE ROLE nobody LOGIN; SET ROLE nobody; SELECT slot_failover.slot_feed(0, 0, 0)",
     );
     assert_eq!(out.sqlstate.as_deref(), Some("42501"), "{}", out.stderr);
+}
+
+/// An upstream with no walsender left for the feed's connection (`max_wal_senders = 2`: the
+/// standby's WAL stream and the worker's first connection): the worker says so once, with
+/// what to do, and its copies still follow, with a query per move (here: the rounds every
+/// naptime, as the slot is consumed by SQL).
+#[test]
+fn without_a_walsender_for_the_feed_the_worker_says_so_and_copies_still_follow() {
+    let mut primary = primary_with_extension();
+    primary.append_conf("postgresql.conf", "max_wal_senders = 2\n");
+    primary.restart();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+         SELECT slot_failover.enable('td');",
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    standby.wait_for_log(
+        "WARNING:  slot_failover worker cannot stream the moves of marked slots from the upstream server \\(.*\\); until it can, it asks with a query per move, and tries again every 10 s",
+        0,
+    );
+    consume_until_ready(&primary, &standby, &["td"]);
 }

@@ -26,6 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// did.
 const FEED_DURATION: Duration = Duration::from_millis(500);
 
+/// How long the worker waits before it tries again to start a feed that could not be started.
+const FEED_RETRY: Duration = Duration::from_secs(10);
+
 /// What a wait on the upstream's feed said.
 pub enum FeedWait {
     /// Lines have come (or the feed ended): a round reads them.
@@ -64,6 +67,8 @@ pub struct SyncState {
     checked_at: Option<std::time::Instant>,
     /// Lines of the upstream's feed read and not yet taken by a round.
     feed_lines: Vec<FeedLine>,
+    /// When the feed last could not be started (see [`wait_feed`](Self::wait_feed)).
+    feed_failed_at: Option<std::time::Instant>,
 }
 
 impl SyncState {
@@ -78,6 +83,7 @@ impl SyncState {
             change_seen: -1,
             checked_at: None,
             feed_lines: Vec::new(),
+            feed_failed_at: None,
         }
     }
 
@@ -94,6 +100,14 @@ impl SyncState {
         if !self.feed_lines.is_empty() {
             return Some(FeedWait::Lines);
         }
+        // A feed that could not be started (too few max_wal_senders upstream, say) is tried
+        // again only after a while: each try is a connection attempt there.
+        if self
+            .feed_failed_at
+            .is_some_and(|at| at.elapsed() < FEED_RETRY)
+        {
+            return None;
+        }
         let socket = match up.feed_idle_socket() {
             Some(socket) => socket,
             None => {
@@ -105,6 +119,11 @@ impl SyncState {
                             .map_err(|p| p.to_string())
                     })
                 });
+                if socket.is_ok() && self.feed_failed_at.take().is_some() {
+                    log!(
+                        "{WORKER_TYPE} streams the moves of marked slots from the upstream server again"
+                    );
+                }
                 match socket {
                     Ok(socket) if lines.is_empty() => socket,
                     Ok(_) => {
@@ -112,8 +131,17 @@ impl SyncState {
                         return Some(FeedWait::Lines);
                     }
                     Err(e) => {
-                        debug1!("{WORKER_TYPE}: the upstream's feed failed ({e}); reconnecting it");
                         up.drop_feed();
+                        if self
+                            .feed_failed_at
+                            .replace(std::time::Instant::now())
+                            .is_none()
+                        {
+                            warning!(
+                                "{WORKER_TYPE} cannot stream the moves of marked slots from the upstream server ({e}); until it can, it asks with a query per move, and tries again every {} s",
+                                FEED_RETRY.as_secs()
+                            );
+                        }
                         return None;
                     }
                 }
