@@ -314,6 +314,15 @@ pub enum FeedLine {
     Slot(i64, RemoteSlot),
 }
 
+impl FeedLine {
+    /// The upstream's change counter the line was sent at.
+    pub fn counter(&self) -> i64 {
+        match self {
+            FeedLine::Anything(c) | FeedLine::Slot(c, _) => *c,
+        }
+    }
+}
+
 /// One line of [`feed`] (a CopyData message: the line and its newline).
 pub fn feed_line(data: &[u8]) -> Result<FeedLine, String> {
     let text = std::str::from_utf8(data).map_err(|_| "feed line is not UTF-8".to_string())?;

@@ -170,46 +170,31 @@ impl SyncState {
             }
             self.feed_lines = lines;
         }
-        if self.feed_lines.is_empty() {
-            return None;
-        }
         // Lines from before the last full round's rows are not applied after it (see
         // `Upstream::rows_counter`); their counters still count as seen.
         let stale_up_to = self.upstream.as_ref().map_or(-1, |up| up.rows_counter());
-        for line in &self.feed_lines {
-            let counter = match line {
-                FeedLine::Anything(c) | FeedLine::Slot(c, _) => *c,
-            };
-            self.change_seen = self.change_seen.max(counter);
-        }
-        self.feed_lines.retain(|line| match line {
-            FeedLine::Anything(c) | FeedLine::Slot(c, _) => *c > stale_up_to,
-        });
-        if self.feed_lines.is_empty() {
-            return None;
-        }
         let mut anything = false;
         let mut names: Vec<String> = Vec::new();
         let mut rows: Vec<RemoteSlot> = Vec::new();
         for line in self.feed_lines.drain(..) {
-            let counter = match line {
-                FeedLine::Anything(c) => {
-                    anything = true;
-                    c
-                }
-                FeedLine::Slot(c, row) => {
-                    // The latest row of a slot stands.
-                    match names.iter().position(|n| *n == row.name) {
-                        Some(i) => rows[i] = row,
-                        None => {
-                            names.push(row.name.clone());
-                            rows.push(row);
-                        }
+            self.change_seen = self.change_seen.max(line.counter());
+            if line.counter() <= stale_up_to {
+                continue;
+            }
+            match line {
+                FeedLine::Anything(_) => anything = true,
+                // The latest row of a slot stands.
+                FeedLine::Slot(_, row) => match names.iter().position(|n| *n == row.name) {
+                    Some(i) => rows[i] = row,
+                    None => {
+                        names.push(row.name.clone());
+                        rows.push(row);
                     }
-                    c
-                }
-            };
-            self.change_seen = self.change_seen.max(counter);
+                },
+            }
+        }
+        if !anything && names.is_empty() {
+            return None;
         }
         Some(if anything {
             Moved::Anything
