@@ -42,7 +42,7 @@ use std::io::Write;
 use pgrx::pg_sys;
 
 use crate::pg::compat::{self, MainLock};
-use crate::pg::slot_array;
+use crate::pg::{durable, slot_array};
 use crate::standby::protocol::RemoteSlot;
 use slot_failover_rules::Lsn;
 use slot_failover_rules::readiness::{Local, xid_precedes};
@@ -280,8 +280,8 @@ fn write_marker(name: &str) -> Result<(), String> {
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&path)?;
         f.write_all(b"This replication slot is a copy kept by the slot_failover extension.\n")?;
-        f.sync_all()?;
-        fs::File::open(format!("pg_replslot/{name}"))?.sync_all()
+        durable::sync(&f)?;
+        durable::sync_dir(&format!("pg_replslot/{name}"))
     };
     write().map_err(|e| format!("could not write \"{path}\": {e}"))
 }
@@ -395,9 +395,7 @@ pub fn disown_all() -> Vec<String> {
         match fs::remove_file(&path) {
             Ok(()) => {
                 // Durable before the server can become a standby again.
-                if let Ok(dir) = fs::File::open(format!("pg_replslot/{name}")) {
-                    let _ = dir.sync_all();
-                }
+                let _ = durable::sync_dir(&format!("pg_replslot/{name}"));
                 disowned.push(name);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -141,7 +141,8 @@ pub fn forget_record() -> Option<u32> {
     }
     // An unreadable record is removed all the same (0: its timeline is unknown).
     let timeline = recorded_timeline().unwrap_or(0);
-    let removed = fs::remove_file(RECORD).and_then(|()| fs::File::open("pg_replslot")?.sync_all());
+    let removed =
+        fs::remove_file(RECORD).and_then(|()| crate::pg::durable::sync_dir("pg_replslot"));
     if let Err(e) = removed {
         pgrx::warning!(
             "slot_failover could not remove \"{RECORD}\": {e}; remove it by hand, or this server may count its own slots as ready after a restart with no upstream"
