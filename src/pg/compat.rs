@@ -600,3 +600,25 @@ mod tests {
         }
     }
 }
+
+/// A new wait event set for up to `nevents` events, in TopMemoryContext and tracked by no
+/// resource owner: it lasts until `FreeWaitEventSet()`, across transactions. 14-16:
+/// `CreateWaitEventSet(MemoryContext, nevents)`; 17+: `CreateWaitEventSet(ResourceOwner,
+/// nevents)`, where a NULL owner means untracked (allocated in TopMemoryContext).
+///
+/// # Safety
+/// In a backend or background worker (TopMemoryContext exists); the set must be freed with
+/// `FreeWaitEventSet()` by this process, and only once.
+pub unsafe fn create_lasting_wait_event_set(nevents: i32) -> *mut pg_sys::WaitEventSet {
+    // SAFETY: as the caller guarantees; both forms only allocate.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, nevents)
+        }
+        #[cfg(not(any(feature = "pg14", feature = "pg15", feature = "pg16")))]
+        {
+            pg_sys::CreateWaitEventSet(std::ptr::null_mut(), nevents)
+        }
+    }
+}

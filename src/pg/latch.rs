@@ -31,7 +31,7 @@ pub enum Woken {
     Timeout,
     /// The postmaster died.
     PostmasterDied,
-    /// The socket waited on has data ([`wait_in_main_loop_on_socket`]).
+    /// The socket waited on has data ([`SocketWait`]).
     Readable,
 }
 
@@ -52,24 +52,81 @@ pub fn wait_in_main_loop(ms: i64, wait_event: u32) -> Woken {
     })
 }
 
-/// [`wait_in_main_loop`], also woken when `socket` has data to read.
-pub fn wait_in_main_loop_on_socket(socket: pg_sys::pgsocket, ms: i64, wait_event: u32) -> Woken {
-    // SAFETY: as in wait_in_main_loop(); socket is an open connection's (libpq keeps it open
-    // while the caller holds the connection).
-    woken(unsafe {
-        let events = pg_sys::WaitLatchOrSocket(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET
-                | pg_sys::WL_SOCKET_READABLE
-                | pg_sys::WL_TIMEOUT
-                | pg_sys::WL_POSTMASTER_DEATH) as i32,
-            socket,
-            ms.max(0) as std::ffi::c_long,
-            wait_event,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-        events
-    })
+/// [`wait_in_main_loop`], also woken when a socket has data to read, with a wait set that
+/// lasts as long as the socket: `WaitLatchOrSocket()` makes an epoll set, adds the latch, the
+/// postmaster and the socket to it and closes it again on every call (five system calls a
+/// wait, for a worker that waits on its upstream's feed a hundred times a second).
+///
+/// Its owner drops it before (or when) the socket is closed: epoll forgets a closed socket,
+/// and a new connection may get the same descriptor, which this set would not watch.
+pub struct SocketWait {
+    set: *mut pg_sys::WaitEventSet,
+    socket: pg_sys::pgsocket,
+}
+
+impl SocketWait {
+    /// A wait set for this process's latch, the postmaster's death and `socket` (readable).
+    pub fn new(socket: pg_sys::pgsocket) -> SocketWait {
+        // SAFETY: in a background worker (its main loop); the set is freed in Drop, once.
+        // AddWaitEventToSet is called as WaitLatchOrSocket calls it, with MyLatch (this
+        // process's latch) and an open socket, which the caller keeps open while the set
+        // lives.
+        unsafe {
+            let set = crate::pg::compat::create_lasting_wait_event_set(3);
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_LATCH_SET,
+                pg_sys::PGINVALID_SOCKET,
+                pg_sys::MyLatch,
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_POSTMASTER_DEATH,
+                pg_sys::PGINVALID_SOCKET,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_SOCKET_READABLE,
+                socket,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            SocketWait { set, socket }
+        }
+    }
+
+    /// The socket this set watches.
+    pub fn socket(&self) -> pg_sys::pgsocket {
+        self.socket
+    }
+
+    /// [`wait_in_main_loop`], also woken when the socket has data to read.
+    pub fn wait(&self, ms: i64, wait_event: u32) -> Woken {
+        // SAFETY: the set is alive (freed only in Drop) and was made by this process; one
+        // event is asked for and one WaitEvent given.
+        woken(unsafe {
+            let mut event = pg_sys::WaitEvent::default();
+            let n = pg_sys::WaitEventSetWait(
+                self.set,
+                ms.max(0) as std::ffi::c_long,
+                &mut event,
+                1,
+                wait_event,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            if n == 0 { 0 } else { event.events as i32 }
+        })
+    }
+}
+
+impl Drop for SocketWait {
+    fn drop(&mut self) {
+        // SAFETY: made by create_lasting_wait_event_set in this process, freed only here.
+        unsafe { pg_sys::FreeWaitEventSet(self.set) };
+    }
 }
 
 /// What the events a wait returned say, the most pressing first.

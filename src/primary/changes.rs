@@ -332,6 +332,15 @@ impl Iterator for Feed {
         // two rows is what a blocking COPY does when its buffer fills.
         unsafe { ((*compat::PqCommMethods).flush)() };
         if let Some(at) = self.last_batch {
+            // Wait for the next move first, then for the rest of the delay: a move that comes
+            // after the delay is over is sent as soon as it comes (one wake-up, not a sleep
+            // and then a wake-up), and moves that come sooner still wait for the delay.
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                wait(self.seen, left.as_millis().max(1) as i32);
+            }
             let next = (at + self.delay).min(self.deadline);
             let pause = next.saturating_duration_since(std::time::Instant::now());
             if !pause.is_zero() {

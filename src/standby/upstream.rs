@@ -20,7 +20,7 @@ use std::ffi::{CStr, CString};
 use pgrx::pg_sys;
 
 use crate::gucs;
-use crate::pg::compat;
+use crate::pg::{compat, latch};
 use crate::standby::protocol::{self, MovedSlots, RemoteSlot};
 use crate::standby::snapshots;
 use slot_failover_rules::readiness::xid_precedes;
@@ -399,6 +399,24 @@ impl Upstream {
         result
     }
 
+    /// Wait until the feed's `socket` (as [`feed_socket`](Upstream::feed_socket) or
+    /// [`feed_idle_socket`](Upstream::feed_idle_socket) gave it) has data, the latch is set or
+    /// `ms` milliseconds passed. The wait set is kept with the feed's connection and goes with
+    /// it (see `latch::SocketWait`).
+    pub fn wait_on_feed(&self, socket: pg_sys::pgsocket, ms: i64) -> latch::Woken {
+        let mut feed = self.feed.borrow_mut();
+        let Some(f) = feed.as_mut() else {
+            return latch::SocketWait::new(socket).wait(ms, pg_sys::PG_WAIT_EXTENSION);
+        };
+        if f.wait.as_ref().is_none_or(|w| w.socket() != socket) {
+            f.wait = Some(latch::SocketWait::new(socket));
+        }
+        f.wait
+            .as_ref()
+            .expect("set above")
+            .wait(ms, pg_sys::PG_WAIT_EXTENSION)
+    }
+
     /// Close the feed's connection (after a failure: the next wait opens a new one).
     pub fn drop_feed(&self) {
         self.feed.replace(None);
@@ -625,10 +643,14 @@ struct Feed {
     running: bool,
     /// The socket to wait on, as the last read said.
     socket: pg_sys::pgsocket,
+    /// The wait set for `socket` (made at the first wait, freed with the connection).
+    wait: Option<latch::SocketWait>,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        // The wait set goes first, while its socket is still open.
+        self.wait = None;
         // SAFETY: conn came from walrcv_connect and is disconnected only here, once; a COPY
         // still running is abandoned with the connection (the upstream's backend ends when
         // it next writes, or when its feed ends).
@@ -646,6 +668,7 @@ impl Feed {
             conn,
             running: false,
             socket: pg_sys::PGINVALID_SOCKET,
+            wait: None,
         })
     }
 

@@ -148,14 +148,12 @@ impl SyncState {
             }
         };
         let ms = timeout.as_micros().div_ceil(1000) as i64;
-        Some(
-            match latch::wait_in_main_loop_on_socket(socket, ms, pg_sys::PG_WAIT_EXTENSION) {
-                latch::Woken::Readable => FeedWait::Lines,
-                latch::Woken::Latch => FeedWait::Latch,
-                latch::Woken::Timeout => FeedWait::Timeout,
-                latch::Woken::PostmasterDied => FeedWait::PostmasterDied,
-            },
-        )
+        Some(match up.wait_on_feed(socket, ms) {
+            latch::Woken::Readable => FeedWait::Lines,
+            latch::Woken::Latch => FeedWait::Latch,
+            latch::Woken::Timeout => FeedWait::Timeout,
+            latch::Woken::PostmasterDied => FeedWait::PostmasterDied,
+        })
     }
 
     /// In a round's transaction: the moves the feed brought (the lines read before and those
