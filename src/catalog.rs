@@ -17,6 +17,9 @@ use crate::pg::{compat, xact};
 /// WARNING each).
 pub const MAX_MARKED_SLOTS: usize = 1024;
 
+/// How many failover standbys the senders' shared-memory list holds.
+pub const MAX_FAILOVER_STANDBYS: usize = 64;
+
 /// The extension's tables of slot names. (Their names go into SQL text: constants, never
 /// input.)
 #[derive(Clone, Copy)]
@@ -44,9 +47,28 @@ pub fn names(table: Table) -> Result<Vec<String>, Error> {
     .map_err(|e| Error::catalog(format!("read {table}"), e))
 }
 
-/// Add `name` to `table`. False: it was there.
+/// Add `name` to `table`. False: it was there already. Err when the table is full (see
+/// [`MAX_MARKED_SLOTS`] and [`MAX_FAILOVER_STANDBYS`]). Two sessions at once, or rows inserted
+/// by hand, can still go past it; the senders then err on the safe side (see
+/// `primary/marks_cache.rs`).
 pub fn add_name(table: Table, name: &str) -> Result<bool, Error> {
+    let (max, too_many): (usize, fn(usize) -> Error) = match table {
+        Table::MarkedSlots => (MAX_MARKED_SLOTS, Error::TooManyMarks),
+        Table::FailoverStandbys => (MAX_FAILOVER_STANDBYS, Error::TooManyStandbys),
+    };
     let table = table.name();
+    let full = Spi::get_one_with_args::<bool>(
+        &format!(
+            "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) $2
+                    AND NOT pg_catalog.bool_or(slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name)
+               FROM {table}"
+        ),
+        &[name.into(), (max as i64).into()],
+    )
+    .map_err(|e| Error::catalog(format!("count the rows of {table}"), e))?;
+    if full == Some(true) {
+        return Err(too_many(max));
+    }
     let inserted = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH ins AS (INSERT INTO {table} (slot_name) VALUES ($1::pg_catalog.name)

@@ -24,6 +24,10 @@ pub enum Error {
     NoSuchSlot(String),
     #[error("replication slot \"{0}\" is temporary")]
     TemporarySlot(String),
+    #[error("cannot mark more than {0} replication slots for failover")]
+    TooManyMarks(usize),
+    #[error("cannot name more than {0} failover standbys")]
+    TooManyStandbys(usize),
     #[error("replication slot \"{0}\" is not a physical replication slot")]
     NotPhysical(String),
     #[error("permission denied to {action}")]
@@ -74,6 +78,7 @@ impl Error {
             Error::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Error::NoSuchSlot(_) => ERRCODE_UNDEFINED_OBJECT,
             Error::TemporarySlot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::TooManyMarks(_) | Error::TooManyStandbys(_) => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             Error::NotPhysical(_) => ERRCODE_WRONG_OBJECT_TYPE,
             Error::NoReplicationRole { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             Error::TransactionHasWritten => ERRCODE_ACTIVE_SQL_TRANSACTION,
@@ -102,6 +107,12 @@ impl Error {
             Error::TemporarySlot(_) => Some(
                 "A temporary slot is dropped when its session ends, so it cannot fail over.".into(),
             ),
+            Error::TooManyMarks(max) => Some(format!(
+                "{max} slots are marked already: the list of marks that logical senders read in shared memory holds no more."
+            )),
+            Error::TooManyStandbys(max) => Some(format!(
+                "{max} failover standbys are named already: the list that logical senders read in shared memory holds no more."
+            )),
             Error::NotPhysical(_) => Some(
                 "A failover standby is named by the physical slot it streams from (its primary_slot_name).".into(),
             ),
@@ -142,6 +153,12 @@ impl Error {
                 "Create the slot first (CREATE SUBSCRIPTION, or pg_create_logical_replication_slot()); see pg_replication_slots.".into(),
             ),
             Error::TemporarySlot(_) => Some("Create a permanent slot instead.".into()),
+            Error::TooManyMarks(_) => Some(
+                "Unmark the slots that no longer need to survive a failover first (slot_failover.disable()).".into(),
+            ),
+            Error::TooManyStandbys(_) => Some(
+                "Remove the standbys that are gone first (slot_failover.disable_standby()).".into(),
+            ),
             Error::NotPhysical(_) => Some("See pg_replication_slots for the physical slots of your standbys.".into()),
             Error::NoReplicationRole { .. } => Some("Run it as a role with REPLICATION, e.g. ALTER ROLE ... REPLICATION.".into()),
             Error::TransactionHasWritten => Some("Run it in a transaction of its own.".into()),

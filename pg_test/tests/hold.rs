@@ -704,3 +704,106 @@ fn sql_decoding_holds_a_commit_prepared_and_a_message() {
     }
     standbys[0].start();
 }
+
+/// More marks than the senders' list in shared memory holds (1,024). `enable()` refuses to go
+/// past it (54000, with what to do). Rows past it can still come (inserted by hand here, as an
+/// admin may; two sessions marking at once can do the same): then every logical slot is held,
+/// marked or not, so the marked slot past the limit ("held", last in name order) is never sent
+/// ahead of a stopped standby. Before, the marks past the limit were ignored (one WARNING) and
+/// that slot's subscriber got rows 11-20, which the standby never had. Back at 1,024 marks the
+/// unmarked slot flows again and the marked one stays held until the standby is back.
+#[test]
+fn more_marks_than_fit_in_shared_memory_hold_every_logical_slot() {
+    let (primary, mut standbys) = primary_with_failover_standbys(1);
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    // 1,023 marks of slots that do not exist (a mark may outlive its slot), before "held" in
+    // name order: 1,024 in all.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO slot_failover.marked_slots (slot_name)
+         SELECT 'aaa_' || pg_catalog.lpad(i::text, 4, '0') FROM pg_catalog.generate_series(0, 1022) AS i;
+         SELECT pg_catalog.pg_create_logical_replication_slot('td_extra', 'test_decoding');",
+    );
+    let refused = primary.psql("postgres", "SELECT slot_failover.enable('td_extra')");
+    assert_eq!(refused.sqlstate.as_deref(), Some("54000"), "{refused:?}");
+    for line in [
+        "ERROR:  cannot mark more than 1024 replication slots for failover",
+        "DETAIL:  1024 slots are marked already: the list of marks that logical senders read in shared memory holds no more.",
+        "HINT:  Unmark the slots that no longer need to survive a failover first (slot_failover.disable()).",
+    ] {
+        assert!(refused.stderr.contains(line), "{line}\n{}", refused.stderr);
+    }
+    // Marking a slot that is marked already is still fine at the limit.
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('held')");
+
+    insert_one_by_one(&primary, 1, 10);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "10");
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "10");
+
+    // One mark more, by hand: "held" is the 1,025th.
+    let log_at = primary.log_position();
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO slot_failover.marked_slots (slot_name) VALUES ('aaa_1023')",
+    );
+    primary.wait_for_log(
+        "more than 1024 replication slots are marked; every logical replication slot on this server is now held back",
+        log_at,
+    );
+    standbys[0].stop(StopMode::Fast);
+    insert_one_by_one(&primary, 11, 20);
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    let held_walsender = |app: &str| {
+        format!(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity
+              WHERE backend_type = 'walsender' AND application_name = '{app}'
+                AND wait_event = '{}'",
+            hold_wait_event(&primary)
+        )
+    };
+    // The unmarked slot waits too: its name may be one of those that do not fit.
+    primary.poll_query_until("postgres", &held_walsender("free"), "1");
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        10,
+        "the marked subscriber got rows"
+    );
+    assert_eq!(
+        count(&subscriber, "free"),
+        10,
+        "the unmarked subscriber got rows"
+    );
+
+    // Back to 1,024 marks: the unmarked slot flows, the marked one is still held.
+    primary.safe_psql(
+        "postgres",
+        "DELETE FROM slot_failover.marked_slots WHERE slot_name = 'aaa_1023'",
+    );
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "20");
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        10,
+        "the marked subscriber got rows"
+    );
+
+    standbys[0].start();
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "20");
+    assert_eq!(ids(&subscriber, "postgres"), ids(&primary, "postgres"));
+
+    // The standby list has its limit too (64): enable_standby() refuses to go past it.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO slot_failover.failover_standbys (slot_name)
+         SELECT 'bbb_' || i FROM pg_catalog.generate_series(1, 63) AS i",
+    );
+    let refused = primary.psql("postgres", "SELECT slot_failover.enable_standby('ccc')");
+    assert_eq!(refused.sqlstate.as_deref(), Some("54000"), "{refused:?}");
+    for line in [
+        "ERROR:  cannot name more than 64 failover standbys",
+        "DETAIL:  64 failover standbys are named already: the list that logical senders read in shared memory holds no more.",
+        "HINT:  Remove the standbys that are gone first (slot_failover.disable_standby()).",
+    ] {
+        assert!(refused.stderr.contains(line), "{line}\n{}", refused.stderr);
+    }
+}

@@ -5,6 +5,17 @@
 //! Until the worker has published once after the server started, the marks are unknown and
 //! every logical slot counts as held (`slot_is_held`): a sender must not run ahead of the
 //! standbys because the worker was slow to start.
+//!
+//! The same holds when more slots are marked than the list has room for ([`MAX_MARKED`]):
+//! `enable()` refuses to mark more, but marks also come from `mark_failover_slots` and from
+//! rows an admin inserts. The names past the limit are not known to the senders, so every
+//! logical slot counts as held until no more than [`MAX_MARKED`] are marked: a marked slot
+//! is never sent ahead of the standbys because the list was full (an unmarked one waits for
+//! them meanwhile, which loses nothing). Likewise, when more failover standbys are named than
+//! [`MAX_STANDBYS`], the last entry stands for all the names that do not fit
+//! ([`UNLISTED_STANDBYS`], which is no slot's name): it counts as a standby that has flushed
+//! nothing, as a named slot that does not exist does, so the quorum is never met with fewer
+//! standbys than were named.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +27,7 @@ use pgrx::shmem::PGRXSharedMemory;
 use crate::pg::fixed_text::{get, put};
 
 pub const MAX_MARKED: usize = crate::catalog::MAX_MARKED_SLOTS;
-pub const MAX_STANDBYS: usize = 64;
+pub const MAX_STANDBYS: usize = crate::catalog::MAX_FAILOVER_STANDBYS;
 const NAME_LEN: usize = 64;
 
 /// Written by the worker, read by every sender.
@@ -28,8 +39,12 @@ pub struct Marks {
     /// Bumped by every publication that changed something.
     generation: u64,
     marked_count: u32,
+    /// More slots are marked than `marked` holds: every logical slot counts as held.
+    overflow: bool,
     marked: [[u8; NAME_LEN]; MAX_MARKED],
     standby_count: u32,
+    /// More standbys are named than `standbys` holds (only the first ones are waited for).
+    standbys_cut: bool,
     standbys: [[u8; NAME_LEN]; MAX_STANDBYS],
 }
 
@@ -52,17 +67,38 @@ pub static MARKS: PgLwLock<Marks> = unsafe { PgLwLock::new(c"slot_failover_hold"
 pub static GENERATION: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"slot_failover_hold_generation") };
 
+/// The standby list's last entry when more standbys are named than it holds (see the module
+/// comment); parentheses and spaces make it no valid slot name.
+pub const UNLISTED_STANDBYS: &str = "(failover standbys past the first 63)";
+
 /// Publish the marks and the catalog's standby list (worker). Returns whether they changed.
+/// More than [`MAX_MARKED`] marks hold every logical slot, and more than [`MAX_STANDBYS`]
+/// standbys end the list with [`UNLISTED_STANDBYS`] (see the module comment; `enable()` and
+/// `enable_standby()` refuse to go past the limits). Each is said in one WARNING when it starts.
 pub fn publish(marked: &[String], standbys: &[String]) -> bool {
-    if marked.len() > MAX_MARKED || standbys.len() > MAX_STANDBYS {
+    let overflow = marked.len() > MAX_MARKED;
+    let marked = &marked[..marked.len().min(MAX_MARKED)];
+    let standbys_cut = standbys.len() > MAX_STANDBYS;
+    let total_standbys = standbys.len();
+    let mut standbys: Vec<String> = standbys.iter().take(MAX_STANDBYS).cloned().collect();
+    if standbys_cut {
+        standbys[MAX_STANDBYS - 1] = UNLISTED_STANDBYS.to_string();
+    }
+    let mut shared = MARKS.exclusive();
+    if overflow && !(shared.loaded && shared.overflow) {
         pgrx::warning!(
-            "slot_failover: only {MAX_MARKED} marked slots and {MAX_STANDBYS} failover standbys are supported; the rest are ignored"
+            "slot_failover: more than {MAX_MARKED} replication slots are marked; every logical replication slot on this server is now held back for the failover standbys, marked or not, until at most {MAX_MARKED} are marked"
         );
     }
-    let marked = &marked[..marked.len().min(MAX_MARKED)];
-    let standbys = &standbys[..standbys.len().min(MAX_STANDBYS)];
-    let mut shared = MARKS.exclusive();
+    if standbys_cut && !(shared.loaded && shared.standbys_cut) {
+        pgrx::warning!(
+            "slot_failover: {total_standbys} failover standbys are named, more than the {MAX_STANDBYS} that fit in shared memory; the first {} (in name order) are waited for, and the others count as standbys that have flushed nothing (\"{UNLISTED_STANDBYS}\"), until at most {MAX_STANDBYS} are named",
+            MAX_STANDBYS - 1
+        );
+    }
     let same = shared.loaded
+        && shared.overflow == overflow
+        && shared.standbys_cut == standbys_cut
         && shared.marked_count as usize == marked.len()
         && shared.standby_count as usize == standbys.len()
         && marked
@@ -80,10 +116,12 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
         put(entry, name);
     }
     shared.marked_count = marked.len() as u32;
-    for (entry, name) in shared.standbys.iter_mut().zip(standbys) {
+    shared.overflow = overflow;
+    for (entry, name) in shared.standbys.iter_mut().zip(&standbys) {
         put(entry, name);
     }
     shared.standby_count = standbys.len() as u32;
+    shared.standbys_cut = standbys_cut;
     shared.generation += 1;
     shared.loaded = true;
     GENERATION.get().store(shared.generation, Ordering::Release);
@@ -120,9 +158,10 @@ fn refresh(slot: &[u8]) {
         generation: shared.generation,
         loaded: shared.loaded,
         slot: slot.to_vec(),
-        marked: shared.marked[..shared.marked_count as usize]
-            .iter()
-            .any(|e| e.split(|&b| b == 0).next() == Some(slot)),
+        marked: shared.overflow
+            || shared.marked[..shared.marked_count as usize]
+                .iter()
+                .any(|e| e.split(|&b| b == 0).next() == Some(slot)),
         catalog_standbys: shared.standbys[..shared.standby_count as usize]
             .iter()
             .map(|e| get(e))
