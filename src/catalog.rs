@@ -13,8 +13,9 @@ use crate::error::Error;
 use crate::pg::{compat, xact};
 
 /// How many marked slots the shared-memory lists of the worker's rounds and of the senders'
-/// marks hold (beyond that, the status view is cut, and senders ignore the rest, with a
-/// WARNING each).
+/// marks hold. `enable()` refuses to mark more; should more be marked anyway, a standby's
+/// status view shows the first ones, and the senders hold every logical slot (see
+/// `primary/marks_cache.rs`).
 pub const MAX_MARKED_SLOTS: usize = 1024;
 
 /// How many failover standbys the senders' shared-memory list holds.
@@ -47,11 +48,10 @@ pub fn names(table: Table) -> Result<Vec<String>, Error> {
     .map_err(|e| Error::catalog(format!("read {table}"), e))
 }
 
-/// Add `name` to `table`. False: it was there already. Err when the table is full (see
-/// [`MAX_MARKED_SLOTS`] and [`MAX_FAILOVER_STANDBYS`]). Two sessions at once, or rows inserted
-/// by hand, can still go past it; the senders then err on the safe side (see
-/// `primary/marks_cache.rs`).
-pub fn add_name(table: Table, name: &str) -> Result<bool, Error> {
+/// Err when `table` is full and `name` is not in it (see [`MAX_MARKED_SLOTS`] and
+/// [`MAX_FAILOVER_STANDBYS`]). Two sessions at once, or rows inserted by hand, can still go
+/// past the limit; the senders then err on the safe side (see `primary/marks_cache.rs`).
+pub fn ensure_room(table: Table, name: &str) -> Result<(), Error> {
     let (max, too_many): (usize, fn(usize) -> Error) = match table {
         Table::MarkedSlots => (MAX_MARKED_SLOTS, Error::TooManyMarks),
         Table::FailoverStandbys => (MAX_FAILOVER_STANDBYS, Error::TooManyStandbys),
@@ -67,8 +67,17 @@ pub fn add_name(table: Table, name: &str) -> Result<bool, Error> {
     )
     .map_err(|e| Error::catalog(format!("count the rows of {table}"), e))?;
     if full == Some(true) {
-        return Err(too_many(max));
+        Err(too_many(max))
+    } else {
+        Ok(())
     }
+}
+
+/// Add `name` to `table`. False: it was there already. Err when the table is full
+/// ([`ensure_room`]).
+pub fn add_name(table: Table, name: &str) -> Result<bool, Error> {
+    ensure_room(table, name)?;
+    let table = table.name();
     let inserted = Spi::get_one_with_args::<i64>(
         &format!(
             "WITH ins AS (INSERT INTO {table} (slot_name) VALUES ($1::pg_catalog.name)

@@ -569,6 +569,30 @@ pub fn cancel_condition_variable_sleep() {
     }
 }
 
+/// A new wait event set for up to `nevents` events, in TopMemoryContext and tracked by no
+/// resource owner: it lasts until `FreeWaitEventSet()`, across transactions. 14-16:
+/// `CreateWaitEventSet(MemoryContext, nevents)`; 17+: `CreateWaitEventSet(ResourceOwner,
+/// nevents)`, where a NULL owner means untracked (allocated in TopMemoryContext).
+///
+/// # Safety
+/// In a backend or background worker (TopMemoryContext exists); the set must be freed with
+/// `FreeWaitEventSet()` by this process, and only once.
+pub unsafe fn create_lasting_wait_event_set(nevents: i32) -> *mut pg_sys::WaitEventSet {
+    // SAFETY: as the caller guarantees. Both forms allocate the set, reserve a file
+    // descriptor (AcquireExternalFD) and open its epoll descriptor; either may raise an ERROR
+    // (out of descriptors, say), which leaves nothing behind.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, nevents)
+        }
+        #[cfg(not(any(feature = "pg14", feature = "pg15", feature = "pg16")))]
+        {
+            pg_sys::CreateWaitEventSet(std::ptr::null_mut(), nevents)
+        }
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -597,28 +621,6 @@ mod tests {
                     .into_owned()
             };
             assert_eq!(name, lock.name(), "{lock:?}");
-        }
-    }
-}
-
-/// A new wait event set for up to `nevents` events, in TopMemoryContext and tracked by no
-/// resource owner: it lasts until `FreeWaitEventSet()`, across transactions. 14-16:
-/// `CreateWaitEventSet(MemoryContext, nevents)`; 17+: `CreateWaitEventSet(ResourceOwner,
-/// nevents)`, where a NULL owner means untracked (allocated in TopMemoryContext).
-///
-/// # Safety
-/// In a backend or background worker (TopMemoryContext exists); the set must be freed with
-/// `FreeWaitEventSet()` by this process, and only once.
-pub unsafe fn create_lasting_wait_event_set(nevents: i32) -> *mut pg_sys::WaitEventSet {
-    // SAFETY: as the caller guarantees; both forms only allocate.
-    unsafe {
-        #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
-        {
-            pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, nevents)
-        }
-        #[cfg(not(any(feature = "pg14", feature = "pg15", feature = "pg16")))]
-        {
-            pg_sys::CreateWaitEventSet(std::ptr::null_mut(), nevents)
         }
     }
 }

@@ -66,35 +66,39 @@ pub struct SocketWait {
 
 impl SocketWait {
     /// A wait set for this process's latch, the postmaster's death and `socket` (readable).
+    /// The caller keeps `socket` open while the set lives (see the type's comment).
     pub fn new(socket: pg_sys::pgsocket) -> SocketWait {
-        // SAFETY: in a background worker (its main loop); the set is freed in Drop, once.
-        // AddWaitEventToSet is called as WaitLatchOrSocket calls it, with MyLatch (this
-        // process's latch) and an open socket, which the caller keeps open while the set
-        // lives.
+        // SAFETY: in a backend or background worker (TopMemoryContext exists). The set is
+        // owned by the value made at once, so that an ERROR from AddWaitEventToSet (a bad
+        // socket) frees it in Drop while unwinding; Drop frees it once. The events are added
+        // as WaitLatchOrSocket adds them: MyLatch is this process's own latch.
         unsafe {
-            let set = crate::pg::compat::create_lasting_wait_event_set(3);
+            let wait = SocketWait {
+                set: crate::pg::compat::create_lasting_wait_event_set(3),
+                socket,
+            };
             pg_sys::AddWaitEventToSet(
-                set,
+                wait.set,
                 pg_sys::WL_LATCH_SET,
                 pg_sys::PGINVALID_SOCKET,
                 pg_sys::MyLatch,
                 std::ptr::null_mut(),
             );
             pg_sys::AddWaitEventToSet(
-                set,
+                wait.set,
                 pg_sys::WL_POSTMASTER_DEATH,
                 pg_sys::PGINVALID_SOCKET,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             );
             pg_sys::AddWaitEventToSet(
-                set,
+                wait.set,
                 pg_sys::WL_SOCKET_READABLE,
                 socket,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             );
-            SocketWait { set, socket }
+            wait
         }
     }
 

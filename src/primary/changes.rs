@@ -140,7 +140,7 @@ pub fn note_own_slot() {
     if LAST_SEEN.with(|l| l.replace(position)) == position {
         return;
     }
-    if !crate::primary::marks_cache::slot_is_held(name.to_bytes()) {
+    if !crate::primary::marks_cache::slot_is_listed(name.to_bytes()) {
         return;
     }
     bump(name.to_bytes());
@@ -341,9 +341,14 @@ impl Iterator for Feed {
             if !left.is_zero() {
                 wait(self.seen, left.as_millis().max(1) as i32);
             }
+            // The latch may be set before the time is up (on 14 and 15 every WAL flush sets
+            // every walsender's latch, this database walsender's too): sleep again until it is.
             let next = (at + self.delay).min(self.deadline);
-            let pause = next.saturating_duration_since(std::time::Instant::now());
-            if !pause.is_zero() {
+            loop {
+                let pause = next.saturating_duration_since(std::time::Instant::now());
+                if pause.is_zero() {
+                    break;
+                }
                 crate::pg::latch::sleep(
                     pause.as_micros().div_ceil(1000) as i64,
                     compat::slot_change_wait_event(),

@@ -43,7 +43,8 @@ pub struct Marks {
     overflow: bool,
     marked: [[u8; NAME_LEN]; MAX_MARKED],
     standby_count: u32,
-    /// More standbys are named than `standbys` holds (only the first ones are waited for).
+    /// More standbys are named than `standbys` holds: its last entry is
+    /// [`UNLISTED_STANDBYS`], standing for the names that do not fit.
     standbys_cut: bool,
     standbys: [[u8; NAME_LEN]; MAX_STANDBYS],
 }
@@ -68,7 +69,8 @@ pub static GENERATION: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"slot_failover_hold_generation") };
 
 /// The standby list's last entry when more standbys are named than it holds (see the module
-/// comment); parentheses and spaces make it no valid slot name.
+/// comment); parentheses and spaces make it no valid slot name. (The list then holds the first
+/// `MAX_STANDBYS - 1` names, 63.)
 pub const UNLISTED_STANDBYS: &str = "(failover standbys past the first 63)";
 
 /// Publish the marks and the catalog's standby list (worker). Returns whether they changed.
@@ -84,18 +86,27 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
     if standbys_cut {
         standbys[MAX_STANDBYS - 1] = UNLISTED_STANDBYS.to_string();
     }
-    let mut shared = MARKS.exclusive();
-    if overflow && !(shared.loaded && shared.overflow) {
+    // Each overflow is said when it starts (after the lock is released: every logical sender
+    // takes it to refresh its cache).
+    let (warn_marks, warn_standbys) = {
+        let shared = MARKS.share();
+        (
+            overflow && !(shared.loaded && shared.overflow),
+            standbys_cut && !(shared.loaded && shared.standbys_cut),
+        )
+    };
+    if warn_marks {
         pgrx::warning!(
             "slot_failover: more than {MAX_MARKED} replication slots are marked; every logical replication slot on this server is now held back for the failover standbys, marked or not, until at most {MAX_MARKED} are marked"
         );
     }
-    if standbys_cut && !(shared.loaded && shared.standbys_cut) {
+    if warn_standbys {
         pgrx::warning!(
-            "slot_failover: {total_standbys} failover standbys are named, more than the {MAX_STANDBYS} that fit in shared memory; the first {} (in name order) are waited for, and the others count as standbys that have flushed nothing (\"{UNLISTED_STANDBYS}\"), until at most {MAX_STANDBYS} are named",
+            "slot_failover: {total_standbys} failover standbys are named, more than the {MAX_STANDBYS} that fit in shared memory; the first {} (in name order) are waited for, and the others count as one standby that has flushed nothing (\"{UNLISTED_STANDBYS}\"), until at most {MAX_STANDBYS} are named",
             MAX_STANDBYS - 1
         );
     }
+    let mut shared = MARKS.exclusive();
     let same = shared.loaded
         && shared.overflow == overflow
         && shared.standbys_cut == standbys_cut
@@ -133,9 +144,12 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
 struct Cache {
     generation: u64,
     loaded: bool,
-    /// The slot `marked` is about.
+    /// The slot `listed` is about.
     slot: Vec<u8>,
-    marked: bool,
+    /// The slot is in the published list of marks.
+    listed: bool,
+    /// More slots are marked than the list holds.
+    overflow: bool,
     catalog_standbys: Vec<String>,
 }
 
@@ -158,10 +172,10 @@ fn refresh(slot: &[u8]) {
         generation: shared.generation,
         loaded: shared.loaded,
         slot: slot.to_vec(),
-        marked: shared.overflow
-            || shared.marked[..shared.marked_count as usize]
-                .iter()
-                .any(|e| e.split(|&b| b == 0).next() == Some(slot)),
+        listed: shared.marked[..shared.marked_count as usize]
+            .iter()
+            .any(|e| e.split(|&b| b == 0).next() == Some(slot)),
+        overflow: shared.overflow,
         catalog_standbys: shared.standbys[..shared.standby_count as usize]
             .iter()
             .map(|e| get(e))
@@ -171,13 +185,26 @@ fn refresh(slot: &[u8]) {
     CACHE.with(|c| *c.borrow_mut() = cache);
 }
 
-/// Whether `slot` must be held at all: marked, or the marks are not known yet (then any slot
-/// may be).
+/// Whether `slot` must be held at all: marked, or the marks are not known yet, or more are
+/// marked than the list holds (then any slot may be).
 pub fn slot_is_held(slot: &[u8]) -> bool {
     refresh(slot);
     CACHE.with(|c| {
         let c = c.borrow();
-        !c.loaded || c.marked
+        !c.loaded || c.listed || c.overflow
+    })
+}
+
+/// Whether `slot` is in the published list of marks (or the marks are not known yet): the
+/// moves a walsender signals to the standbys' workers (`primary/changes.rs`). Past the list's
+/// limit every slot is held but not every move is signalled: a standby's round over moves it
+/// cannot name runs over every marked slot, and the marks past the limit follow at its rounds
+/// every naptime.
+pub fn slot_is_listed(slot: &[u8]) -> bool {
+    refresh(slot);
+    CACHE.with(|c| {
+        let c = c.borrow();
+        !c.loaded || c.listed
     })
 }
 

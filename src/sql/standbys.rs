@@ -79,6 +79,8 @@ GRANT EXECUTE ON FUNCTION slot_failover.enable_standby(text), slot_failover.disa
 
 fn enable_standby_slot(slot_name: Option<&str>) -> Result<(), Error> {
     let name = precheck(slot_name, "name failover standbys")?;
+    // A full list refuses before the slot is looked at (and warned about).
+    catalog::ensure_room(Table::FailoverStandbys, name)?;
     let own = gucs::own_slot_names().iter().any(|n| n == name);
     match catalog::slot_type_and_temporary(name)? {
         // A slot that does not exist yet may be named (Patroni creates a member's slot on the

@@ -773,7 +773,9 @@ fn many_slots_ready(s: &Setup, count: usize, a_conf: &str) -> Value {
     // them all again, now below its confirmed_flush, where each one saves the slot at once
     // (logical.c, LogicalIncreaseXminForSlot and LogicalIncreaseRestartDecodingForSlot): that
     // second pass took minutes, and whichever standby started during it waited for it. Both
-    // standbys start only once the slots move as any busy slot does.
+    // standbys start only once the slots move as any busy slot does. (Each pass starts with a
+    // CHECKPOINT, which logs the standby snapshot a slot's restart_lsn moves to: without it
+    // this wait would not end.)
     let settled_at = s
         .primary
         .lsn(LsnMode::Write)
