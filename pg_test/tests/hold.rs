@@ -724,15 +724,15 @@ fn more_marks_than_fit_in_shared_memory_hold_every_logical_slot() {
          SELECT 'aaa_' || pg_catalog.lpad(i::text, 4, '0') FROM pg_catalog.generate_series(0, 1022) AS i;
          SELECT pg_catalog.pg_create_logical_replication_slot('td_extra', 'test_decoding');",
     );
-    let refused = primary.psql("postgres", "SELECT slot_failover.enable('td_extra')");
-    assert_eq!(refused.sqlstate.as_deref(), Some("54000"), "{refused:?}");
-    for line in [
-        "ERROR:  cannot mark more than 1024 replication slots for failover",
-        "DETAIL:  1024 slots are marked already: the list of marks that logical senders read in shared memory holds no more.",
-        "HINT:  Unmark the slots that no longer need to survive a failover first (slot_failover.disable()).",
-    ] {
-        assert!(refused.stderr.contains(line), "{line}\n{}", refused.stderr);
-    }
+    refused_past_the_limit(
+        &primary,
+        "SELECT slot_failover.enable('td_extra')",
+        [
+            "ERROR:  cannot mark more than 1024 replication slots for failover",
+            "DETAIL:  1024 slots are marked already: the list of marks that logical senders read in shared memory holds no more.",
+            "HINT:  Unmark the slots that no longer need to survive a failover first (slot_failover.disable()).",
+        ],
+    );
     // Marking a slot that is marked already is still fine at the limit.
     primary.safe_psql("postgres", "SELECT slot_failover.enable('held')");
 
@@ -797,13 +797,22 @@ fn more_marks_than_fit_in_shared_memory_hold_every_logical_slot() {
         "INSERT INTO slot_failover.failover_standbys (slot_name)
          SELECT 'bbb_' || i FROM pg_catalog.generate_series(1, 63) AS i",
     );
-    let refused = primary.psql("postgres", "SELECT slot_failover.enable_standby('ccc')");
+    refused_past_the_limit(
+        &primary,
+        "SELECT slot_failover.enable_standby('ccc')",
+        [
+            "ERROR:  cannot name more than 64 failover standbys",
+            "DETAIL:  64 failover standbys are named already: the list that logical senders read in shared memory holds no more.",
+            "HINT:  Remove the standbys that are gone first (slot_failover.disable_standby()).",
+        ],
+    );
+}
+
+/// `sql` fails on `node` with SQLSTATE 54000 (program_limit_exceeded) and these lines, verbatim.
+fn refused_past_the_limit(node: &Cluster, sql: &str, lines: [&str; 3]) {
+    let refused = node.psql("postgres", sql);
     assert_eq!(refused.sqlstate.as_deref(), Some("54000"), "{refused:?}");
-    for line in [
-        "ERROR:  cannot name more than 64 failover standbys",
-        "DETAIL:  64 failover standbys are named already: the list that logical senders read in shared memory holds no more.",
-        "HINT:  Remove the standbys that are gone first (slot_failover.disable_standby()).",
-    ] {
+    for line in lines {
         assert!(refused.stderr.contains(line), "{line}\n{}", refused.stderr);
     }
 }
