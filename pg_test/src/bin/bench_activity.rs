@@ -46,7 +46,8 @@
 //!   starts with the slot's creation, a moment earlier: that time is reported too). Also
 //!   when the slot first moved on the primary: no copy can be ready before that.
 //! * `--ready-slots` slots (`scale_NNNN`, pgoutput, `failover = true`, marked), all advanced
-//!   once a second after a checkpoint: from the start of a new standby C (fresh base backup,
+//!   once a second after a checkpoint, and left to settle (every slot's restart_lsn past the
+//!   end of the first pass, see `many_slots_ready`): from the start of a new standby C (fresh base backup,
 //!   slot_failover on, own physical slot `sb_c`, not a failover standby) until all its copies
 //!   are `ready`; then, C stopped, the same for a new standby D with the built-in slot sync
 //!   (until all are `synced` and not `temporary`). 900 s at most each.
