@@ -73,10 +73,9 @@ pub fn ensure_room(table: Table, name: &str) -> Result<(), Error> {
     }
 }
 
-/// Add `name` to `table`. False: it was there already. Err when the table is full
-/// ([`ensure_room`]).
+/// Add `name` to `table`. False: it was there already. The SQL functions that add names ask
+/// [`ensure_room`] first.
 pub fn add_name(table: Table, name: &str) -> Result<bool, Error> {
-    ensure_room(table, name)?;
     let table = table.name();
     let inserted = Spi::get_one_with_args::<i64>(
         &format!(

@@ -104,6 +104,7 @@ fn enable_slot(slot_name: Option<&str>) -> Result<(), Error> {
         Some((_, true)) => return Err(Error::TemporarySlot(name.into())),
         Some(_) => {}
     }
+    catalog::ensure_room(Table::MarkedSlots, name)?;
     if catalog::add_name(Table::MarkedSlots, name)? {
         wake_at_commit();
     } else if catalog::claim_flag_mark(name)? {

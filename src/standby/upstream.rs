@@ -348,17 +348,17 @@ impl Upstream {
         self.can_feed.get()
     }
 
-    /// The socket to wait on for the feed's next lines, starting a feed of the moves after
-    /// `seen` (for `duration`, batches `delay` apart) when none is running; the lines that
-    /// came with the start are in `lines`. Must run in a transaction (an ERROR of libpq's, the
-    /// connection lost say, is caught and returned).
-    pub fn feed_socket(
+    /// Start a feed of the moves after `seen` (for `duration`, batches `delay` apart) when
+    /// none is running, and read what came with it into `lines`; after it, the feed is idle
+    /// ([`wait_on_feed`](Upstream::wait_on_feed)) or `lines` has something. Must run in a
+    /// transaction (an ERROR of libpq's, the connection lost say, is caught and returned).
+    pub fn start_feed(
         &self,
         seen: i64,
         duration: std::time::Duration,
         delay: std::time::Duration,
         lines: &mut Vec<protocol::FeedLine>,
-    ) -> Result<pg_sys::pgsocket, Problem> {
+    ) -> Result<(), Problem> {
         let mut feed = self.feed.borrow_mut();
         if feed.is_none() {
             let conninfo = conninfo::with_application_name(
@@ -392,29 +392,25 @@ impl Upstream {
         let Some(f) = feed.as_mut() else {
             return Ok(());
         };
-        let result = f.read(lines).map(|_| ());
+        let result = f.read(lines);
         if result.is_err() {
             *feed = None;
         }
         result
     }
 
-    /// Wait until the feed's `socket` (as [`feed_socket`](Upstream::feed_socket) or
-    /// [`feed_idle_socket`](Upstream::feed_idle_socket) gave it) has data, the latch is set or
-    /// `ms` milliseconds passed. The wait set is kept with the feed's connection and goes with
-    /// it (see `latch::SocketWait`).
-    pub fn wait_on_feed(&self, socket: pg_sys::pgsocket, ms: i64) -> latch::Woken {
+    /// When the feed is idle ([`feed_is_idle`](Upstream::feed_is_idle)): wait until its socket
+    /// has data, the latch is set or `ms` milliseconds passed. The wait set is kept with the
+    /// feed's connection and goes with it (see `latch::SocketWait`). None: no idle feed.
+    pub fn wait_on_feed(&self, ms: i64) -> Option<latch::Woken> {
         let mut feed = self.feed.borrow_mut();
-        let Some(f) = feed.as_mut() else {
-            return latch::SocketWait::new(socket).wait(ms, pg_sys::PG_WAIT_EXTENSION);
-        };
-        if f.wait.as_ref().is_none_or(|w| w.socket() != socket) {
-            f.wait = Some(latch::SocketWait::new(socket));
+        let f = feed.as_mut().filter(|f| f.running)?;
+        if f.wait.as_ref().is_none_or(|w| w.socket() != f.socket) {
+            f.wait = Some(latch::SocketWait::new(f.socket));
         }
         f.wait
             .as_ref()
-            .expect("set above")
-            .wait(ms, pg_sys::PG_WAIT_EXTENSION)
+            .map(|w| w.wait(ms, pg_sys::PG_WAIT_EXTENSION))
     }
 
     /// Close the feed's connection (after a failure: the next wait opens a new one).
@@ -422,15 +418,11 @@ impl Upstream {
         self.feed.replace(None);
     }
 
-    /// The running feed's socket, when its last read left nothing to read: a wait on it (and
-    /// the latch) needs no transaction. None: start or read the feed first
-    /// ([`feed_socket`](Upstream::feed_socket)).
-    pub fn feed_idle_socket(&self) -> Option<pg_sys::pgsocket> {
-        self.feed
-            .borrow()
-            .as_ref()
-            .filter(|f| f.running)
-            .map(|f| f.socket)
+    /// A feed runs and its last read left nothing to read: a wait on it (and the latch) needs
+    /// no transaction. False: start or read the feed first
+    /// ([`start_feed`](Upstream::start_feed)).
+    pub fn feed_is_idle(&self) -> bool {
+        self.feed.borrow().as_ref().is_some_and(|f| f.running)
     }
 
     /// Wait on the upstream until a marked slot moves or `timeout` passes. Returns the
@@ -707,9 +699,9 @@ impl Feed {
         Ok(())
     }
 
-    /// Read every line that has come, without waiting; returns the socket to wait on for more.
-    /// The feed is no longer running once it ended (its lines are all read).
-    fn read(&mut self, lines: &mut Vec<protocol::FeedLine>) -> Result<pg_sys::pgsocket, Problem> {
+    /// Read every line that has come, without waiting; `socket` is then the one to wait on
+    /// for more. The feed is no longer running once it ended (its lines are all read).
+    fn read(&mut self, lines: &mut Vec<protocol::FeedLine>) -> Result<(), Problem> {
         while self.running {
             let mut buffer: *mut std::ffi::c_char = std::ptr::null_mut();
             let mut socket = pg_sys::PGINVALID_SOCKET;
@@ -743,7 +735,7 @@ impl Feed {
                 }
             }
         }
-        Ok(self.socket)
+        Ok(())
     }
 }
 

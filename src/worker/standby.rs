@@ -87,7 +87,7 @@ impl SyncState {
         }
     }
 
-    /// Between rounds, wait on the upstream's feed of moves (`Upstream::feed_socket`) for at
+    /// Between rounds, wait on the upstream's feed of moves (`Upstream::wait_on_feed`) for at
     /// most `timeout`, starting a feed when none runs. None when there is no feed to wait on
     /// (no connection, an upstream before 0.6.0, a problem being retried, or the feed's
     /// connection just failed: it is opened again next time); the caller then waits the older
@@ -108,47 +108,44 @@ impl SyncState {
         {
             return None;
         }
-        let socket = match up.feed_idle_socket() {
-            Some(socket) => socket,
-            None => {
-                let seen = self.change_seen;
-                let mut lines = Vec::new();
-                let socket = in_transaction_without_snapshot(|| {
-                    isolated(|| {
-                        up.feed_socket(seen, FEED_DURATION, gucs::sync_delay(), &mut lines)
-                            .map_err(|p| p.to_string())
-                    })
-                });
-                if socket.is_ok() && self.feed_failed_at.take().is_some() {
-                    log!(
-                        "{WORKER_TYPE} streams the moves of marked slots from the upstream server again"
-                    );
+        if !up.feed_is_idle() {
+            let seen = self.change_seen;
+            let mut lines = Vec::new();
+            let started = in_transaction_without_snapshot(|| {
+                isolated(|| {
+                    up.start_feed(seen, FEED_DURATION, gucs::sync_delay(), &mut lines)
+                        .map_err(|p| p.to_string())
+                })
+            });
+            if started.is_ok() && self.feed_failed_at.take().is_some() {
+                log!(
+                    "{WORKER_TYPE} streams the moves of marked slots from the upstream server again"
+                );
+            }
+            match started {
+                Ok(()) if lines.is_empty() => {}
+                Ok(()) => {
+                    self.feed_lines = lines;
+                    return Some(FeedWait::Lines);
                 }
-                match socket {
-                    Ok(socket) if lines.is_empty() => socket,
-                    Ok(_) => {
-                        self.feed_lines = lines;
-                        return Some(FeedWait::Lines);
+                Err(e) => {
+                    up.drop_feed();
+                    if self
+                        .feed_failed_at
+                        .replace(std::time::Instant::now())
+                        .is_none()
+                    {
+                        warning!(
+                            "{WORKER_TYPE} cannot stream the moves of marked slots from the upstream server ({e}); until it can, it asks with a query per move, and tries again every {} s",
+                            FEED_RETRY.as_secs()
+                        );
                     }
-                    Err(e) => {
-                        up.drop_feed();
-                        if self
-                            .feed_failed_at
-                            .replace(std::time::Instant::now())
-                            .is_none()
-                        {
-                            warning!(
-                                "{WORKER_TYPE} cannot stream the moves of marked slots from the upstream server ({e}); until it can, it asks with a query per move, and tries again every {} s",
-                                FEED_RETRY.as_secs()
-                            );
-                        }
-                        return None;
-                    }
+                    return None;
                 }
             }
-        };
+        }
         let ms = timeout.as_micros().div_ceil(1000) as i64;
-        Some(match up.wait_on_feed(socket, ms) {
+        Some(match up.wait_on_feed(ms)? {
             latch::Woken::Readable => FeedWait::Lines,
             latch::Woken::Latch => FeedWait::Latch,
             latch::Woken::Timeout => FeedWait::Timeout,
