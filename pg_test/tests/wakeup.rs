@@ -107,6 +107,78 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
     );
 }
 
+/// The worker remembers which slots are its copies between two full rounds (their marker files
+/// are not looked at again on every batch of moves; `standby/ownership.rs`). Here a ready copy
+/// is dropped by hand on the standby and a slot of the same name created in its place, while
+/// the naptime is an hour: only batches of moves run rounds. The next move must find that the
+/// slot is not ours any more: it is reported and left alone (`drop_stale_slots = off`), never
+/// changed or dropped as a copy. A cache that trusted the name it remembered would take the new
+/// slot for the copy and replace it.
+#[test]
+fn a_copy_replaced_by_hand_between_two_moves_is_not_taken_for_ours() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!("{TABLE}; CREATE PUBLICATION pub FOR TABLE t; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        "hot_standby_feedback = on\nslot_failover.naptime = '1h'\nslot_failover.drop_stale_slots = off",
+    );
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut upto = 0;
+    for _ in 0..3 {
+        upto += 20;
+        write_and_follow(&primary, &standby, &subscriber, upto);
+    }
+    let rounds = || {
+        standby.safe_psql(
+            "postgres",
+            "SELECT rounds || ' ' || woken_rounds FROM slot_failover.worker_rounds()",
+        )
+    };
+    let before = rounds();
+
+    // Nothing moves now: the copy is not in use, so it can be dropped by hand.
+    let offset = standby.log_position();
+    standby.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('sub');
+         SELECT pg_catalog.pg_create_physical_replication_slot('sub');",
+    );
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1000001)");
+    subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", "1000001");
+    standby.wait_for_log(
+        r#"WARNING:  slot_failover worker: replication slot "sub" cannot be synchronized: a replication slot of this name exists on this standby and was not created by slot_failover; it is left alone"#,
+        offset,
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'sub'",
+        "error",
+    );
+    // Every round since came from a move (an hour-long naptime starts none), so the batches'
+    // path is the one that found it.
+    let after = rounds();
+    let count = |s: &str| -> Vec<i64> { s.split(' ').map(|n| n.parse().unwrap()).collect() };
+    let (b, a) = (count(&before), count(&after));
+    assert!(
+        a[0] > b[0] && a[0] - b[0] == a[1] - b[1],
+        "rounds (all, woken) before {before}, after {after}"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_type || ' ' || (restart_lsn IS NULL) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sub'"
+        ),
+        "physical true",
+        "the slot created by hand must be untouched"
+    );
+}
+
 #[test]
 fn wait_for_slot_change_returns_at_once_on_a_new_value_and_checks_its_timeout() {
     let primary = primary_with_extension();

@@ -47,12 +47,7 @@ use crate::standby::protocol::RemoteSlot;
 use slot_failover_rules::Lsn;
 use slot_failover_rules::readiness::{Local, xid_precedes};
 
-/// Name of the marker file in a copy's slot directory.
-const MARKER: &str = "slot_failover";
-
-fn marker_path(name: &str) -> String {
-    format!("pg_replslot/{name}/{MARKER}")
-}
+use crate::standby::ownership::{self, marker_path};
 
 /// Whether the slot `name` was made by PostgreSQL's own slot sync (17+): never ours to drop.
 pub fn is_synced_by_postgres(name: &str) -> bool {
@@ -62,9 +57,10 @@ pub fn is_synced_by_postgres(name: &str) -> bool {
     .contains(&true)
 }
 
-/// Whether the slot `name` is one of our copies (its marker file is there).
+/// Whether the slot `name` is one of our copies (its marker file is there; see
+/// `ownership`).
 pub fn is_ours(name: &str) -> bool {
-    fs::metadata(marker_path(name)).is_ok()
+    ownership::is_ours(name)
 }
 
 /// Every replication slot on this server, by name, as the readiness rules see it. A slot is
@@ -77,7 +73,8 @@ pub fn local_slots() -> HashMap<String, Local> {
 /// [`local_slots`], limited to the slots named in `only` when given. Read from shared memory
 /// (`slot_array`), not through SQL: a round that a wake-up started for one moved slot looks at
 /// that one only, and this is on the path from the move upstream to the copy here. The marker
-/// files are looked at after the scan, outside the locks.
+/// files are looked at after the scan, outside the locks: on disk for a full scan, else
+/// through the worker's cache (`ownership`), which relies on this order.
 pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
     struct Seen {
         name: String,
@@ -125,11 +122,14 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
             },
         })
     });
+    let names: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
+    let marked = ownership::are_ours(&names, only.is_none());
     seen.into_iter()
-        .map(|s| {
+        .zip(marked)
+        .map(|(s, marked)| {
             // A temporary slot held by this very process was created by it: ours even if an
             // error came between creating it and writing its marker.
-            let ours = s.temporary_here || is_ours(&s.name);
+            let ours = s.temporary_here || marked;
             (s.name, Local { ours, ..s.local })
         })
         .collect()

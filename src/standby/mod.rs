@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | [`round`] | one synchronization round over the marked slots (or those a wake-up named) | worker; a backend in `sync()` with the worker off | - |
 //! | [`copy`] | the copies in `pg_replslot`: create, change, make (not) ready, drop; the marker files that say a slot is ours | as `round` | the slot array (through PostgreSQL's slot functions) |
+//! | [`ownership`] | which slots are our copies: their marker files, and the worker's cache of them kept true by inotify | worker (cache), any (on disk) | - |
 //! | [`snapshots`] | the upstream's serialized snapshots the copies need, stored here | as `round` | - |
 //! | [`upstream`] | the connections to the upstream (libpqwalreceiver): prerequisites, its queries, and the feed of moves | as `round` | - |
 //! | [`protocol`] | the wire format between a standby's worker and its upstream: the rows, their columns, the functions the upstream serves | - | - |
@@ -15,6 +16,7 @@
 pub mod copy;
 pub mod last_round;
 pub mod own_slots;
+pub mod ownership;
 pub mod protocol;
 pub mod round;
 pub mod snapshots;

@@ -84,10 +84,14 @@ pub fn record_primary_timeline() {
 /// The timeline since which this server's own slots are authentic (see the module comment),
 /// None when they are not (or it is not in recovery).
 pub fn authentic_since() -> Option<u32> {
-    // Checked first, in this order: the rule says None whatever else holds, and the record is
-    // not read on every turn of a streaming standby's worker loop.
+    // Checked first, cheapest first: the rule says None whatever else holds, and neither
+    // primary_conninfo nor the record is read on every turn of a streaming standby's worker
+    // loop (the setting is off by default).
+    if !crate::gucs::own_slots_in_recovery() || !crate::pg::in_recovery() {
+        return None;
+    }
     let upstream_configured = primary_conninfo_set();
-    if !crate::gucs::own_slots_in_recovery() || !crate::pg::in_recovery() || upstream_configured {
+    if upstream_configured {
         return None;
     }
     let primary_timeline = recorded_timeline();

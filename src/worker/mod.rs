@@ -190,6 +190,7 @@ impl Worker {
             self.record_forgotten = false;
             self.sync.reset();
             last_round::clear();
+            crate::standby::ownership::forget_markers();
             xact::in_transaction(|| standby::promote(&rows));
         }
         self.standby = standby;
@@ -483,6 +484,8 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
             );
         }
         xact::in_transaction(own_slots::record_primary_timeline);
+    } else {
+        crate::standby::ownership::cache_markers();
     }
     // SAFETY: MyProc is this process's PGPROC in shared memory, so a pointer to its latch is
     // valid in every server process; on_shmem_exit runs our callback when this process exits.
