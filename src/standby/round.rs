@@ -31,6 +31,8 @@ struct Round<'a> {
     kept_from: std::cell::OnceCell<Result<Option<u32>, String>>,
     /// A copy waits for its slot upstream to move (`Decision::awaits_running_xacts`).
     awaits_running_xacts: std::cell::Cell<bool>,
+    /// `compat::builtin_slot_sync_on()`, looked up once per round, not once per slot.
+    builtin_sync: bool,
 }
 
 impl<'a> Round<'a> {
@@ -41,6 +43,7 @@ impl<'a> Round<'a> {
             standby_flush: copy::standby_flush(),
             kept_from: std::cell::OnceCell::new(),
             awaits_running_xacts: std::cell::Cell::new(false),
+            builtin_sync: compat::builtin_slot_sync_on(),
         }
     }
 
@@ -266,7 +269,7 @@ fn handle_slot(
     // with sync_replication_slots on: they are left to it (a copy of ours in its way would
     // make it stop, "same name slot already exists"), and a copy of ours made before it was
     // switched on goes, so that it can make its own.
-    if remote.failover && compat::builtin_slot_sync_on() {
+    if remote.failover && round.builtin_sync {
         let mut action = SlotAction::None;
         if local.as_ref().is_some_and(|l| l.ours) {
             if let Err(e) = drop_ours(&remote.name) {
