@@ -332,10 +332,15 @@ impl Iterator for Feed {
         // two rows is what a blocking COPY does when its buffer fills.
         unsafe { ((*compat::PqCommMethods).flush)() };
         if let Some(at) = self.last_batch {
-            // Sleep out the delay first, off the condition variable: the moves that come
-            // meanwhile wake nothing here, and under load the next batch is waiting when the
-            // delay is over (one wake-up a batch). Only when nothing moved during the delay
-            // does the wait below sleep until the next move, which is then sent at once.
+            // Wait for the next move first, then for the rest of the delay: a move that comes
+            // after the delay is over is sent as soon as it comes (one wake-up, not a sleep
+            // and then a wake-up), and moves that come sooner still wait for the delay.
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                wait(self.seen, left.as_millis().max(1) as i32);
+            }
             // The latch may be set before the time is up (on 14 and 15 every WAL flush sets
             // every walsender's latch, this database walsender's too): sleep again until it is.
             let next = (at + self.delay).min(self.deadline);
