@@ -7,7 +7,8 @@
 //!   `pg_replslot/<name>/slot_failover` (written and fsynced right after the slot is created).
 //!   PostgreSQL removes the directory, marker included, when the slot is dropped, so the
 //!   registry can never name a slot that is gone; a slot without the marker is never touched.
-//!   (Slot files before 17 have no `synced` flag to tell copies apart.)
+//!   (Slot files before 17 have no `synced` flag to tell copies apart.) The worker looks at the
+//!   markers through a cache that an inotify watch keeps true (`ownership`).
 //! * **Not ready = not usable.** A copy is created RS_TEMPORARY. A temporary slot keeps
 //!   `active_pid` = the worker after `ReplicationSlotRelease`, so no other process can
 //!   acquire it (and decode from it); it is discarded if the server restarts, and dropped if

@@ -65,6 +65,12 @@ pub fn cache_markers() {
         let mut c = c.borrow_mut();
         if c.is_none() {
             *c = Cache::watch();
+            if c.is_none() {
+                pgrx::debug1!(
+                    "slot_failover worker cannot watch pg_replslot ({}); it looks at its copies' marker files on disk",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     });
 }
