@@ -456,6 +456,64 @@ fn a_same_named_slot_we_did_not_create_is_left_alone() {
     );
 }
 
+/// A round decides to change a ready copy; held right before the change (the tests'
+/// `slot_failover.debug_pause_file`), the copy is dropped by hand on the standby and a physical
+/// slot of the same name created in its place. The change must find, on the slot it acquired,
+/// that the slot is not ours any more, and leave it alone; so must the rounds after it
+/// (`drop_stale_slots = off`). Before 0.7.0 the round looked only before the pause, and moved
+/// the new slot's positions as if it were the copy.
+#[test]
+fn a_copy_replaced_by_hand_while_a_round_is_about_to_change_it_is_left_alone() {
+    let pause = "slot_failover.pause";
+    let (primary, standby) = primary_and_standby(&format!(
+        "slot_failover.drop_stale_slots = off\nslot_failover.debug_pause_file = '{pause}'"
+    ));
+    marked_decoding_slot(&primary, "td");
+    consume_until_ready(&primary, &standby, &["td"]);
+
+    let pause_file = standby.data_dir().join(pause);
+    std::fs::write(&pause_file, "").expect("create the pause file");
+    let offset = standby.log_position();
+    // td moves on the primary: the next round changes the copy, pausing first.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t VALUES (1, 'moves td');
+         SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
+    );
+    standby.wait_for_log(
+        r#"slot_failover is pausing before it changes replication slot "td""#,
+        offset,
+    );
+    standby.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('td');
+         SELECT pg_catalog.pg_create_physical_replication_slot('td');",
+    );
+    std::fs::remove_file(&pause_file).expect("remove the pause file");
+
+    let untouched = "SELECT slot_type || ' ' || (restart_lsn IS NULL) || ' ' || (confirmed_flush_lsn IS NULL) || ' ' || (catalog_xmin IS NULL) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'td'";
+    // The rounds after the paused one see a slot that is not ours from the start.
+    standby.poll_query_until(
+        "postgres",
+        "SELECT detail FROM slot_failover.status WHERE slot_name = 'td'",
+        "a replication slot of this name exists on this standby and was not created by slot_failover; it is left alone",
+    );
+    assert_eq!(
+        standby.safe_psql("postgres", untouched),
+        "physical true true true",
+        "the slot made by hand was changed:\n{}",
+        standby.log_from(offset)
+    );
+    // The paused round itself said why it left the slot alone.
+    assert!(
+        standby.log_from(offset).contains(
+            r#"WARNING:  slot_failover worker: replication slot "td" cannot be synchronized: a replication slot of this name that slot_failover did not create took the copy's place"#
+        ),
+        "{}",
+        standby.log_from(offset)
+    );
+}
+
 /// A ready copy invalidated on the standby (its WAL removed: max_slot_wal_keep_size) while the
 /// upstream slot is still valid is dropped and created again, and becomes ready again once
 /// the upstream slot moves on.

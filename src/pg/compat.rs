@@ -146,6 +146,31 @@ pub unsafe fn acquire_slot(name: &CStr) {
     }
 }
 
+/// Drop the slot this process holds (acquired as `name`). 17+ drop it as it is held
+/// (`ReplicationSlotDropAcquired`); 14-16 do not export that, so the slot is released and
+/// dropped by name at once (`ReplicationSlotDrop`, nowait): what was checked on the held slot
+/// then holds except across the few instructions between the two, and the drop raises an
+/// ERROR if another process acquired the slot meanwhile.
+///
+/// # Safety
+/// This process holds a slot (`MyReplicationSlot`), acquired as `name`; no transaction-level
+/// state refers to it.
+pub unsafe fn drop_acquired_slot(name: &CStr) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        {
+            let _ = name;
+            pg_sys::ReplicationSlotDropAcquired();
+        }
+        #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+        {
+            pg_sys::ReplicationSlotRelease();
+            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+        }
+    }
+}
+
 /// The table of functions the backend sends protocol messages through (`PQcommMethods` in
 /// libpq/libpq.h). Same six members, in this order, on 14 to 18 (13 still had
 /// `startcopyout`/`endcopyout`; 13 is not supported). pgrx does not bind it.

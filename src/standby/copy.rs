@@ -270,7 +270,8 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
     // SAFETY: we hold the slot acquired above; releasing a temporary slot keeps it ours.
     unsafe { pg_sys::ReplicationSlotRelease() };
     if let Err(e) = marked {
-        drop_copy(&remote.name);
+        // Still temporary and held by this process: ours.
+        let _ = drop_copy(&remote.name);
         return Err(e);
     }
     Ok(())
@@ -315,6 +316,10 @@ pub fn update(name: &str, change: Change) -> Result<(), String> {
     // the slot's spinlock, saved, and only then is the effective catalog_xmin raised.
     unsafe {
         compat::acquire_slot(&cname);
+        if !acquired_is_ours(name) {
+            pg_sys::ReplicationSlotRelease();
+            return Err(NOT_OURS.into());
+        }
         let slot = pg_sys::MyReplicationSlot;
         let mut raised_xmin = None;
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
@@ -427,8 +432,48 @@ pub fn touch(names: &[String]) {
     });
 }
 
-/// Drop our copy `name` (the caller checked that it is ours).
-pub fn drop_copy(name: &str) {
+/// Why a change or a drop of copy `name` was refused: the slot of that name is not ours.
+const NOT_OURS: &str = "a replication slot of this name that slot_failover did not create took the copy's place (dropped and created again on this standby since the round looked); it is left alone";
+
+/// Whether the slot this process has just acquired, `name`, is one of our copies. Asked on the
+/// acquired slot, because the round's look at it came earlier: a copy dropped by hand and
+/// replaced by a slot of the same name since then must not be changed or dropped as ours. A
+/// held slot cannot be dropped, so the answer stands until it is released. A temporary slot
+/// that this process could acquire is one it created (another process's temporary slot is
+/// held by it, and goes with its session).
+///
+/// # Safety
+/// This process holds the slot (`MyReplicationSlot`), acquired as `name`.
+unsafe fn acquired_is_ours(name: &str) -> bool {
+    // SAFETY: as the caller guarantees: MyReplicationSlot is ours, and its persistency only
+    // changes in the process that holds it.
+    let temporary = unsafe {
+        (*pg_sys::MyReplicationSlot).data.persistency
+            == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
+    };
+    temporary || ownership::is_ours(name)
+}
+
+/// Drop our copy `name`, checking on the acquired slot that it is still ours (see
+/// [`acquired_is_ours`]); Err when it is not. Raises an ERROR if a consumer holds the slot.
+pub fn drop_copy(name: &str) -> Result<(), String> {
+    let cname = cname(name);
+    // SAFETY: the caller holds no slot; acquiring (nowait) raises an ERROR if another process
+    // holds it. We hold it from here: released when it is not ours, dropped otherwise.
+    unsafe {
+        compat::acquire_slot(&cname);
+        if !acquired_is_ours(name) {
+            pg_sys::ReplicationSlotRelease();
+            return Err(NOT_OURS.into());
+        }
+        compat::drop_acquired_slot(&cname);
+    }
+    Ok(())
+}
+
+/// Drop slot `name`, which is not ours: a stale slot in the way of a copy (the round checked
+/// that nothing uses it and that PostgreSQL's slot sync did not make it).
+pub fn drop_stale(name: &str) {
     let cname = cname(name);
     // SAFETY: the caller holds no slot; ReplicationSlotDrop acquires (nowait) and drops it,
     // raising an ERROR if a consumer holds it.

@@ -11,17 +11,19 @@
 //! events overflowed, and the cache is given up when the watch ends. Before it answers, a look
 //! reads every event queued so far (one non-blocking `read`).
 //!
-//! * **A marker goes only with its directory, on a standby.** PostgreSQL drops a slot by
-//!   renaming `pg_replslot/<name>` to `<name>.tmp`, and only then frees the slot's entry in
-//!   shared memory (`ReplicationSlotDropPtr`; a persistent slot whose rename fails is not
-//!   dropped). The only other removal of a marker is `copy::disown_all()`, on a primary: the
-//!   cache answers only in recovery, and a server goes back to recovery only through a
-//!   restart, which starts from an empty cache.
-//! * **The event is queued before the rename returns** (the kernel queues it inside the
-//!   system call). So when a slot called `<name>` is in the slot array when a look begins
-//!   (`copy::local_slots_named` scans the array first), and it is not the slot whose marker
-//!   was seen, the old one's rename returned before the look, and its event is read by it: the
-//!   name is forgotten and its marker looked at again.
+//! * **A slot cannot take a name's place without an event naming it.** PostgreSQL creates
+//!   every slot's directory as `<name>.tmp` and renames it to `<name>` before it marks the
+//!   slot in use in shared memory (`ReplicationSlotCreate`, `CreateSlotOnDisk`), and the kernel
+//!   queues the rename's event before the system call returns. So when a look finds a slot
+//!   called `<name>` in the slot array (`copy::local_slots_named` scans the array first) that
+//!   is not the slot whose marker was seen, the new slot's rename came before the look, and
+//!   the look reads its event: the name is forgotten and its marker looked at again. This
+//!   holds however the old slot went: a drop that could not rename its directory (PostgreSQL
+//!   drops a temporary slot anyway) leaves it in the way, the new slot's rename onto it fails
+//!   while it holds files, and clearing it makes events of its own.
+//! * **Markers go only with their directory, on a standby.** The only other removal of a
+//!   marker is `copy::disown_all()`, on a primary: the cache answers only in recovery, and a
+//!   server goes back to recovery only through a restart, which starts from an empty cache.
 //! * The watch is set up before the first marker is looked at, so no event after a look at a
 //!   marker can be missed.
 //! * **Full rounds look at every marker on disk** (and refresh the cache), so that even a
@@ -59,14 +61,15 @@ thread_local! {
 }
 
 /// In the worker, at its start on a standby: keep a cache of the markers. Nothing changes if
-/// the watch cannot be set up (too many inotify instances, say): every look is then on disk.
+/// the watch cannot be set up (too many inotify instances, say, or not Linux): every look is
+/// then on disk, as the LOG line says.
 pub fn cache_markers() {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.is_none() {
             *c = Cache::watch();
             if c.is_none() {
-                pgrx::debug1!(
+                pgrx::log!(
                     "slot_failover worker cannot watch pg_replslot ({}); it looks at its copies' marker files on disk",
                     std::io::Error::last_os_error()
                 );
@@ -81,6 +84,17 @@ pub fn forget_markers() {
 }
 
 impl Cache {
+    #[cfg(not(target_os = "linux"))]
+    fn watch() -> Option<Cache> {
+        None
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn catch_up(&mut self) -> bool {
+        false
+    }
+
+    #[cfg(target_os = "linux")]
     fn watch() -> Option<Cache> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain system calls; the descriptor returned is owned by the OwnedFd made
@@ -112,6 +126,7 @@ impl Cache {
 
     /// Read every queued event, forgetting the names they concern. False when the cache can
     /// no longer be trusted at all (the watch ended, or reading failed).
+    #[cfg(target_os = "linux")]
     fn catch_up(&mut self) -> bool {
         use std::os::fd::AsRawFd;
         // Aligned for inotify_event; room for many events with names up to NAME_MAX.
@@ -126,6 +141,9 @@ impl Cache {
                     std::mem::size_of_val(&buf),
                 )
             };
+            if n == 0 {
+                return true;
+            }
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 return match err.kind() {

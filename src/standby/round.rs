@@ -162,17 +162,20 @@ fn upstream_two_phase_at(up: &Upstream, name: &str) -> Result<Option<Lsn>, Strin
 
 /// Drop copy `name` in a subtransaction of its own: Err(the error) when it could not be.
 fn drop_isolated(name: &str) -> Result<(), String> {
-    isolated(|| {
-        copy::drop_copy(name);
-        Ok(())
-    })
+    isolated(|| copy::drop_copy(name))
 }
 
 /// In a round: drop copy `name` as [`drop_isolated`] does, once this server is known to be
 /// still a standby.
 fn drop_in_round(name: &str) -> Result<(), String> {
+    change(name, || copy::drop_copy(name))
+}
+
+/// In a round: drop the stale slot `name` (not ours) in a subtransaction of its own, once this
+/// server is known to be still a standby.
+fn drop_stale_in_round(name: &str) -> Result<(), String> {
     change(name, || {
-        copy::drop_copy(name);
+        copy::drop_stale(name);
         Ok(())
     })
 }
@@ -294,7 +297,7 @@ fn handle_slot(
         && gucs::drop_stale_slots()
         && !copy::is_synced_by_postgres(&remote.name)
     {
-        match drop_in_round(&remote.name) {
+        match drop_stale_in_round(&remote.name) {
             Ok(()) => {
                 pgrx::warning!(
                     "slot_failover dropped stale replication slot \"{}\" on this standby: it was not made by slot_failover, and a slot of that name is marked on the upstream server, whose copy takes its place",
