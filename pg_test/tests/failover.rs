@@ -460,8 +460,9 @@ fn a_same_named_slot_we_did_not_create_is_left_alone() {
 /// `slot_failover.debug_pause_file`), the copy is dropped by hand on the standby and a physical
 /// slot of the same name created in its place. The change must find, on the slot it acquired,
 /// that the slot is not ours any more, and leave it alone; so must the rounds after it
-/// (`drop_stale_slots = off`). Before 0.7.0 the round looked only before the pause, and moved
-/// the new slot's positions as if it were the copy.
+/// (`drop_stale_slots = off`). Without the check on the acquired slot, the round looked only
+/// before the pause, and gave the new physical slot a restart_lsn, a confirmed_flush and a
+/// catalog_xmin as if it were the copy.
 #[test]
 fn a_copy_replaced_by_hand_while_a_round_is_about_to_change_it_is_left_alone() {
     let pause = "slot_failover.pause";
