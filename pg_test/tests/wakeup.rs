@@ -146,21 +146,26 @@ fn a_copy_replaced_by_hand_between_two_moves_is_not_taken_for_ours() {
     // still have the worker holding it for a moment, or make it create the copy again between
     // the drop and the create: then try again).
     let offset = standby.log_position();
-    wait::until("the copy to be replaced by hand", wait::default_timeout(), || {
-        let out = standby.psql(
-            "postgres",
-            "SELECT pg_catalog.pg_drop_replication_slot('sub');
+    wait::until(
+        "the copy to be replaced by hand",
+        wait::default_timeout(),
+        || {
+            let out = standby.psql(
+                "postgres",
+                "SELECT pg_catalog.pg_drop_replication_slot('sub');
              SELECT pg_catalog.pg_create_physical_replication_slot('sub');",
-        );
-        if out.rc == 0 {
-            Check::Done(())
-        } else if out.stderr.contains("is active for PID") || out.stderr.contains("already exists")
-        {
-            Check::NotYet(out.stderr)
-        } else {
-            panic!("replacing the copy failed: {}", out.stderr)
-        }
-    })
+            );
+            if out.rc == 0 {
+                Check::Done(())
+            } else if out.stderr.contains("is active for PID")
+                || out.stderr.contains("already exists")
+            {
+                Check::NotYet(out.stderr)
+            } else {
+                panic!("replacing the copy failed: {}", out.stderr)
+            }
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     primary.safe_psql("postgres", "INSERT INTO t VALUES (1000001)");
     subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", "1000001");

@@ -153,7 +153,8 @@ impl Cache {
                 };
             }
             // SAFETY: the kernel wrote `n` bytes of whole events into `buf`.
-            let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
             let mut at = 0;
             while at + header <= bytes.len() {
                 // SAFETY: a whole event header starts at `at` (the kernel writes whole
@@ -161,8 +162,8 @@ impl Cache {
                 let event: libc::inotify_event =
                     unsafe { std::ptr::read_unaligned(bytes[at..].as_ptr().cast()) };
                 let name_len = event.len as usize;
-                let name = &bytes[(at + header).min(bytes.len())
-                    ..(at + header + name_len).min(bytes.len())];
+                let name = &bytes
+                    [(at + header).min(bytes.len())..(at + header + name_len).min(bytes.len())];
                 at += header + name_len;
                 if event.mask
                     & (libc::IN_DELETE_SELF
