@@ -33,6 +33,7 @@
 //! | `primary/digest` | the facts an upstream serves from shared memory | backends serving standbys | the slot array |
 //! | `standby/round` | one synchronization round | worker (or `sync()`'s backend) | the slot array |
 //! | `standby/copy` | the copies: create, change, make (not) ready, drop; the marker files | as `round` | the slot array |
+//! | `standby/ownership` | which slots are copies: the markers, and the worker's cache of them kept true by inotify | as `round` (the cache: worker only) | - |
 //! | `standby/snapshots` | the upstream's serialized snapshots, stored here | as `round` | - |
 //! | `standby/upstream`, `standby/protocol` | the connection to the upstream and the wire format | as `round` | - |
 //! | `standby/own_slots` | a primary back in recovery: its own slots count as ready (a record of the timeline it was primary on) | worker, backends | - |

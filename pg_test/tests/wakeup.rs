@@ -53,8 +53,9 @@ fn write_and_follow(primary: &Cluster, standby: &Cluster, subscriber: &Cluster, 
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
-#[test]
-fn copies_follow_at_once_with_an_hour_long_naptime() {
+/// A primary with table `t` published, a standby (failover standby, naptime an hour, plus
+/// `standby_conf`) and a subscriber whose slot `sub` is marked.
+fn subscribed_with_an_hour_long_naptime(standby_conf: &str) -> (Cluster, Cluster, Cluster) {
     let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
@@ -64,10 +65,16 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
         &primary,
         "standby1",
         STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.naptime = '1h'",
+        &format!("hot_standby_feedback = on\nslot_failover.naptime = '1h'\n{standby_conf}"),
     );
     let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    (primary, standby, subscriber)
+}
+
+#[test]
+fn copies_follow_at_once_with_an_hour_long_naptime() {
+    let (primary, standby, subscriber) = subscribed_with_an_hour_long_naptime("");
 
     // Ready, then following, through wake-ups only.
     let mut upto = 0;
@@ -116,19 +123,8 @@ fn copies_follow_at_once_with_an_hour_long_naptime() {
 /// slot for the copy and replace it.
 #[test]
 fn a_copy_replaced_by_hand_between_two_moves_is_not_taken_for_ours() {
-    let primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!("{TABLE}; CREATE PUBLICATION pub FOR TABLE t; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"),
-    );
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.naptime = '1h'\nslot_failover.drop_stale_slots = off",
-    );
-    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
-    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let (primary, standby, subscriber) =
+        subscribed_with_an_hour_long_naptime("slot_failover.drop_stale_slots = off");
     let mut upto = 0;
     for _ in 0..3 {
         upto += 20;

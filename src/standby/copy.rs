@@ -36,7 +36,7 @@
 //!   transaction, holding no slot on entry and none on return.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::Write;
 
@@ -310,16 +310,12 @@ pub struct Change {
 /// like a copy that was never ready.
 pub fn update(name: &str, change: Change) -> Result<(), String> {
     let cname = cname(name);
-    // SAFETY: the caller holds no slot; we acquire ours (a temporary copy is owned by this
-    // process already; a persistent one is free unless a consumer uses it, and then acquire
-    // raises an ERROR that the round turns into this slot's error). Fields are changed under
+    // SAFETY: the caller holds no slot; we acquire ours, checked (a temporary copy is owned by
+    // this process already; a persistent one is free unless a consumer uses it, and then
+    // acquire raises an ERROR that the round turns into this slot's error). Fields are changed under
     // the slot's spinlock, saved, and only then is the effective catalog_xmin raised.
     unsafe {
-        compat::acquire_slot(&cname);
-        if !acquired_is_ours(name) {
-            pg_sys::ReplicationSlotRelease();
-            return Err(NOT_OURS.into());
-        }
+        acquire_ours(name, &cname)?;
         let slot = pg_sys::MyReplicationSlot;
         let mut raised_xmin = None;
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
@@ -435,37 +431,39 @@ pub fn touch(names: &[String]) {
 /// Why a change or a drop of copy `name` was refused: the slot of that name is not ours.
 const NOT_OURS: &str = "a replication slot of this name that slot_failover did not create took the copy's place (dropped and created again on this standby since the round looked); it is left alone";
 
-/// Whether the slot this process has just acquired, `name`, is one of our copies. Asked on the
-/// acquired slot, because the round's look at it came earlier: a copy dropped by hand and
-/// replaced by a slot of the same name since then must not be changed or dropped as ours. A
-/// held slot cannot be dropped, so the answer stands until it is released. A temporary slot
-/// that this process could acquire is one it created (another process's temporary slot is
-/// held by it, and goes with its session).
+/// Acquire slot `name` (`cname`) and make sure it is one of our copies; Err, released again,
+/// when it is not. Asked on the acquired slot, because the round's look at it came earlier: a
+/// copy dropped by hand and replaced by a slot of the same name since then must not be changed
+/// or dropped as ours. A held slot cannot be dropped, so the answer stands until it is
+/// released. A temporary slot that this process could acquire is one it created (another
+/// process's temporary slot is held by it, and goes with its session). Acquiring raises an
+/// ERROR if another process holds the slot.
 ///
 /// # Safety
-/// This process holds the slot (`MyReplicationSlot`), acquired as `name`.
-unsafe fn acquired_is_ours(name: &str) -> bool {
-    // SAFETY: as the caller guarantees: MyReplicationSlot is ours, and its persistency only
-    // changes in the process that holds it.
-    let temporary = unsafe {
-        (*pg_sys::MyReplicationSlot).data.persistency
-            == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
-    };
-    temporary || ownership::is_ours(name)
+/// The caller holds no slot, and releases or drops the slot when this returns Ok.
+unsafe fn acquire_ours(name: &str, cname: &CStr) -> Result<(), String> {
+    // SAFETY: as the caller guarantees; MyReplicationSlot is ours once acquired, and its
+    // persistency only changes in the process that holds it.
+    unsafe {
+        compat::acquire_slot(cname);
+        let temporary = (*pg_sys::MyReplicationSlot).data.persistency
+            == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY;
+        if temporary || ownership::is_ours(name) {
+            Ok(())
+        } else {
+            pg_sys::ReplicationSlotRelease();
+            Err(NOT_OURS.into())
+        }
+    }
 }
 
 /// Drop our copy `name`, checking on the acquired slot that it is still ours (see
-/// [`acquired_is_ours`]); Err when it is not. Raises an ERROR if a consumer holds the slot.
+/// [`acquire_ours`]); Err when it is not. Raises an ERROR if a consumer holds the slot.
 pub fn drop_copy(name: &str) -> Result<(), String> {
     let cname = cname(name);
-    // SAFETY: the caller holds no slot; acquiring (nowait) raises an ERROR if another process
-    // holds it. We hold it from here: released when it is not ours, dropped otherwise.
+    // SAFETY: the caller holds no slot; once acquire_ours returns Ok we hold ours, and drop it.
     unsafe {
-        compat::acquire_slot(&cname);
-        if !acquired_is_ours(name) {
-            pg_sys::ReplicationSlotRelease();
-            return Err(NOT_OURS.into());
-        }
+        acquire_ours(name, &cname)?;
         compat::drop_acquired_slot(&cname);
     }
     Ok(())
