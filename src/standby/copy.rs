@@ -58,12 +58,6 @@ pub fn is_synced_by_postgres(name: &str) -> bool {
     .contains(&true)
 }
 
-/// Whether the slot `name` is one of our copies (its marker file is there; see
-/// `ownership`).
-pub fn is_ours(name: &str) -> bool {
-    ownership::is_ours(name)
-}
-
 /// Every replication slot on this server, by name, as the readiness rules see it. A slot is
 /// ours if it is logical and carries our marker file, or is a temporary slot held by this
 /// process (only its creator holds a temporary slot).

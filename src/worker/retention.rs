@@ -29,7 +29,7 @@ use pgrx::prelude::*;
 
 use crate::gucs;
 use crate::pg::{compat, slot_array};
-use crate::standby::copy;
+use crate::standby::{copy, ownership};
 use slot_failover_rules::Lsn;
 use slot_failover_rules::retention::crossings;
 
@@ -68,7 +68,7 @@ fn restart_lsns(names: &[String], standby: bool) -> Vec<(String, Option<u64>)> {
             let restart = found
                 .get(n)
                 .copied()
-                .filter(|_| !standby || copy::is_ours(n));
+                .filter(|_| !standby || ownership::is_ours(n));
             (n.clone(), restart)
         })
         .collect()
