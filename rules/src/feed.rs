@@ -42,7 +42,10 @@ fn encode_field(out: &mut String, field: Option<&str>) {
                 if plain(b) {
                     out.push(b as char);
                 } else {
-                    out.push_str(&format!("%{b:02X}"));
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    out.push('%');
+                    out.push(HEX[usize::from(b >> 4)] as char);
+                    out.push(HEX[usize::from(b & 0xf)] as char);
                 }
             }
         }
@@ -51,7 +54,9 @@ fn encode_field(out: &mut String, field: Option<&str>) {
 
 /// The line for `counter` and, when given, a slot's fields (else: anything may have changed).
 pub fn encode(counter: i64, fields: Option<&[Option<String>]>) -> String {
-    let mut out = counter.to_string();
+    // Room for a typical slot's line, so that it is built without growing.
+    let mut out = String::with_capacity(192);
+    out.push_str(&counter.to_string());
     match fields {
         None => out.push_str(" *"),
         Some(fields) => {
@@ -105,7 +110,8 @@ pub fn decode(line: &str) -> Result<Line, String> {
         .next()
         .and_then(|c| c.parse::<i64>().ok())
         .ok_or_else(|| format!("feed line without a counter: {line:?}"))?;
-    let rest: Vec<&str> = words.collect();
+    let mut rest: Vec<&str> = Vec::with_capacity(FIELDS);
+    rest.extend(words);
     if rest == ["*"] {
         return Ok(Line::Anything(counter));
     }
@@ -115,10 +121,10 @@ pub fn decode(line: &str) -> Result<Line, String> {
             rest.len()
         ));
     }
-    let fields = rest
-        .into_iter()
-        .map(decode_field)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut fields = Vec::with_capacity(FIELDS);
+    for word in rest {
+        fields.push(decode_field(word)?);
+    }
     Ok(Line::Slot(counter, fields))
 }
 

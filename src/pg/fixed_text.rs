@@ -16,3 +16,10 @@ pub fn get(src: &[u8]) -> String {
     let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
     String::from_utf8_lossy(&src[..end]).into_owned()
 }
+
+/// Whether `src` holds exactly `s`, compared in place (nothing allocated): for the lookups on
+/// the path of every move.
+pub fn equals(src: &[u8], s: &str) -> bool {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    &src[..end] == s.as_bytes()
+}

@@ -10,7 +10,7 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::shmem::PGRXSharedMemory;
 
-use crate::pg::fixed_text::{get, put};
+use crate::pg::fixed_text::{equals, get, put};
 use slot_failover_rules::Lsn;
 use slot_failover_rules::readiness::State;
 use slot_failover_rules::report::{SlotAction, SlotReport};
@@ -141,7 +141,7 @@ pub fn publish_some(reports: &[SlotReport]) -> bool {
         .map(|r| {
             shared.entries[..count]
                 .iter()
-                .position(|e| get(&e.name) == r.name)
+                .position(|e| equals(&e.name, &r.name))
         })
         .collect();
     let Some(positions) = positions else {

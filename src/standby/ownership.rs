@@ -129,8 +129,10 @@ impl Cache {
     #[cfg(target_os = "linux")]
     fn catch_up(&mut self) -> bool {
         use std::os::fd::AsRawFd;
-        // Aligned for inotify_event; room for many events with names up to NAME_MAX.
-        let mut buf = [0u64; 1024];
+        // Aligned for inotify_event; room for many events with names up to NAME_MAX. Not
+        // zeroed: only the bytes the kernel wrote are read (zeroing 8 kB on every look was a
+        // tenth of this function's cost, which runs twice per moved copy).
+        let mut buf = std::mem::MaybeUninit::<[u64; 1024]>::uninit();
         let header = std::mem::size_of::<libc::inotify_event>();
         loop {
             // SAFETY: reads into our own buffer, at most its size.
@@ -138,7 +140,7 @@ impl Cache {
                 libc::read(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
-                    std::mem::size_of_val(&buf),
+                    std::mem::size_of::<[u64; 1024]>(),
                 )
             };
             if n == 0 {
@@ -152,7 +154,8 @@ impl Cache {
                     _ => false,
                 };
             }
-            // SAFETY: the kernel wrote `n` bytes of whole events into `buf`.
+            // SAFETY: the kernel wrote `n` bytes of whole events into the start of `buf`;
+            // only those are read.
             let bytes =
                 unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
             let mut at = 0;
