@@ -241,12 +241,17 @@ pub fn wait_for_standbys() -> bool {
 }
 
 /// `slot_failover.standby_slot_names` as a list, when set (it then overrides the catalog).
+/// A name given twice counts once: the quorum (`standbys_min_confirmed`) counts standbys,
+/// and one standby named twice must not count as two.
 pub fn standby_slot_names() -> Option<Vec<String>> {
     string_setting(&STANDBY_SLOT_NAMES).map(|s| {
-        s.split(',')
-            .map(|n| n.trim().trim_matches('"').to_string())
-            .filter(|n| !n.is_empty())
-            .collect()
+        let mut names: Vec<String> = Vec::new();
+        for name in s.split(',').map(|n| n.trim().trim_matches('"')) {
+            if !name.is_empty() && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        names
     })
 }
 

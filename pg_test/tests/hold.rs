@@ -250,6 +250,94 @@ fn a_stopped_failover_standby_holds_marked_slots_only() {
     assert_eq!(ids(&subscriber, "postgres"), ids(&primary, "postgres"));
 }
 
+/// A keepalive never carries a marked slot past the failover standbys. A logical walsender's
+/// keepalive says how far it has decoded (`sentPtr`), output or not, and a subscriber with
+/// nothing pending confirms that as flushed: so writes to a table it does not subscribe to
+/// moved its slot's `confirmed_flush` past what a stopped standby had, while the hold kept
+/// every change back (the slot's copies then wait as `ahead_of_standby` for as long as the
+/// standbys lag). Seen on 17 before the keepalives were capped: the marked slot confirmed up to
+/// the unpublished insert, past the stopped standby's flush. The unmarked slot is the control:
+/// its keepalives are not touched, and it must confirm past the standby.
+///
+/// `wal_sender_timeout` is short so that a held walsender sends its timeout keepalives within
+/// the test too (on 14, which sends an empty transaction's BEGIN and COMMIT, the walsender is
+/// held at that BEGIN, and those keepalives are the only ones it sends).
+#[test]
+fn keepalives_do_not_carry_a_marked_slot_past_the_standbys() {
+    let (primary, mut standbys) = primary_with_failover_standbys(1);
+    primary.set_and_reload("wal_sender_timeout", "4s");
+    primary.safe_psql("postgres", "CREATE TABLE unpublished (id int)");
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    subscriber.set_and_reload("wal_receiver_status_interval", "1s");
+    insert_one_by_one(&primary, 1, 5);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "5");
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "5");
+
+    standbys[0].stop(StopMode::Fast);
+    let standby_flush = primary.safe_psql(
+        "postgres",
+        &format!("SELECT restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = '{STANDBY_SLOT}'"),
+    );
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO unpublished SELECT pg_catalog.generate_series(1, 10)",
+    );
+    // Both walsenders decode past the standby, and the unmarked slot's subscriber confirms it.
+    for slot in ["held", "free"] {
+        primary.poll_query_until(
+            "postgres",
+            &format!(
+                "SELECT sent_lsn > '{standby_flush}' FROM pg_catalog.pg_stat_replication
+                  WHERE application_name = '{slot}'"
+            ),
+            "t",
+        );
+    }
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn > '{standby_flush}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'free'"
+        ),
+        "t",
+    );
+    // A reply of the marked slot's subscriber after its walsender decoded past the standby,
+    // and one more past a timeout keepalive.
+    let since = primary.safe_psql("postgres", "SELECT pg_catalog.clock_timestamp()");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT reply_time > '{since}'::timestamptz + interval '3 s'
+               FROM pg_catalog.pg_stat_replication WHERE application_name = 'held'"
+        ),
+        "t",
+    );
+    let confirmed = primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn || ' ' || (confirmed_flush_lsn <= '{standby_flush}')::text
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
+        ),
+    );
+    assert!(
+        confirmed.ends_with(" true"),
+        "the marked slot confirmed {confirmed}, past the stopped standby's flush {standby_flush}"
+    );
+
+    // The standby back: the subscriber confirms past the insert again, and gets new rows.
+    standbys[0].start();
+    insert_one_by_one(&primary, 6, 6);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "6");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn > '{standby_flush}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'held'"
+        ),
+        "t",
+    );
+}
+
 /// Test 2. Quorum: two failover standbys, standbys_min_confirmed = 1. One down: changes still
 /// flow. Both down: they stop. One back: they flow again.
 #[test]
@@ -285,6 +373,28 @@ fn one_of_two_standbys_is_enough_with_a_quorum_of_one() {
         20,
         "all must confirm by default"
     );
+
+    // A standby named twice in slot_failover.standby_slot_names counts once: with a quorum
+    // of two, standby2_slot twice is not two standbys (before, the senders counted entries).
+    primary.set_and_reload("slot_failover.standbys_min_confirmed", "2");
+    primary.set_and_reload(
+        "slot_failover.standby_slot_names",
+        "standby2_slot, standby2_slot, standby1_slot",
+    );
+    assert_eq!(
+        primary.safe_psql(
+            "postgres",
+            "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM slot_failover.standbys"
+        ),
+        "standby1_slot,standby2_slot"
+    );
+    wait_until_held(&primary, "held", STANDBY_SLOT);
+    assert_eq!(
+        count(&subscriber, "postgres"),
+        20,
+        "one standby named twice counted as two"
+    );
+    primary.set_and_reload("slot_failover.standbys_min_confirmed", "-1");
 
     // slot_failover.standby_slot_names overrides the catalog: naming only standby2_slot
     // releases what standby1 held back.

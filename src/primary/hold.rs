@@ -15,7 +15,7 @@
 //! whose position the standbys have not flushed: that one is queued, and the walsender is told
 //! that output is pending. The walsender then runs its own wait-for-writable loop
 //! (`ProcessPendingWrites`): it reads the client's replies, answers with keepalives (ours pass
-//! through, they carry the position of the last fully sent record, never beyond), enforces
+//! through, their position lowered to what the standbys have flushed: see [`capped_keepalive`]), enforces
 //! `wal_sender_timeout`, handles SIGTERM and reloads, and calls `pq_flush_if_writable()` each
 //! turn. Ours checks the standbys there, sleeps a few milliseconds on the process latch (with
 //! a wait event naming the wait) and releases the queue once the quorum has flushed far
@@ -637,6 +637,20 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
     len: usize,
 ) {
     let original = original();
+    // A keepalive: 'k', walEnd, sendTime (8 bytes each), replyRequested (1 byte).
+    if msgtype as u8 == b'd' && len == KEEPALIVE_LEN && !s.is_null() {
+        // SAFETY: s points at len readable bytes (the caller's message buffer).
+        let bytes = unsafe { std::slice::from_raw_parts(s.cast::<u8>(), len) };
+        if bytes[0] == b'k'
+            && let Some(capped) = capped_keepalive(bytes)
+        {
+            // SAFETY: the original function, with a buffer we own of the same length.
+            unsafe {
+                (original.putmessage_noblock)(msgtype, capped.as_ptr().cast::<c_char>(), len)
+            };
+            return;
+        }
+    }
     // An XLogData message: 'w', dataStart, walEnd, sendTime (8 bytes each), then data.
     if msgtype as u8 == b'd' && len >= 25 && !s.is_null() {
         // SAFETY: s points at len readable bytes (the caller's message buffer).
@@ -676,6 +690,47 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
     }
     // SAFETY: the original function with the caller's arguments.
     unsafe { (original.putmessage_noblock)(msgtype, s, len) }
+}
+
+/// Length of a walsender's keepalive message (`WalSndKeepalive()`, the same on 14 to 18).
+const KEEPALIVE_LEN: usize = 18;
+
+/// A keepalive of a held slot's walsender whose `walEnd` is past what the failover standbys
+/// have flushed: the same keepalive with `walEnd` lowered to that (None: send it as it is).
+///
+/// A logical walsender's keepalive carries `sentPtr`, the end of the last record it decoded,
+/// output or not (a transaction of another table, skipped; a running-xacts record). A client
+/// with nothing pending confirms it as flushed (a subscription's apply worker does, and so
+/// may other consumers), and the slot's `confirmed_flush` then moves past what the standbys
+/// have: its copies wait (`ahead_of_standby`) for as long as the standbys lag behind the
+/// subscriber, which under steady writes can be always, and a consumer that keeps the
+/// keepalive's position as its own restart point would ask a promoted standby to start past
+/// the end of its WAL, skipping its first new transactions. PostgreSQL 17's own hold never
+/// decodes past what the standbys have flushed, so its keepalives cannot run ahead either.
+///
+/// Not while the walsender is stopping (the server shuts down): it then waits for its client
+/// to confirm everything it decoded before it exits, and with a standby gone it would wait
+/// forever; what it still sends then is held as before (see [`try_release`]).
+fn capped_keepalive(bytes: &[u8]) -> Option<Vec<u8>> {
+    let slot = held_slot_candidate()?;
+    if !slot_is_held(slot.to_bytes()) || !marks_cache::loaded() {
+        return None;
+    }
+    let wal_end = Lsn(u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")));
+    if wal_end <= cached_confirmed() {
+        return None;
+    }
+    let (confirmed, _) = evaluate(wal_end);
+    // SAFETY: MyWalSnd is this walsender's own entry in shared memory; only this process
+    // writes its state, so reading it without the spinlock sees our own last write.
+    let stopping =
+        unsafe { (*pg_sys::MyWalSnd).state } == pg_sys::WalSndState::WALSNDSTATE_STOPPING;
+    if wal_end <= confirmed || stopping {
+        return None;
+    }
+    let mut capped = bytes.to_vec();
+    capped[1..9].copy_from_slice(&confirmed.0.to_be_bytes());
+    Some(capped)
 }
 
 #[pg_guard]
