@@ -186,6 +186,161 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
     );
 }
 
+/// The upstream's change counter (`wait_for_slot_change(-1, 0)` returns it at once).
+fn counter(node: &Cluster) -> i64 {
+    node.safe_psql(
+        "postgres",
+        "SELECT counter FROM slot_failover.wait_for_slot_change(-1, 0)",
+    )
+    .parse()
+    .expect("a counter")
+}
+
+/// A standby's worker moves to another upstream (its `primary_conninfo` changed and
+/// reloaded, as an orchestrator does) whose change counter is far below the one it saw on the
+/// first: each server counts its own changes from its start (also the same server after a
+/// restart). The worker must not take the old counter to the new upstream. Before the fix it
+/// did: the new upstream's feed found nothing after that counter and ended at once with no
+/// line, and the worker started the next one at once, again and again, until the new counter
+/// passed the old one: a busy loop on both sides, and copies that followed only with the full
+/// rounds, once a naptime. Seen on 17 with an hour-long naptime: B's copy never reached the
+/// rows written after the move. Now a new connection starts from "anything may have changed"
+/// (a full round), and an upstream asked about a counter ahead of its own says the same.
+#[test]
+fn a_standby_moved_to_an_upstream_with_a_lower_counter_keeps_following() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_physical_replication_slot('slot_b_on_primary');"
+        ),
+    );
+    // A does not synchronize at first: its counter stays low while the primary's grows.
+    let a = standby_of(
+        &primary,
+        "standby_a",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.enabled = off"),
+    );
+    a.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('slot_b')",
+    );
+    let b = standby_of(
+        &primary,
+        "standby_b",
+        "slot_b_on_primary",
+        &format!("{SYNCING}\nslot_failover.enabled = on"),
+    );
+    let subscriber = subscriber_of(
+        &primary,
+        "sub",
+        "pub",
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    );
+    primary.safe_psql(
+        "postgres",
+        "SELECT slot_failover.enable('sub');
+         SELECT pg_catalog.pg_create_logical_replication_slot('other', 'test_decoding');",
+    );
+    // Each commit of a mark bumps the primary's counter once; B sees them all.
+    primary.safe_psql(
+        "postgres",
+        "DO $$ BEGIN FOR i IN 1..100 LOOP
+             PERFORM slot_failover.enable('other'); COMMIT;
+             PERFORM slot_failover.disable('other'); COMMIT;
+         END LOOP; END $$",
+    );
+    let mut next = 1;
+    // Rows on the primary, confirmed there by the subscriber up to their end; then until
+    // `node`'s copy is ready at that end or past it.
+    let mut ready_on = |node: &Cluster, what: &str| {
+        wait::until(what, wait::default_timeout(), || {
+            write_rows(&primary, &subscriber, next, next + 4);
+            next += 5;
+            let end = primary.safe_psql("postgres", "SELECT pg_catalog.pg_current_wal_lsn()");
+            primary.poll_query_until(
+                "postgres",
+                &format!(
+                    "SELECT confirmed_flush_lsn >= '{end}' FROM pg_catalog.pg_replication_slots
+                      WHERE slot_name = 'sub'"
+                ),
+                "t",
+            );
+            wait_for_replay(node, &end);
+            let here = node.safe_psql(
+                "postgres",
+                &format!(
+                    "SELECT coalesce((SELECT state = 'ready' AND confirmed_flush_lsn >= '{end}'
+                                        FROM slot_failover.status WHERE slot_name = 'sub'), false)"
+                ),
+            );
+            if here == "t" {
+                Check::Done(())
+            } else {
+                Check::NotYet(state(node))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    ready_on(&b, "B's copy to follow the primary's slot");
+    a.set_and_reload("slot_failover.enabled", "on");
+    ready_on(&a, "A's copy to follow the primary's slot");
+    let (on_primary, on_a) = (counter(&primary), counter(&a));
+    assert!(
+        on_a + 100 < on_primary,
+        "A's counter ({on_a}) is not far below the primary's ({on_primary}): the test proves nothing"
+    );
+
+    // B moves to A; its worker follows (its full rounds, every 50 ms here, look at the
+    // setting) and streams A's moves.
+    b.set_and_reload("primary_conninfo", &a.connstr("postgres"));
+    b.set_and_reload("primary_slot_name", "slot_b");
+    b.poll_query_until(
+        "postgres",
+        "SELECT sender_port FROM pg_catalog.pg_stat_wal_receiver",
+        &a.port().to_string(),
+    );
+    a.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity
+          WHERE application_name = 'slot_failover worker feed'",
+        "1",
+    );
+    // From now on only A's feed moves B's copy (the full rounds, which would also, come once
+    // an hour): one more batch of rows must reach it.
+    b.set_and_reload("slot_failover.naptime", "1h");
+    write_rows(&primary, &subscriber, next, next + 4);
+    let end = primary.safe_psql("postgres", "SELECT pg_catalog.pg_current_wal_lsn()");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+    wait_for_replay(&b, &end);
+    b.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT state = 'ready' AND confirmed_flush_lsn >= '{end}'
+               FROM slot_failover.status WHERE slot_name = 'sub'"
+        ),
+        "t",
+    );
+    assert_eq!(
+        b.safe_psql(
+            "postgres",
+            "SELECT state FROM slot_failover.sync() WHERE slot_name = 'sub'"
+        ),
+        "ready"
+    );
+}
+
 /// Whether A's worker has logged its copy ready (the status can move on between two looks).
 fn a_was_ready(a: &Cluster) -> bool {
     a.log_from(0)

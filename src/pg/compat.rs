@@ -441,6 +441,46 @@ impl MainLock {
     }
 }
 
+/// Whether the running server computes the slots' required xmin the newer way: from 14.21,
+/// 15.16, 16.12, 17.8 and 18.2 on (the fix "Fix race condition in computing a replication
+/// slot's required xmin", February 2026), `ReplicationSlotsComputeRequiredXmin(true)` expects
+/// its caller to hold `ReplicationSlotControlLock` exclusively as well as `ProcArrayLock`, and
+/// no longer takes the former itself; before, `true` meant `ProcArrayLock` only and the
+/// function took `ReplicationSlotControlLock` shared. A caller that takes the wrong set
+/// waits for itself forever (older minors) or scans without the lock (newer ones). The
+/// extension is built against one minor's headers and may run on another of the same major,
+/// so this is asked of the running server (`server_version_num`), once per process.
+pub fn slot_xmin_under_control_lock() -> bool {
+    use std::sync::OnceLock;
+    static NEW: OnceLock<bool> = OnceLock::new();
+    *NEW.get_or_init(|| {
+        // SAFETY: GetConfigOption with missing_ok returns NULL or a pointer into the GUC
+        // table, valid until the next change of that (fixed, PGC_INTERNAL) setting.
+        let version: u32 = unsafe {
+            let v = pg_sys::GetConfigOption(c"server_version_num".as_ptr(), true, false);
+            if v.is_null() {
+                0
+            } else {
+                CStr::from_ptr(v)
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)
+            }
+        };
+        let first_fixed = match version / 10_000 {
+            14 => 140_021,
+            15 => 150_016,
+            16 => 160_012,
+            17 => 170_008,
+            18 => 180_002,
+            // A later major has the fix from its start.
+            _ => 0,
+        };
+        version >= first_fixed
+    })
+}
+
 /// What our `ExecutorRun_hook` does before the query runs: given the query, it may put a
 /// DestReceiver of its own in front of the query's; it returns the query's own receiver to
 /// put back once the run ends, or NULL when it changed nothing. It must be a `#[pg_guard]`

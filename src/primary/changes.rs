@@ -175,15 +175,18 @@ fn bump(name: &[u8]) {
 }
 
 /// The slots behind the bumps after `seen` up to `now`, when every one of them is still
-/// remembered and names a slot; None otherwise (too many, a change of the marks, or `seen`
-/// is -1).
+/// remembered and names a slot; None otherwise (too many, a change of the marks, `seen` is -1,
+/// or `seen` is ahead of `now`: a counter from before this server's restart, or from another
+/// server, says nothing about what moved here).
 fn moved_between(seen: i64, now: i64) -> Option<Vec<String>> {
-    if seen < 0 || now - seen > RECENT as i64 {
+    if seen < 0 || now < seen || now - seen > RECENT as i64 {
         return None;
     }
     let w = WAKEUP.share();
     // Compared as raw names under the lock (a busy slot fills most of the entries).
-    let mut names: Vec<[u8; NAME_LEN]> = Vec::new();
+    // Sized for the distinct names of a batch at once: growing a vector of 64-byte entries
+    // one step at a time was a tenth of a feed's CPU at 50 busy subscriptions.
+    let mut names: Vec<[u8; NAME_LEN]> = Vec::with_capacity(((now - seen) as usize).min(64));
     for n in (seen + 1)..=now {
         let i = (n as u64 % RECENT as u64) as usize;
         if w.bump[i] != n as u64 || w.name[i][0] == 0 {
@@ -366,7 +369,9 @@ impl Iterator for Feed {
         match moved_between(self.seen, counter) {
             Some(names) => {
                 for row in super::digest::slot_rows(&names) {
-                    let mut fields: Vec<Option<String>> = row.columns.into();
+                    let mut fields: Vec<Option<String>> =
+                        Vec::with_capacity(slot_failover_rules::feed::FIELDS);
+                    fields.extend(row.columns);
                     fields.push(row.database_oid.map(|oid| oid.to_string()));
                     self.pending
                         .push_back(slot_failover_rules::feed::encode(counter, Some(&fields)));

@@ -16,9 +16,10 @@
 //! * **Positions.** WAL is reserved at max(upstream restart_lsn, the redo pointer) under
 //!   ReplicationSlotAllocationLock; like `ReplicationSlotReserveWal`, which has no interlock
 //!   with a concurrent checkpoint either, we check afterwards that the WAL is still there,
-//!   and check it again before the copy becomes ready. catalog_xmin is reserved and catalog_xmin at the oldest xid that is
-//!   safe to decode from, under ReplicationSlotControlLock and ProcArrayLock (both exclusive),
-//!   as PostgreSQL's own slot creation does. Changes are saved to disk before the effective
+//!   and check it again before the copy becomes ready. catalog_xmin is reserved at the oldest
+//!   xid that is safe to decode from, under the locks the running minor's own slot creation
+//!   takes: ReplicationSlotControlLock and ProcArrayLock (both exclusive) from 14.21, 15.16,
+//!   16.12, 17.8 and 18.2 on, ProcArrayLock alone before (`compat::slot_xmin_under_control_lock`). Changes are saved to disk before the effective
 //!   catalog_xmin is raised, then the global horizons are recomputed.
 //! * **Durability.** What a copy relies on is on disk before it is relied on: its
 //!   (restart_lsn, catalog_xmin) pair is saved before the effective catalog_xmin is raised and
@@ -128,6 +129,19 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
             (s.name, Local { ours, ..s.local })
         })
         .collect()
+}
+
+/// Whether this process holds a copy that is not ready yet (a temporary slot it created: it
+/// stays held by its creator until it is made persistent or dropped).
+pub fn any_waiting_copy() -> bool {
+    // SAFETY: MyProcPid is this process's pid, set at its start.
+    let me = unsafe { pg_sys::MyProcPid };
+    !slot_array::scan(|slot| {
+        (slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
+            && slot.active_pid == me)
+            .then_some(())
+    })
+    .is_empty()
 }
 
 /// The end of the WAL this standby has flushed (received and written to disk, or replayed).
@@ -243,10 +257,16 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         // Reserve WAL: the upstream's restart_lsn, or the oldest WAL this standby keeps.
         reserve_wal(&cname(&remote.name), restart)?;
 
-        // Reserve catalog rows: the oldest xid still safe to decode from here.
-        let control_lock = MainLock::ReplicationSlotControl.lock();
+        // Reserve catalog rows: the oldest xid still safe to decode from here. The locks are
+        // the ones the running minor's CreateInitDecodingContext takes (see compat): both
+        // exclusively from the February 2026 minors on, ProcArrayLock alone before (the
+        // function then takes the other itself, shared).
+        let control_lock =
+            compat::slot_xmin_under_control_lock().then(|| MainLock::ReplicationSlotControl.lock());
         let procarray_lock = MainLock::ProcArray.lock();
-        pg_sys::LWLockAcquire(control_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        if let Some(lock) = control_lock {
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        }
         pg_sys::LWLockAcquire(procarray_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let xmin = pg_sys::GetOldestSafeDecodingTransactionId(true);
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
@@ -255,7 +275,9 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
         pg_sys::ReplicationSlotsComputeRequiredXmin(true);
         pg_sys::LWLockRelease(procarray_lock);
-        pg_sys::LWLockRelease(control_lock);
+        if let Some(lock) = control_lock {
+            pg_sys::LWLockRelease(lock);
+        }
 
         pg_sys::ReplicationSlotMarkDirty();
         pg_sys::ReplicationSlotSave();

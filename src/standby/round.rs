@@ -22,13 +22,15 @@ use slot_failover_rules::readiness::{self, Action, State, TwoPhasePoint};
 use slot_failover_rules::report::{SlotAction, SlotReport};
 
 /// What one round works with: the upstream, this standby's flushed WAL, and what the upstream
-/// keeps for this standby (asked once per round, only if a copy could become ready).
+/// keeps for this standby (asked before the slots' rows are read, see [`Round::kept_from`]).
 struct Round<'a> {
     up: &'a Upstream,
-    /// This standby's physical slot on the upstream (its primary_slot_name).
-    primary_slot: String,
     standby_flush: Lsn,
-    kept_from: std::cell::OnceCell<Result<Option<u32>, String>>,
+    /// What the upstream kept for this standby, asked before the rows were read; None when it
+    /// was not asked (no copy was waiting to become ready when the round began).
+    kept_from: Option<Result<Option<u32>, String>>,
+    /// A copy could have become ready but for `kept_from`, not asked this round.
+    kept_from_deferred: std::cell::Cell<bool>,
     /// A copy waits for its slot upstream to move (`Decision::awaits_running_xacts`).
     awaits_running_xacts: std::cell::Cell<bool>,
     /// `compat::builtin_slot_sync_on()`, looked up once per round, not once per slot.
@@ -36,12 +38,12 @@ struct Round<'a> {
 }
 
 impl<'a> Round<'a> {
-    fn new(up: &'a Upstream, primary_slot: &str) -> Round<'a> {
+    fn new(up: &'a Upstream, kept_from: Option<Result<Option<u32>, String>>) -> Round<'a> {
         Round {
             up,
-            primary_slot: primary_slot.to_string(),
             standby_flush: copy::standby_flush(),
-            kept_from: std::cell::OnceCell::new(),
+            kept_from,
+            kept_from_deferred: std::cell::Cell::new(false),
             awaits_running_xacts: std::cell::Cell::new(false),
             builtin_sync: compat::builtin_slot_sync_on(),
         }
@@ -59,15 +61,31 @@ impl<'a> Round<'a> {
 
     /// See `readiness::decide`'s `kept_from`; an error (the upstream could not be asked) counts
     /// as keeping nothing, and is reported by the slot that asked.
+    ///
+    /// It must have been asked **before** the slots' rows were read. A copy becomes ready with
+    /// its slot's catalog_xmin X from the row; the upstream keeps the catalog rows from X for
+    /// its own slot until that slot moves on, and for this standby only once this standby's
+    /// physical slot there holds them. Asked after the row, the promise may have come after the
+    /// slot moved on from X and a vacuum there removed rows from X on (and, replayed, here):
+    /// on 14 and 15 nothing would then stop decoding from the copy with rows missing. Asked
+    /// before, the rows from X were kept without a gap: by the slot until the row was read,
+    /// and by the promise from before then. A round that did not ask (no copy was waiting when
+    /// it began) makes no copy ready: the next round asks.
     fn kept_from(&self) -> Result<Option<u32>, String> {
-        self.kept_from
-            .get_or_init(|| {
-                self.up
-                    .kept_from(&self.primary_slot)
-                    .map_err(|p| p.to_string())
-            })
-            .clone()
+        match &self.kept_from {
+            Some(kept) => kept.clone(),
+            None => {
+                self.kept_from_deferred.set(true);
+                Ok(None)
+            }
+        }
     }
+}
+
+/// What the upstream keeps for this standby, asked before a round reads the slots' rows when a
+/// copy is waiting to become ready (see [`Round::kept_from`]); None otherwise.
+fn kept_from_before_rows(up: &Upstream, primary_slot: &str) -> Option<Result<Option<u32>, String>> {
+    copy::any_waiting_copy().then(|| up.kept_from(primary_slot).map_err(|p| p.to_string()))
 }
 
 /// The upstream's slot as the rules see it; None when there is nothing to copy yet.
@@ -355,6 +373,9 @@ fn handle_slot(
         if decision.awaits_running_xacts {
             round.awaits_running_xacts.set(true);
         }
+        if round.kept_from_deferred.take() && decision.action == Action::Nothing {
+            decision.detail = "the copy can become ready once the upstream server says it keeps the catalog rows the copy needs for this standby; it is asked at the start of the next round".into();
+        }
         if remote.temporary {
             decision.detail = if decision.action == Action::Drop {
                 "the upstream server is a standby whose copy of this slot is not ready; dropping the copy"
@@ -448,15 +469,26 @@ fn touch_ready(reports: &[SlotReport]) {
 /// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the
 /// wake-up) and their copies here, nothing else; copies of unmarked slots are left to the
 /// next full round. Must run in a transaction.
-pub fn round_some(up: &Upstream, moved: &[String], remote: &[RemoteSlot]) -> Vec<SlotReport> {
-    let round = Round::new(up, &gucs::primary_slot_name().unwrap_or_default());
+///
+/// None, with nothing changed, when one of them has a copy waiting to become ready: only a
+/// full round, which asks the upstream what it keeps for this standby before it reads the rows
+/// (see [`Round::kept_from`]), can make it ready.
+pub fn round_some(
+    up: &Upstream,
+    moved: &[String],
+    remote: &[RemoteSlot],
+) -> Option<Vec<SlotReport>> {
     let mut locals = copy::local_slots_named(Some(moved));
+    if locals.values().any(|l| l.ours && !l.persistent) {
+        return None;
+    }
+    let round = Round::new(up, None);
     let reports = remote
         .iter()
         .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
         .collect();
     round.ask_for_standby_snapshot(false);
-    reports
+    Some(reports)
 }
 
 /// One round against an open upstream connection: with `check`, check the upstream first
@@ -466,8 +498,9 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     if check {
         up.check(primary_slot)?;
     }
+    let kept_from = kept_from_before_rows(up, primary_slot);
     let remote = up.marked_slots()?;
-    let round = Round::new(up, primary_slot);
+    let round = Round::new(up, kept_from);
     let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote
         .iter()

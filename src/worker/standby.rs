@@ -256,6 +256,9 @@ impl SyncState {
         if fresh {
             self.upstream = Some(Upstream::connect(&conninfo)?);
             self.conninfo = conninfo;
+            // The change counter seen belongs to the connection it came from: the upstream
+            // may have restarted since (its counter starts again from 0) or be another server.
+            self.change_seen = -1;
         }
         let up = self.upstream.as_ref().expect("connected above");
         // The upstream's prerequisites are looked at on a new connection and then at most once
@@ -292,7 +295,7 @@ impl SyncState {
             return None;
         }
         let up = self.upstream.as_ref()?;
-        Some(round::round_some(up, moved, rows))
+        round::round_some(up, moved, rows)
     }
 
     /// Log what changed since the last round: a new problem (once), the end of a problem, a
