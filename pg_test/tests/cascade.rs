@@ -38,9 +38,11 @@ fn wait_for_replay(node: &Cluster, lsn: &str) {
     );
 }
 
-#[test]
-fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
-    let mut primary = primary_with_extension();
+/// A primary (table `t`, publication `pub`, standby A's slot a failover standby) and A, whose
+/// worker does not synchronize (`slot_failover.enabled = off`), with a physical slot `slot_b`
+/// for a standby of its own.
+fn primary_and_a_not_synchronizing() -> (Cluster, Cluster) {
+    let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
         &format!(
@@ -49,8 +51,7 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
              SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
         ),
     );
-    // A does not synchronize at first: B must not get ahead of it.
-    let mut a = standby_of(
+    let a = standby_of(
         &primary,
         "standby_a",
         STANDBY_SLOT,
@@ -60,6 +61,13 @@ fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
         "postgres",
         "SELECT pg_catalog.pg_create_physical_replication_slot('slot_b')",
     );
+    (primary, a)
+}
+
+#[test]
+fn a_standby_of_a_standby_is_ready_when_its_upstream_is_and_takes_over() {
+    // A does not synchronize at first: B must not get ahead of it.
+    let (mut primary, mut a) = primary_and_a_not_synchronizing();
     // B's configuration comes from A's backup: switch its worker on explicitly.
     let b = standby_of(
         &a,
@@ -208,26 +216,11 @@ fn counter(node: &Cluster) -> i64 {
 /// (a full round), and an upstream asked about a counter ahead of its own says the same.
 #[test]
 fn a_standby_moved_to_an_upstream_with_a_lower_counter_keeps_following() {
-    let primary = primary_with_extension();
+    // A does not synchronize at first: its counter stays low while the primary's grows.
+    let (primary, a) = primary_and_a_not_synchronizing();
     primary.safe_psql(
         "postgres",
-        &format!(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE PUBLICATION pub FOR TABLE t;
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_physical_replication_slot('slot_b_on_primary');"
-        ),
-    );
-    // A does not synchronize at first: its counter stays low while the primary's grows.
-    let a = standby_of(
-        &primary,
-        "standby_a",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nslot_failover.enabled = off"),
-    );
-    a.safe_psql(
-        "postgres",
-        "SELECT pg_catalog.pg_create_physical_replication_slot('slot_b')",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('slot_b_on_primary')",
     );
     let b = standby_of(
         &primary,
