@@ -695,6 +695,30 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
 /// Length of a walsender's keepalive message (`WalSndKeepalive()`, the same on 14 to 18).
 const KEEPALIVE_LEN: usize = 18;
 
+/// How often a walsender that caps its keepalives looks whether the server is shutting down.
+const STOPPING_CHECK_US: i64 = 100_000;
+
+/// Whether the server is shutting down ([`server_stopping`]), asked at most every
+/// [`STOPPING_CHECK_US`]; once it is, it stays so for this process.
+fn shutting_down() -> bool {
+    thread_local! {
+        static LAST: std::cell::Cell<(i64, bool)> = const { std::cell::Cell::new((i64::MIN, false)) };
+    }
+    LAST.with(|last| {
+        let (at, stopping) = last.get();
+        if stopping {
+            return true;
+        }
+        let t = now();
+        if t.saturating_sub(at) < STOPPING_CHECK_US {
+            return false;
+        }
+        let stopping = server_stopping();
+        last.set((t, stopping));
+        stopping
+    })
+}
+
 /// A keepalive of a held slot's walsender whose `walEnd` is past what the failover standbys
 /// have flushed: the same keepalive with `walEnd` lowered to that (None: send it as it is).
 ///
@@ -708,9 +732,12 @@ const KEEPALIVE_LEN: usize = 18;
 /// the end of its WAL, skipping its first new transactions. PostgreSQL 17's own hold never
 /// decodes past what the standbys have flushed, so its keepalives cannot run ahead either.
 ///
-/// Not while the walsender is stopping (the server shuts down): it then waits for its client
-/// to confirm everything it decoded before it exits, and with a standby gone it would wait
-/// forever; what it still sends then is held as before (see [`try_release`]).
+/// Not once the server shuts down: a logical walsender told to stop exits only after its
+/// client has confirmed everything it decoded (`WalSndDone()`, which asks with keepalives),
+/// and the checkpointer waits for it before the shutdown checkpoint; capped, with a standby
+/// gone, that confirmation would never come and the shutdown would hang (a logical walsender
+/// never shows the stopping state, so `postmaster.pid` is asked, as [`try_release`] does, at
+/// most every [`STOPPING_CHECK_US`] while capping). What it still sends then is held as before.
 fn capped_keepalive(bytes: &[u8]) -> Option<Vec<u8>> {
     let slot = held_slot_candidate()?;
     if !slot_is_held(slot.to_bytes()) || !marks_cache::loaded() {
@@ -721,11 +748,7 @@ fn capped_keepalive(bytes: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (confirmed, _) = evaluate(wal_end);
-    // SAFETY: MyWalSnd is this walsender's own entry in shared memory; only this process
-    // writes its state, so reading it without the spinlock sees our own last write.
-    let stopping =
-        unsafe { (*pg_sys::MyWalSnd).state } == pg_sys::WalSndState::WALSNDSTATE_STOPPING;
-    if wal_end <= confirmed || stopping {
+    if wal_end <= confirmed || shutting_down() {
         return None;
     }
     let mut capped = bytes.to_vec();

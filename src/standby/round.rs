@@ -31,6 +31,8 @@ struct Round<'a> {
     kept_from: Option<Result<Option<u32>, String>>,
     /// A copy could have become ready but for `kept_from`, not asked this round.
     kept_from_deferred: std::cell::Cell<bool>,
+    /// The slots whose copies that happened to (see [`round`]'s second look).
+    deferred: std::cell::RefCell<Vec<String>>,
     /// A copy waits for its slot upstream to move (`Decision::awaits_running_xacts`).
     awaits_running_xacts: std::cell::Cell<bool>,
     /// `compat::builtin_slot_sync_on()`, looked up once per round, not once per slot.
@@ -44,6 +46,7 @@ impl<'a> Round<'a> {
             standby_flush: copy::standby_flush(),
             kept_from,
             kept_from_deferred: std::cell::Cell::new(false),
+            deferred: std::cell::RefCell::new(Vec::new()),
             awaits_running_xacts: std::cell::Cell::new(false),
             builtin_sync: compat::builtin_slot_sync_on(),
         }
@@ -374,6 +377,7 @@ fn handle_slot(
             round.awaits_running_xacts.set(true);
         }
         if round.kept_from_deferred.take() && decision.action == Action::Nothing {
+            round.deferred.borrow_mut().push(remote.name.clone());
             decision.detail = "the copy can become ready once the upstream server says it keeps the catalog rows the copy needs for this standby; it is asked at the start of the next round".into();
         }
         if remote.temporary {
@@ -506,6 +510,25 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
         .iter()
         .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
         .collect();
+    // Copies that could have become ready in this round but for the question it did not ask
+    // (made in it, say): ask now, read their rows again after it, and look once more, so that
+    // one round (one `sync()` call in a session) still makes a new copy ready.
+    let deferred = round.deferred.take();
+    if !deferred.is_empty() {
+        let kept_from = up.kept_from(primary_slot).map_err(|p| p.to_string());
+        let again = up.marked_slots()?;
+        let second = Round::new(up, Some(kept_from));
+        let mut waiting = copy::local_slots_named(Some(&deferred));
+        for r in again.iter().filter(|r| deferred.contains(&r.name)) {
+            let report = handle_slot(&second, r, waiting.remove(&r.name));
+            if let Some(first) = reports.iter_mut().find(|f| f.name == r.name) {
+                *first = report;
+            }
+        }
+        if second.awaits_running_xacts.get() {
+            round.awaits_running_xacts.set(true);
+        }
+    }
 
     // Copies of slots that are no longer marked (what is left of the scan).
     let marked: BTreeSet<&str> = remote.iter().map(|r| r.name.as_str()).collect();

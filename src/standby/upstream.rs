@@ -418,6 +418,12 @@ impl Upstream {
         self.feed.replace(None);
     }
 
+    /// Whether the feed has a connection (a new one is opened by the next
+    /// [`start_feed`](Upstream::start_feed) otherwise).
+    pub fn feed_connected(&self) -> bool {
+        self.feed.borrow().is_some()
+    }
+
     /// A feed runs and its last read left nothing to read: a wait on it (and the latch) needs
     /// no transaction. False: start or read the feed first
     /// ([`start_feed`](Upstream::start_feed)).

@@ -109,6 +109,12 @@ impl SyncState {
             return None;
         }
         if !up.feed_is_idle() {
+            // A new feed connection may reach another server than the last one did (behind
+            // a proxy or a multi-host string) or one that restarted since: its counter says
+            // nothing about the one seen before.
+            if !up.feed_connected() {
+                self.change_seen = -1;
+            }
             let seen = self.change_seen;
             let mut lines = Vec::new();
             let started = in_transaction_without_snapshot(|| {
@@ -173,7 +179,9 @@ impl SyncState {
         let mut rows: Vec<RemoteSlot> = Vec::new();
         for line in self.feed_lines.drain(..) {
             self.change_seen = self.change_seen.max(line.counter());
-            if line.counter() <= stale_up_to {
+            // "Anything" is never stale: it only asks for a full round, which reads the rows
+            // (and the counter) afresh.
+            if line.counter() <= stale_up_to && !matches!(line, FeedLine::Anything(_)) {
                 continue;
             }
             match line {
