@@ -454,20 +454,9 @@ pub fn slot_xmin_under_control_lock() -> bool {
     use std::sync::OnceLock;
     static NEW: OnceLock<bool> = OnceLock::new();
     *NEW.get_or_init(|| {
-        // SAFETY: GetConfigOption with missing_ok returns NULL or a pointer into the GUC
-        // table, valid until the next change of that (fixed, PGC_INTERNAL) setting.
-        let version: u32 = unsafe {
-            let v = pg_sys::GetConfigOption(c"server_version_num".as_ptr(), true, false);
-            if v.is_null() {
-                0
-            } else {
-                CStr::from_ptr(v)
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0)
-            }
-        };
+        let version: u32 = super::string_guc(c"server_version_num")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let first_fixed = match version / 10_000 {
             14 => 140_021,
             15 => 150_016,

@@ -11,15 +11,19 @@ pub fn put(dst: &mut [u8], s: &str) {
     dst[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
+/// The bytes stored in `src` (up to its first NUL).
+fn stored(src: &[u8]) -> &[u8] {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    &src[..end]
+}
+
 /// The string stored in `src` (up to its first NUL).
 pub fn get(src: &[u8]) -> String {
-    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
-    String::from_utf8_lossy(&src[..end]).into_owned()
+    String::from_utf8_lossy(stored(src)).into_owned()
 }
 
 /// Whether `src` holds exactly `s`, compared in place (nothing allocated): for the lookups on
 /// the path of every move.
 pub fn equals(src: &[u8], s: &str) -> bool {
-    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
-    &src[..end] == s.as_bytes()
+    stored(src) == s.as_bytes()
 }

@@ -25,3 +25,18 @@ pub fn in_recovery() -> bool {
     // caller (backends and the worker) has shared memory attached. Same on every major.
     unsafe { pgrx::pg_sys::RecoveryInProgress() }
 }
+
+/// A setting's value as this process sees it; None when it is unset or blank.
+pub fn string_guc(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: GetConfigOption with missing_ok = true returns NULL or a pointer into the GUC
+    // table that stays valid until the next configuration change; we copy it at once.
+    let value = unsafe { pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated (see above).
+    let value = unsafe { std::ffi::CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!value.trim().is_empty()).then_some(value)
+}

@@ -117,7 +117,7 @@ fn recorded_timeline() -> Option<u32> {
 
 /// Whether `primary_conninfo` is set: the server means to follow an upstream.
 fn primary_conninfo_set() -> bool {
-    crate::standby::upstream::string_guc(c"primary_conninfo").is_some()
+    crate::pg::string_guc(c"primary_conninfo").is_some()
 }
 
 /// Whether a WAL receiver was asked to stream since the postmaster started.

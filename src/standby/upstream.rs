@@ -135,21 +135,6 @@ impl Drop for Upstream {
     }
 }
 
-/// A setting's value as this process sees it; None when it is unset or blank.
-pub(crate) fn string_guc(name: &CStr) -> Option<String> {
-    // SAFETY: GetConfigOption with missing_ok = true returns NULL or a pointer into the GUC
-    // table that stays valid until the next configuration change; we copy it at once.
-    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
-    if value.is_null() {
-        return None;
-    }
-    // SAFETY: non-null, NUL-terminated (see above).
-    let value = unsafe { CStr::from_ptr(value) }
-        .to_string_lossy()
-        .into_owned();
-    (!value.trim().is_empty()).then_some(value)
-}
-
 /// What the standby-side checks yield.
 pub struct Prerequisites {
     /// The connection string to use (never logged).
@@ -160,12 +145,12 @@ pub struct Prerequisites {
 
 /// The standby-side prerequisites, the connection string and the physical slot.
 pub fn local_prerequisites() -> Result<Prerequisites, Problem> {
-    if string_guc(c"hot_standby_feedback").as_deref() != Some("on") {
+    if crate::pg::string_guc(c"hot_standby_feedback").as_deref() != Some("on") {
         return Err(Problem::NoHotStandbyFeedback);
     }
-    let primary_slot = string_guc(c"primary_slot_name").ok_or(Problem::NoPrimarySlot)?;
+    let primary_slot = crate::pg::string_guc(c"primary_slot_name").ok_or(Problem::NoPrimarySlot)?;
     let conninfo = gucs::upstream_conninfo()
-        .or_else(|| string_guc(c"primary_conninfo"))
+        .or_else(|| crate::pg::string_guc(c"primary_conninfo"))
         .ok_or(Problem::NoConninfo)?;
     Ok(Prerequisites {
         conninfo: conninfo::for_worker(&conninfo, &gucs::database()),
