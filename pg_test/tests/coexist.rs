@@ -98,6 +98,59 @@ fn slots_with_the_failover_flag_are_left_to_the_built_in_slot_sync() {
     );
 }
 
+/// A slot of a flagged slot's name that PostgreSQL's slot sync did not make (here a physical
+/// slot made on the standby; in life, one left from when the server was a primary) stops the
+/// built-in worker for every slot ("same name slot already exists"). It must not count as
+/// ready: slot_failover drops it as it drops any stale slot (`drop_stale_slots`, WARNING),
+/// PostgreSQL's worker then makes its own copy, and only that one is ready.
+#[test]
+fn a_stale_slot_in_the_built_in_slot_syncs_way_is_dropped_not_ready() {
+    let primary = primary_with_extension();
+    if primary.install().major < 17 {
+        eprintln!("skipped: PostgreSQL 17+ only (failover flag, sync_replication_slots)");
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nsync_replication_slots = on"),
+    );
+    standby.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_physical_replication_slot('native')",
+    );
+    let offset = standby.log_position();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('native', 'test_decoding', false, false, true);
+         SELECT slot_failover.enable('native');",
+    );
+    standby.wait_for_log(
+        r#"WARNING:  slot_failover dropped stale replication slot "native" on this standby: it was not made by slot_failover nor by PostgreSQL's slot synchronization, which could not synchronize any slot while it was there"#,
+        offset,
+    );
+    primary.safe_psql("postgres", "INSERT INTO t SELECT generate_series(1, 10)");
+    consume_until_ready(&primary, &standby, &["native"]);
+    standby.poll_query_until("postgres", STATES, "native:native_sync:true");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_type || ':' || synced FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'native'"
+        ),
+        "logical:true",
+        "the ready slot is PostgreSQL's synced copy"
+    );
+}
+
 const MARKS: &str =
     "SELECT coalesce(string_agg(slot_name || ':' || marked_by, ',' ORDER BY slot_name), '')
                        FROM slot_failover.marked_slots";

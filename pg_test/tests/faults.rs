@@ -524,3 +524,68 @@ fn hot_standby_feedback_off_drops_logical_copies_until_it_is_back() {
     consume_until_ready();
     assert_eq!(standby.safe_psql("postgres", slots), "arch,td");
 }
+
+/// A standby whose own `wal_level` is `replica` (its primary's is `logical`: a setup where
+/// the standby's configuration is not copied with the base backup, as on Debian) can hold no
+/// logical slot: PostgreSQL would refuse to start it again ("logical replication slot ...
+/// exists, but wal_level < logical", FATAL), and a promoted one could not decode. The worker
+/// makes no logical copy there and says why in the slot's row and once in the log; the
+/// physical copy is made; the standby restarts.
+#[test]
+fn a_standby_with_wal_level_replica_makes_no_logical_copy() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_physical_replication_slot('arch', true);
+             SELECT slot_failover.enable('arch');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let mut standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nwal_level = replica"),
+    );
+    let state = "SELECT string_agg(slot_name || ':' || state, ',' ORDER BY slot_name)
+                   FROM slot_failover.status";
+    wait::until("the slots' states on the standby", wait::default_timeout(), || {
+        primary.safe_psql(
+            "postgres",
+            "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
+             SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);
+             SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('arch', pg_catalog.pg_current_wal_lsn());",
+        );
+        match standby.safe_psql("postgres", state).as_str() {
+            "arch:ready,td:error" => Check::Done(()),
+            other => Check::NotYet(other.to_string()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let detail = "wal_level on this standby is not logical: a logical slot here would keep it from starting again, and could not be decoded from after a promotion; set wal_level = logical on this standby and restart it";
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT detail FROM slot_failover.status WHERE slot_name = 'td'"
+        ),
+        detail
+    );
+    standby.wait_for_log(
+        &format!(
+            r#"WARNING:  slot_failover worker: replication slot "td" cannot be synchronized: {detail}"#
+        ),
+        0,
+    );
+    let slots =
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_catalog.pg_replication_slots";
+    assert_eq!(standby.safe_psql("postgres", slots), "arch");
+    assert_eq!(
+        standby.safe_psql("postgres", "SELECT slot_failover.failover_ready()"),
+        "f"
+    );
+    standby.restart();
+    assert_eq!(standby.safe_psql("postgres", slots), "arch");
+}

@@ -37,6 +37,9 @@ struct Round<'a> {
     awaits_running_xacts: std::cell::Cell<bool>,
     /// `compat::builtin_slot_sync_on()`, looked up once per round, not once per slot.
     builtin_sync: bool,
+    /// This standby's own wal_level is logical (logical copies need it), looked up once per
+    /// round.
+    wal_level_logical: bool,
 }
 
 impl<'a> Round<'a> {
@@ -49,6 +52,7 @@ impl<'a> Round<'a> {
             deferred: std::cell::RefCell::new(Vec::new()),
             awaits_running_xacts: std::cell::Cell::new(false),
             builtin_sync: compat::builtin_slot_sync_on(),
+            wal_level_logical: crate::pg::string_guc(c"wal_level").as_deref() == Some("logical"),
         }
     }
 
@@ -256,6 +260,67 @@ fn drop_ours(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The detail of a logical slot on a standby whose wal_level is below logical.
+const NO_LOGICAL_WAL_LEVEL: &str = "wal_level on this standby is not logical: a logical slot here would keep it from starting again, and could not be decoded from after a promotion; set wal_level = logical on this standby and restart it";
+
+/// A slot that PostgreSQL's own slot sync keeps (17+, `sync_replication_slots` on, the slot's
+/// failover flag): a copy of ours in its way goes, so that it can make its own. A slot of that
+/// name that PostgreSQL did not sync (one left from when this server was a primary, say)
+/// stops its sync worker ("same name slot already exists") for every slot: it is dropped as
+/// a stale slot is (`drop_stale_slots`), or reported. Ready only once PostgreSQL has synced it
+/// and it is not invalidated (the status view also wants it persistent).
+fn left_to_postgres(
+    remote: &RemoteSlot,
+    local: Option<readiness::Local>,
+    report: &dyn Fn(SlotAction, State, String) -> SlotReport,
+) -> SlotReport {
+    let name = &remote.name;
+    let Some(l) = local else {
+        return report(SlotAction::None, State::NativeSync, NATIVE_SYNC.into());
+    };
+    if l.ours {
+        if let Err(e) = drop_ours(name) {
+            return report(SlotAction::None, State::Error, e);
+        }
+        return report(SlotAction::Dropped, State::NativeSync, NATIVE_SYNC.into());
+    }
+    if copy::is_synced_by_postgres(name) {
+        if l.invalidated {
+            return report(
+                SlotAction::None,
+                State::Invalidated,
+                "PostgreSQL's slot synchronization made this slot, and it was invalidated here".into(),
+            );
+        }
+        return report(SlotAction::None, State::NativeSync, NATIVE_SYNC.into());
+    }
+    if gucs::drop_stale_slots() && !remote.invalidated {
+        return match drop_stale_in_round(name) {
+            Ok(()) => {
+                pgrx::warning!(
+                    "slot_failover dropped stale replication slot \"{name}\" on this standby: it was not made by slot_failover nor by PostgreSQL's slot synchronization, which could not synchronize any slot while it was there"
+                );
+                report(SlotAction::None, State::NativeSync, NATIVE_SYNC.into())
+            }
+            Err(e) => report(
+                SlotAction::None,
+                State::Error,
+                format!(
+                    "a replication slot of this name exists on this standby, was made neither by PostgreSQL's slot synchronization nor by slot_failover, and could not be dropped ({e}); PostgreSQL's slot synchronization cannot synchronize any slot while it is there"
+                ),
+            ),
+        };
+    }
+    report(
+        SlotAction::None,
+        State::Error,
+        "a replication slot of this name exists on this standby, made neither by PostgreSQL's slot synchronization nor by slot_failover (a stale slot: slot_failover.drop_stale_slots is off, or the slot is invalidated upstream); PostgreSQL's slot synchronization cannot synchronize any slot while it is there: drop it".into(),
+    )
+}
+
+/// The detail of a slot left to PostgreSQL's slot sync.
+const NATIVE_SYNC: &str = "left to PostgreSQL's slot synchronization (sync_replication_slots = on, and the slot has failover = true)";
+
 fn handle_slot(
     round: &Round,
     remote: &RemoteSlot,
@@ -294,18 +359,18 @@ fn handle_slot(
     // make it stop, "same name slot already exists"), and a copy of ours made before it was
     // switched on goes, so that it can make its own.
     if remote.failover && round.builtin_sync {
-        let mut action = SlotAction::None;
-        if local.as_ref().is_some_and(|l| l.ours) {
-            if let Err(e) = drop_ours(&remote.name) {
-                return report(SlotAction::None, State::Error, e);
-            }
-            action = SlotAction::Dropped;
+        return left_to_postgres(remote, local, &report);
+    }
+    // A logical slot on a standby whose own wal_level is below logical would keep it from
+    // starting again (RestoreSlotFromDisk: "logical replication slot ... exists, but wal_level
+    // < logical"), and could not be decoded from after a promotion: no logical copy here.
+    if remote.slot_type.as_deref() == Some("logical") && !round.wal_level_logical {
+        if local.as_ref().is_some_and(|l| l.ours)
+            && let Err(e) = drop_ours(&remote.name)
+        {
+            return report(SlotAction::None, State::Error, e);
         }
-        return report(
-            action,
-            State::NativeSync,
-            "left to PostgreSQL's slot synchronization (sync_replication_slots = on, and the slot has failover = true)".into(),
-        );
+        return report(SlotAction::None, State::Error, NO_LOGICAL_WAL_LEVEL.into());
     }
     // A slot of this name that we did not make: typically left from when this server was a
     // primary (a rejoin without pg_rewind keeps pg_replslot), and stale. Unless it is
