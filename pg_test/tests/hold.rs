@@ -352,6 +352,119 @@ fn keepalives_do_not_carry_a_marked_slot_past_the_standbys() {
     );
 }
 
+/// A keepalive's capped position is a record end, never the standbys' flush itself. A
+/// standby's flush can be in the middle of a record; promoted, its new timeline starts at the
+/// end of the last whole record, before that flush; a copy whose `confirmed_flush` is past
+/// that start skips the new primary's first transactions there. Here the stopped standby's
+/// slot is moved into the middle of a 100 kB record (a logical message) that the walsenders
+/// decode past: before the fix the marked slot's subscriber confirmed that mid-record position
+/// (seen on 17: `confirmed_flush` 40 kB into the message); now it confirms no further than the
+/// last record end its walsender had reached before the message. The unmarked slot is the
+/// control, and confirms past the message.
+#[test]
+fn a_capped_keepalive_stops_at_a_record_end() {
+    let (primary, mut standbys) = primary_with_failover_standbys(1);
+    primary.set_and_reload("wal_sender_timeout", "4s");
+    primary.safe_psql("postgres", "CREATE TABLE unpublished (id int)");
+    let subscriber = subscriber_with_two_subscriptions(&primary);
+    subscriber.set_and_reload("wal_receiver_status_interval", "1s");
+    insert_one_by_one(&primary, 1, 3);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "3");
+    subscriber.poll_query_until("free", "SELECT count(*) FROM t", "3");
+
+    standbys[0].stop(StopMode::Fast);
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = '{STANDBY_SLOT}'"
+        ),
+        "f",
+    );
+    // The standby's slot at the end of the WAL so far: the marked slot confirms up to there.
+    let before = primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT pg_catalog.pg_current_wal_insert_lsn();
+             SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('{STANDBY_SLOT}', pg_catalog.pg_current_wal_flush_lsn());"
+        ),
+    );
+    let before = before.lines().next().expect("an LSN").to_string();
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{before}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'held'"
+        ),
+        "t",
+    );
+    let start = primary.safe_psql("postgres", "SELECT pg_catalog.pg_current_wal_insert_lsn()");
+    let end = primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_logical_emit_message(false, 'big', pg_catalog.repeat('x', 100000))",
+    );
+    primary.safe_psql("postgres", "INSERT INTO unpublished VALUES (1)");
+    // The standby "has" the first half of the message.
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('{STANDBY_SLOT}', '{start}'::pg_lsn + 50000)"
+        ),
+    );
+    for slot in ["held", "free"] {
+        primary.poll_query_until(
+            "postgres",
+            &format!(
+                "SELECT sent_lsn >= '{end}' FROM pg_catalog.pg_stat_replication
+                  WHERE application_name = '{slot}'"
+            ),
+            "t",
+        );
+    }
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'free'"
+        ),
+        "t",
+    );
+    // Replies of the marked slot's subscriber after its walsender decoded past the message,
+    // one of them past a timeout keepalive.
+    let since = primary.safe_psql("postgres", "SELECT pg_catalog.clock_timestamp()");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT reply_time > '{since}'::timestamptz + interval '3 s'
+               FROM pg_catalog.pg_stat_replication WHERE application_name = 'held'"
+        ),
+        "t",
+    );
+    let confirmed = primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn || ' ' || (confirmed_flush_lsn <= '{start}')::text
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
+        ),
+    );
+    assert!(
+        confirmed.ends_with(" true"),
+        "the marked slot confirmed {confirmed}, inside the message [{start}, {end}) that the standby has only half of"
+    );
+
+    // The standby back: the marked slot confirms past the message, and rows flow.
+    standbys[0].start();
+    insert_one_by_one(&primary, 4, 4);
+    subscriber.poll_query_until("postgres", "SELECT count(*) FROM t", "4");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'held'"
+        ),
+        "t",
+    );
+}
+
 /// Test 2. Quorum: two failover standbys, standbys_min_confirmed = 1. One down: changes still
 /// flow. Both down: they stop. One back: they flow again.
 #[test]

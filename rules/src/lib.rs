@@ -9,6 +9,7 @@
 //! | [`readiness`] | what to do with one marked slot's copy on a standby in one round, and when it is ready |
 //! | [`own_slots`] | whether a primary back in recovery may count its own slots as ready |
 //! | [`quorum`] | how far a held logical sender may go, given the failover standbys' slots |
+//! | [`keepalive`] | where a held sender's keepalive may say it has got to (a record end the standbys have) |
 //! | [`report`] | what one round did to one slot, as the status view and the logs show it |
 //! | [`retention`] | when a slot crosses the retained-WAL threshold, one line per crossing |
 //! | [`digest`] | the digest of the marked slots' rows an upstream serves |
@@ -22,6 +23,7 @@
 pub mod conninfo;
 pub mod digest;
 pub mod feed;
+pub mod keepalive;
 pub mod lsn;
 pub mod own_slots;
 pub mod quorum;

@@ -76,6 +76,7 @@ use crate::pg::compat::{self, CommMethods};
 use crate::pg::fixed_text::{get, put};
 use crate::primary::marks_cache::{self, slot_is_held};
 use slot_failover_rules::Lsn;
+use slot_failover_rules::keepalive;
 use slot_failover_rules::quorum::{self, Problem, Standby, WalLayout};
 
 /// Sleep of a held sender between two looks at the standbys' slots: nothing wakes a sender
@@ -219,6 +220,8 @@ struct Local {
     /// Standbys already warned about, and for what.
     warned: HashMap<String, Problem>,
     warned_unloaded: bool,
+    /// The record ends this sender's keepalives carried (see [`capped_keepalive`]).
+    record_ends: keepalive::RecordEnds,
 }
 
 thread_local! {
@@ -732,6 +735,15 @@ fn shutting_down() -> bool {
 /// the end of its WAL, skipping its first new transactions. PostgreSQL 17's own hold never
 /// decodes past what the standbys have flushed, so its keepalives cannot run ahead either.
 ///
+/// The cap is a record end, never the standbys' flush itself: that can be in the middle of a
+/// record, before which a promoted standby's new timeline starts, and a `confirmed_flush` past
+/// that start would skip the new primary's first transactions. It is the last record end at
+/// or before the standbys' flush that this sender's keepalives carried (`keepalive::RecordEnds`),
+/// or, when none is known, the slot's own `confirmed_flush` (what the client has confirmed:
+/// the keepalive then moves nothing). Until the worker has published the marks once after the
+/// server started (every logical sender waits then), keepalives carry the slot's
+/// `confirmed_flush` at most.
+///
 /// Not once the server shuts down: a logical walsender told to stop exits only after its
 /// client has confirmed everything it decoded (`WalSndDone()`, which asks with keepalives),
 /// and the checkpointer waits for it before the shutdown checkpoint; capped, with a standby
@@ -740,20 +752,45 @@ fn shutting_down() -> bool {
 /// most every [`STOPPING_CHECK_US`] while capping). What it still sends then is held as before.
 fn capped_keepalive(bytes: &[u8]) -> Option<Vec<u8>> {
     let slot = held_slot_candidate()?;
-    if !slot_is_held(slot.to_bytes()) || !marks_cache::loaded() {
+    let loaded = marks_cache::loaded();
+    if loaded && !slot_is_held(slot.to_bytes()) {
         return None;
     }
     let wal_end = Lsn(u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")));
-    if wal_end <= cached_confirmed() {
-        return None;
-    }
-    let (confirmed, _) = evaluate(wal_end);
-    if wal_end <= confirmed || shutting_down() {
+    let record_end = if loaded {
+        LOCAL.with(|l| l.borrow_mut().record_ends.note(slot.to_bytes(), wal_end));
+        if wal_end <= cached_confirmed() {
+            return None;
+        }
+        let (confirmed, _) = evaluate(wal_end);
+        if wal_end <= confirmed {
+            return None;
+        }
+        LOCAL.with(|l| l.borrow_mut().record_ends.cap(confirmed))
+    } else {
+        None
+    };
+    let cap = record_end.unwrap_or_else(acquired_confirmed_flush);
+    if wal_end <= cap || shutting_down() {
         return None;
     }
     let mut capped = bytes.to_vec();
-    capped[1..9].copy_from_slice(&confirmed.0.to_be_bytes());
+    capped[1..9].copy_from_slice(&cap.0.to_be_bytes());
     Some(capped)
+}
+
+/// The `confirmed_flush` of the slot this process has acquired.
+fn acquired_confirmed_flush() -> Lsn {
+    // SAFETY: called only after held_slot_candidate() found MyReplicationSlot set (this
+    // process holds the slot, so it stays ours); the field is read under the slot's spinlock,
+    // as other processes write slot fields under it.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let lsn = (*slot).data.confirmed_flush;
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        Lsn(lsn)
+    }
 }
 
 #[pg_guard]
