@@ -465,6 +465,82 @@ fn a_capped_keepalive_stops_at_a_record_end() {
     );
 }
 
+/// A client that ends its stream while a change is held back (pg_recvlogical on SIGINT
+/// sends CopyDone and waits for the end of the command) gets its end at once: the held change
+/// is dropped, never sent (the client confirmed none of it, and gets it when it streams
+/// again). Before, the walsender went on holding it and pg_recvlogical waited until
+/// `wal_sender_timeout` ended the connection (seen on 17: still waiting when this test gave up,
+/// with the timeout at 10 minutes). The change comes once the standby is back.
+#[test]
+fn a_client_ending_its_stream_is_not_held() {
+    let (primary, mut standbys) = primary_with_failover_standbys(1);
+    primary.set_and_reload("wal_sender_timeout", "10min");
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('stopper', 'test_decoding');
+         SELECT slot_failover.enable('stopper');",
+    );
+    standbys[0].stop(StopMode::Fast);
+    let mut client = primary
+        .install()
+        .command("pg_recvlogical")
+        .args(["-S", "stopper", "-d", &primary.connstr("postgres")])
+        .args(["-f", "/dev/null", "--no-loop", "--start", "-s", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg_recvlogical");
+    primary.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'stopper' AND active",
+        "1",
+    );
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1, 'held')");
+    wait_until_held(&primary, "stopper", STANDBY_SLOT);
+
+    // SIGINT to pg_recvlogical itself (runuser, its parent, would not pass it on).
+    let pid = wait::until("pg_recvlogical's pid", wait::default_timeout(), || {
+        let found = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                comm.trim() == "pg_recvlogical"
+                    && String::from_utf8_lossy(&cmdline).contains("stopper")
+                    && String::from_utf8_lossy(&cmdline).contains(&primary.port().to_string())
+            });
+        match found {
+            Some(pid) => Check::Done(pid),
+            None => Check::NotYet("no such process".into()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    process::kill(pid, libc::SIGINT).expect("SIGINT");
+    let status = wait::until("pg_recvlogical to end", wait::default_timeout(), || {
+        match client.try_wait().expect("wait") {
+            Some(status) => Check::Done(status),
+            None => Check::NotYet("still running".into()),
+        }
+    })
+    .unwrap_or_else(|e| {
+        let _ = client.kill();
+        panic!("{e}")
+    });
+    assert!(status.success(), "pg_recvlogical ended with {status}");
+    primary.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'stopper' AND active",
+        "0",
+    );
+
+    // The standby back, the change is there for the next stream.
+    standbys[0].start();
+    let end = primary.lsn(pg_test::cluster::LsnMode::Insert).expect("insert LSN");
+    let out = primary.pg_recvlogical_upto("postgres", "stopper", end, &[]);
+    assert!(out.contains("'held'"), "the held change is streamed again:\n{out}");
+}
+
 /// Test 2. Quorum: two failover standbys, standbys_min_confirmed = 1. One down: changes still
 /// flow. Both down: they stop. One back: they flow again.
 #[test]

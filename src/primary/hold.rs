@@ -551,6 +551,23 @@ static ORIGINAL: AtomicPtr<CommMethods> = AtomicPtr::new(std::ptr::null_mut());
 /// A message is held (mirror of `Local::held.is_some()`, read on every call of the wrappers).
 static HOLDING: AtomicBool = AtomicBool::new(false);
 
+/// This sender has ended its side of the stream (CopyDone) and not started another one.
+static STREAM_DONE: AtomicBool = AtomicBool::new(false);
+
+/// The sender ends its side of the stream (`CopyDone`: the client ended its side, or the
+/// sender is done): what is held is never sent, and no later message that would be held is
+/// either (the client confirmed none of it, and asks for it again when it streams next).
+/// Held on, the walsender would wait for the standbys before it can finish the stream, and a
+/// client that stops (pg_recvlogical on SIGINT) would wait with it until `wal_sender_timeout`;
+/// PostgreSQL 17 stops waiting for its standbys there too.
+fn end_of_stream() {
+    STREAM_DONE.store(true, Ordering::Relaxed);
+    if LOCAL.with(|l| l.borrow_mut().held.take()).is_some() {
+        HOLDING.store(false, Ordering::Relaxed);
+        clear_hold();
+    }
+}
+
 fn original() -> &'static CommMethods {
     let p = ORIGINAL.load(Ordering::Relaxed);
     assert!(!p.is_null(), "PqCommMethods wrapped without the original");
@@ -640,6 +657,9 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
     len: usize,
 ) {
     let original = original();
+    if msgtype as u8 == b'c' {
+        end_of_stream();
+    }
     // A keepalive: 'k', walEnd, sendTime (8 bytes each), replyRequested (1 byte).
     if msgtype as u8 == b'd' && len == KEEPALIVE_LEN && !s.is_null() {
         // SAFETY: s points at len readable bytes (the caller's message buffer).
@@ -676,6 +696,9 @@ unsafe extern "C-unwind" fn wrapped_putmessage_noblock(
             if let Some(slot) = held_slot_candidate() {
                 let data_start = Lsn(u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")));
                 if let Some(target) = walsender_target(slot.to_bytes(), data_start) {
+                    if STREAM_DONE.load(Ordering::Relaxed) {
+                        return;
+                    }
                     HOLDING.store(true, Ordering::Relaxed);
                     LOCAL.with(|l| {
                         l.borrow_mut().held = Some(Held {
@@ -825,6 +848,10 @@ unsafe extern "C-unwind" fn wrapped_putmessage(
     s: *const c_char,
     len: usize,
 ) -> c_int {
+    // CopyBothResponse: a new stream starts (START_REPLICATION).
+    if msgtype as u8 == b'W' {
+        STREAM_DONE.store(false, Ordering::Relaxed);
+    }
     // SAFETY: the original function with the caller's arguments.
     unsafe { (original().putmessage)(msgtype, s, len) }
 }
