@@ -409,9 +409,19 @@ pub fn promote(last_round: &[Row]) {
     crate::standby::copy::disown_all();
     crate::standby::own_slots::record_primary_timeline();
     for name in &kept {
-        log!(
-            "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"
-        );
+        // A copy made ready earlier stays persistent when its slot upstream later runs ahead
+        // of this standby (`ahead_of_standby`, say): kept, but its consumer may have changes
+        // this server never got.
+        match last_round.iter().find(|r| r.name == *name) {
+            Some(r) if r.state != State::Ready => warning!(
+                "{WORKER_TYPE}: replication slot \"{name}\" is kept on this promoted server, but it was not ready at the last synchronization round ({}: {}): its consumer may have changes this server does not have",
+                r.state.as_str(),
+                r.detail
+            ),
+            _ => log!(
+                "{WORKER_TYPE}: replication slot \"{name}\" was ready and is kept on this promoted server"
+            ),
+        }
     }
     let missing = crate::pg::xact::read_one::<String>(
         "SELECT pg_catalog.string_agg(m.slot_name::pg_catalog.text, ', ' ORDER BY m.slot_name)
