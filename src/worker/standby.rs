@@ -410,12 +410,11 @@ pub fn promote(last_round: &[Row]) {
     crate::standby::own_slots::record_primary_timeline();
     for name in &kept {
         // A copy made ready earlier stays persistent when its slot upstream later runs ahead
-        // of this standby (`ahead_of_standby`, say): kept, but its consumer may have changes
-        // this server never got.
+        // of this standby (`ahead_of_standby`: the hold-back off, or a standby not named):
+        // kept, but its consumer may have changes this server never got.
         match last_round.iter().find(|r| r.name == *name) {
-            Some(r) if r.state != State::Ready => warning!(
-                "{WORKER_TYPE}: replication slot \"{name}\" is kept on this promoted server, but it was not ready at the last synchronization round ({}: {}): its consumer may have changes this server does not have",
-                r.state.as_str(),
+            Some(r) if r.state == State::AheadOfStandby => warning!(
+                "{WORKER_TYPE}: replication slot \"{name}\" is kept on this promoted server, but at the last synchronization round its consumer had confirmed changes this server did not have ({}): it may hold changes this server never got",
                 r.detail
             ),
             _ => log!(
