@@ -149,3 +149,88 @@ fn a_marked_physical_slot_keeps_its_standby_going_after_failover() {
     .unwrap_or_else(|e| panic!("{e}\n{}", standby2.log_tail(20)));
     assert_eq!(slot_field(&standby1, "sb2", "active"), "true");
 }
+
+/// A physical copy follows no further than the standby has *replayed*: its flushed WAL may end
+/// in a torn record that a promotion discards, and the promoted server would then count the
+/// other standby as having WAL of the new timeline that it never got. With replay paused on
+/// the standby while it goes on receiving, the copy must stay at the replayed position (before
+/// the fix it followed the received WAL: seen on 17, the copy at the upstream slot's position,
+/// past the paused replay).
+#[test]
+fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, pad text);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_physical_replication_slot('sb2', true);
+             SELECT slot_failover.enable('sb2');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    // The copy is made after the slot's position: ready once the slot moves past it.
+    wait::until("the copy of sb2 to be ready", wait::default_timeout(), || {
+        primary.safe_psql(
+            "postgres",
+            "CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('sb2', pg_catalog.pg_current_wal_flush_lsn());",
+        );
+        match status(&standby, "sb2") {
+            s if s.starts_with("ready") => Check::Done(()),
+            s => Check::NotYet(s),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_pause()");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.pg_get_wal_replay_pause_state()",
+        "paused",
+    );
+    let replayed = standby.safe_psql("postgres", "SELECT pg_catalog.pg_last_wal_replay_lsn()");
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g;
+         SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('sb2', pg_catalog.pg_current_wal_flush_lsn());",
+    );
+    let moved = slot_field(&primary, "sb2", "restart_lsn");
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_last_wal_receive_lsn() >= '{moved}'"),
+        "t",
+    );
+    // Two full rounds after the standby received the move (naptime 50 ms).
+    let rounds = || -> i64 {
+        standby
+            .safe_psql("postgres", "SELECT rounds FROM slot_failover.worker_rounds()")
+            .parse()
+            .expect("rounds")
+    };
+    let seen = rounds();
+    wait::until("two more rounds", wait::default_timeout(), || {
+        if rounds() >= seen + 2 {
+            Check::Done(())
+        } else {
+            Check::NotYet("rounds".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let copy = slot_field(&standby, "sb2", "restart_lsn");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            &format!("SELECT '{copy}'::pg_lsn <= '{replayed}'::pg_lsn")
+        ),
+        "t",
+        "the copy is at {copy}, past the replayed {replayed} (the upstream slot at {moved})"
+    );
+
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_resume()");
+    standby.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT restart_lsn = '{moved}' FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'"
+        ),
+        "t",
+    );
+}

@@ -208,7 +208,9 @@ fn update(
 }
 
 /// A physical slot's copy (see the module comment): keep WAL from the upstream slot's
-/// restart_lsn, never past `standby_flush`, never backward.
+/// restart_lsn, never past `standby_flush`, never backward. (For a physical copy the caller
+/// passes the end of the WAL this standby has *replayed* as `standby_flush`: a record end,
+/// which a promotion never cuts off.)
 fn decide_physical(up: &Upstream, l: &Local, standby_flush: Lsn) -> Decision {
     use State::*;
     let target = up.restart_lsn.min(standby_flush);

@@ -155,6 +155,13 @@ pub fn standby_flush() -> Lsn {
     }
 }
 
+/// The end of the WAL this standby has replayed (a record end).
+pub fn standby_replayed() -> Lsn {
+    // SAFETY: reads a position kept in shared memory under its spinlock; valid in any process
+    // attached to shared memory, on every supported major.
+    Lsn(unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) })
+}
+
 fn cname(name: &str) -> CString {
     CString::new(name).expect("slot names have no NUL bytes (validated)")
 }

@@ -26,6 +26,8 @@ use slot_failover_rules::report::{SlotAction, SlotReport};
 struct Round<'a> {
     up: &'a Upstream,
     standby_flush: Lsn,
+    /// The end of the WAL this standby has replayed (see `handle_slot`: physical copies).
+    standby_replayed: Lsn,
     /// What the upstream kept for this standby, asked before the rows were read; None when it
     /// was not asked (no copy was waiting to become ready when the round began).
     kept_from: Option<Result<Option<u32>, String>>,
@@ -47,6 +49,7 @@ impl<'a> Round<'a> {
         Round {
             up,
             standby_flush: copy::standby_flush(),
+            standby_replayed: copy::standby_replayed(),
             kept_from,
             kept_from_deferred: std::cell::Cell::new(false),
             deferred: std::cell::RefCell::new(Vec::new()),
@@ -425,10 +428,22 @@ fn handle_slot(
                 }
             }
         }
+        // A physical copy follows no further than this standby has replayed: replayed WAL
+        // ends at a record end, never past where a promotion starts the new timeline, while
+        // the flushed WAL can end in a torn record that the promotion discards. Copied past
+        // that start, the slot would count, on the promoted server, the other standby as
+        // having WAL of the new timeline it never got (the hold-back would let subscribers
+        // have it). A logical copy's positions come from its slot's consumer, which the
+        // hold-back kept within whole records the standbys flushed.
+        let standby_end = if upstream.as_ref().is_some_and(|u| !u.logical) {
+            round.standby_replayed
+        } else {
+            round.standby_flush
+        };
         let mut decision = readiness::decide(
             upstream.as_ref(),
             local.as_ref(),
-            round.standby_flush,
+            standby_end,
             snapshot,
             &mut || match round.kept_from() {
                 Ok(kept) => kept,
