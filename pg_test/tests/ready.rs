@@ -660,6 +660,77 @@ fn an_idle_slots_copy_is_not_invalidated_by_the_idle_timeout() {
     );
 }
 
+/// 18: a copy that waits to become ready is a temporary slot the worker holds, and
+/// `idle_replication_slot_timeout` counts it as idle too (a released temporary slot gets an
+/// `inactive_since`): a restartpoint then invalidated it and terminated the worker to release
+/// it ("terminating process ... to release replication slot"), at every restartpoint, for as
+/// long as the slot upstream did not move (found by review; this test failed before). The
+/// worker now marks the copies it holds as used at every round, as it does ready ones.
+#[test]
+fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
+    let primary = primary_with_extension();
+    if primary.install().major < 18 {
+        eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('idle', 'test_decoding');
+             SELECT slot_failover.enable('idle');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nidle_replication_slot_timeout = 1s"),
+    );
+    // Nobody consumes 'idle': its copy waits for it to move.
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'idle'",
+        "waiting_for_upstream",
+    );
+    let worker = "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+    let pid = standby.safe_psql("postgres", worker);
+    let offset = standby.log_position();
+    let started = Instant::now();
+    let mut restartpoints = 0;
+    wait::until(
+        "several timeouts with restartpoints",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql("postgres", "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT");
+            primary.wait_for_catchup(&standby);
+            standby.safe_psql("postgres", "CHECKPOINT");
+            restartpoints += 1;
+            let log = standby.log_from(offset);
+            assert!(
+                !log.contains("invalidating obsolete replication slot")
+                    && !log.contains("to release replication slot"),
+                "after {restartpoints} restartpoint(s), {:.1} s:\n{log}",
+                started.elapsed().as_secs_f64()
+            );
+            if started.elapsed() >= Duration::from_secs(5) && restartpoints >= 5 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{restartpoints} restartpoints"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(standby.safe_psql("postgres", worker), pid, "the worker was not restarted");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT state FROM slot_failover.status WHERE slot_name = 'idle'"
+        ),
+        "waiting_for_upstream"
+    );
+}
+
 /// Time to ready (issue 18): a new copy is made with this standby's oldest safe positions
 /// (its redo pointer, its next xid), and is ready only once the slot upstream has moved past
 /// them. A logical slot moves only after its decoder has read a standby snapshot

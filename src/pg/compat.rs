@@ -338,16 +338,22 @@ pub fn set_failover(data: &mut pg_sys::ReplicationSlotPersistentData, on: bool) 
 /// Mark a slot as used just now (`inactive_since`, 17+; no such field before). 18 invalidates
 /// slots idle for `idle_replication_slot_timeout` at checkpoints and restartpoints, and in
 /// recovery exempts only the slots of its own slot sync: a copy whose slot is idle upstream,
-/// and so is not changed here, would be invalidated. The worker calls this for every ready
-/// copy it looks at, so a copy counts as idle only while the worker does not look after it.
+/// and so is not changed here, would be invalidated (a waiting copy, temporary and held by
+/// the worker, too: its holder, the worker, would be terminated to release it). The worker
+/// calls this for every copy of its own it looks at, so a copy counts as idle only while the
+/// worker does not look after it.
 ///
 /// # Safety
 /// `slot` is a slot in use, and its spinlock is held.
 pub unsafe fn touch_inactive_since(slot: &mut pg_sys::ReplicationSlot, now: i64) {
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     {
-        // Only a slot that nobody has acquired has an inactive_since (an acquired one has 0).
-        if slot.active_pid == 0 && slot.inactive_since != 0 {
+        // Only a slot that nobody has acquired has an inactive_since (an acquired one has 0),
+        // and on 18 a temporary slot released by its holder, which stays its holder (a copy
+        // that waits to become ready, held by this worker).
+        // SAFETY: MyProcPid is this process's pid, set at its start.
+        let mine = slot.active_pid == unsafe { pg_sys::MyProcPid };
+        if (slot.active_pid == 0 || mine) && slot.inactive_since != 0 {
             slot.inactive_since = now;
         }
     }

@@ -432,7 +432,8 @@ pub fn disown_all() -> Vec<String> {
     disowned
 }
 
-/// Mark the ready copies `names` as used just now (see `compat::touch_inactive_since`).
+/// Mark our copies `names` as used just now (see `compat::touch_inactive_since`): the
+/// persistent ones, and the temporary ones this process holds (copies waiting to be ready).
 pub fn touch(names: &[String]) {
     if names.is_empty() {
         return;
@@ -441,10 +442,14 @@ pub fn touch(names: &[String]) {
     // SAFETY: GetCurrentTimestamp only reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     slot_array::scan_mut(|slot| {
-        let persistent = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+        // SAFETY: MyProcPid is this process's pid, set at its start.
+        let held_here = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
+            && slot.active_pid == unsafe { pg_sys::MyProcPid };
+        let touchable = held_here
+            || slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
         // SAFETY: NameData is NUL-terminated within its 64 bytes.
         let name = unsafe { std::ffi::CStr::from_ptr(slot.data.name.data.as_ptr()) };
-        if persistent && names.contains(name.to_bytes()) {
+        if touchable && names.contains(name.to_bytes()) {
             // SAFETY: scan_mut holds the slot's spinlock; the slot is in use.
             unsafe { compat::touch_inactive_since(slot, now) };
         }

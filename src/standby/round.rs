@@ -540,11 +540,18 @@ fn handle_slot(
     )
 }
 
-/// Mark the copies this round found ready as used just now (see `copy::touch`).
+/// Mark the copies this round kept as used just now (see `copy::touch`): ready ones, and
+/// those waiting to be ready or ahead of this standby (ours too: on 18 an idle timeout would
+/// invalidate them, and terminate the worker holding a waiting one).
 fn touch_ready(reports: &[SlotReport]) {
     let ready: Vec<String> = reports
         .iter()
-        .filter(|r| r.state == State::Ready && r.action != SlotAction::Dropped)
+        .filter(|r| {
+            matches!(
+                r.state,
+                State::Ready | State::WaitingForUpstream | State::AheadOfStandby
+            ) && r.action != SlotAction::Dropped
+        })
         .map(|r| r.name.clone())
         .collect();
     copy::touch(&ready);
