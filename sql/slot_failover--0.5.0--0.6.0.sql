@@ -14,7 +14,9 @@
 -- standbys' workers read instead of pg_replication_slots, so that a move upstream costs the
 -- same however many slots did not move; and slot_failover.slot_feed(seen, duration_ms,
 -- delay_ms): the moves of marked slots as they happen, which standbys' workers read through
--- COPY on a connection of their own instead of running a query per move.
+-- COPY on a connection of their own instead of running a query per move; and
+-- slot_failover.held_from(names): since which WAL position the slots' consumers are held
+-- back for the failover standbys, which standbys' workers ask before a copy becomes ready.
 
 \echo Use "ALTER EXTENSION slot_failover UPDATE TO '0.6.0'" to load this file. \quit
 
@@ -34,6 +36,20 @@ CREATE FUNCTION slot_failover.log_standby_snapshot() RETURNS TEXT /* Option < St
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'log_standby_snapshot_wrapper';
+
+CREATE FUNCTION slot_failover.held_from(
+	"names" TEXT[] /* alloc::vec::Vec<alloc::string::String> */
+) RETURNS TABLE (
+	"slot_name" TEXT,  /* alloc::string::String */
+	"held_from" TEXT  /* core::option::Option<alloc::string::String> */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'held_from_wrapper';
+
+REVOKE ALL ON FUNCTION slot_failover.held_from(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.held_from(text[])
+    TO slot_failover_admin, pg_monitor;
 
 REVOKE ALL ON FUNCTION slot_failover.log_standby_snapshot() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.log_standby_snapshot()

@@ -517,12 +517,14 @@ fn a_client_ending_its_stream_is_not_held() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     process::kill(pid, libc::SIGINT).expect("SIGINT");
-    let status = wait::until("pg_recvlogical to end", wait::default_timeout(), || {
-        match client.try_wait().expect("wait") {
+    let status = wait::until(
+        "pg_recvlogical to end",
+        wait::default_timeout(),
+        || match client.try_wait().expect("wait") {
             Some(status) => Check::Done(status),
             None => Check::NotYet("still running".into()),
-        }
-    })
+        },
+    )
     .unwrap_or_else(|e| {
         let _ = client.kill();
         panic!("{e}")
@@ -536,9 +538,14 @@ fn a_client_ending_its_stream_is_not_held() {
 
     // The standby back, the change is there for the next stream.
     standbys[0].start();
-    let end = primary.lsn(pg_test::cluster::LsnMode::Insert).expect("insert LSN");
+    let end = primary
+        .lsn(pg_test::cluster::LsnMode::Insert)
+        .expect("insert LSN");
     let out = primary.pg_recvlogical_upto("postgres", "stopper", end, &[]);
-    assert!(out.contains("'held'"), "the held change is streamed again:\n{out}");
+    assert!(
+        out.contains("'held'"),
+        "the held change is streamed again:\n{out}"
+    );
 }
 
 /// Test 2. Quorum: two failover standbys, standbys_min_confirmed = 1. One down: changes still

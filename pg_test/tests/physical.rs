@@ -202,7 +202,10 @@ fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
     // Two full rounds after the standby received the move (naptime 50 ms).
     let rounds = || -> i64 {
         standby
-            .safe_psql("postgres", "SELECT rounds FROM slot_failover.worker_rounds()")
+            .safe_psql(
+                "postgres",
+                "SELECT rounds FROM slot_failover.worker_rounds()",
+            )
             .parse()
             .expect("rounds")
     };

@@ -693,7 +693,8 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         "SELECT state FROM slot_failover.status WHERE slot_name = 'idle'",
         "waiting_for_upstream",
     );
-    let worker = "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+    let worker =
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
     let pid = standby.safe_psql("postgres", worker);
     let offset = standby.log_position();
     let started = Instant::now();
@@ -702,7 +703,10 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         "several timeouts with restartpoints",
         wait::default_timeout(),
         || {
-            primary.safe_psql("postgres", "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT");
+            primary.safe_psql(
+                "postgres",
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT",
+            );
             primary.wait_for_catchup(&standby);
             standby.safe_psql("postgres", "CHECKPOINT");
             restartpoints += 1;
@@ -721,7 +725,11 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(standby.safe_psql("postgres", worker), pid, "the worker was not restarted");
+    assert_eq!(
+        standby.safe_psql("postgres", worker),
+        pid,
+        "the worker was not restarted"
+    );
     assert_eq!(
         standby.safe_psql(
             "postgres",
@@ -729,6 +737,103 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         ),
         "waiting_for_upstream"
     );
+}
+
+/// A process stopped with SIGSTOP, continued when this is dropped (a failed assertion too).
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = pg_test::process::kill(self.0, libc::SIGCONT);
+    }
+}
+
+/// A slot marked while its consumer was already reading it: what the consumer got before the
+/// mark was not held back, and may be past the standby's WAL (here the standby's walreceiver is
+/// stopped, and the consumer has read, with `pg_logical_slot_peek_changes()`, rows written
+/// after that, without confirming them; the slot was moved past where a new copy reserves
+/// before the walreceiver stopped). Before the fix the copy was ready at once
+/// (seen on 17: `failover_ready()` true while the standby had none of the rows the consumer
+/// had read; a failover then gives the consumer changes, or a slot position, the new primary
+/// never had). Now the upstream says since when it holds the slot's consumers back
+/// (`held_from()`, its flush position when the mark took effect), and the copy waits
+/// (`ahead_of_standby`) until the standby has flushed that; it is ready once the walreceiver
+/// goes on.
+#[test]
+fn a_slot_marked_while_its_consumer_read_ahead_is_ready_once_the_standby_has_it() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('late', 'test_decoding');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    // A restartpoint on the standby, then the slot moved past it (two standby snapshots, each
+    // decoded and confirmed), all on the standby before its walreceiver stops: the slot is
+    // then past the reservation a new copy would get.
+    primary.safe_psql("postgres", "CHECKPOINT");
+    primary.wait_for_catchup(&standby);
+    standby.safe_psql("postgres", "CHECKPOINT");
+    for _ in 0..2 {
+        primary.safe_psql(
+            "postgres",
+            "SELECT slot_failover.log_standby_snapshot();
+             SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('late', pg_catalog.pg_current_wal_flush_lsn());",
+        );
+    }
+    primary.wait_for_catchup(&standby);
+    let walreceiver: i32 = standby
+        .safe_psql(
+            "postgres",
+            "SELECT pid FROM pg_catalog.pg_stat_wal_receiver",
+        )
+        .parse()
+        .expect("walreceiver pid");
+    pg_test::process::kill(walreceiver, libc::SIGSTOP).expect("SIGSTOP");
+    let stopped = Stopped(walreceiver);
+
+    // The consumer reads rows the standby does not have, without confirming them.
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1), (2), (3)");
+    let read = primary.safe_psql(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_logical_slot_peek_changes('late', NULL, NULL)
+          WHERE data LIKE 'table public.t: INSERT%'",
+    );
+    assert_eq!(read, "3");
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('late')");
+
+    // The mark itself has not reached the standby's catalog (its WAL is stopped), so the
+    // status view has no row for it yet: the worker's own view does.
+    let state = "SELECT state || ': ' || detail FROM slot_failover.worker_state()
+                  WHERE slot_name = 'late'";
+    let seen = wait::until("the copy's verdict", wait::default_timeout(), || {
+        let s = standby.safe_psql("postgres", state);
+        if s.starts_with("ready") || s.starts_with("ahead_of_standby") {
+            Check::Done(s)
+        } else {
+            Check::NotYet(s)
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        seen.starts_with("ahead_of_standby: the upstream server holds this slot's consumers back for the failover standbys from "),
+        "the copy of a slot whose consumer read past this standby: {seen}"
+    );
+    assert_eq!(
+        slot_column(&standby, "late", "temporary"),
+        "t",
+        "the copy is not ready"
+    );
+
+    drop(stopped);
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'late'",
+        "ready",
+    );
+    standby.poll_query_until("postgres", "SELECT count(*) FROM t", "3");
 }
 
 /// Time to ready (issue 18): a new copy is made with this standby's oldest safe positions

@@ -78,7 +78,11 @@ mod tests {
         let mut r = RecordEnds::default();
         r.note(b"a", Lsn(100));
         r.note(b"a", Lsn(90));
-        assert_eq!(r.cap(Lsn(95)), None, "a lower end than the last is not remembered");
+        assert_eq!(
+            r.cap(Lsn(95)),
+            None,
+            "a lower end than the last is not remembered"
+        );
         r.note(b"b", Lsn(50));
         assert_eq!(r.cap(Lsn(100)), Some(Lsn(50)), "a's ends are not b's");
     }

@@ -63,6 +63,19 @@ pub enum TwoPhasePoint {
     At { lsn: Lsn, fixed: bool },
 }
 
+/// Since when the upstream holds the slot's consumers back for the failover standbys (its
+/// `held_from()`), as far as it is known here. What a consumer received before then was not
+/// held: it may be ahead of this standby (received, not yet confirmed), up to that position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldFrom {
+    /// Not asked, or the upstream cannot tell (before 0.6.0): nothing is required.
+    Unknown,
+    /// The upstream does not hold the slot back yet (its mark is not in effect there yet).
+    NotYet,
+    /// Held from this position on (`0/0`: nothing to wait for).
+    At(Lsn),
+}
+
 /// The upstream's view of a marked slot (`None` in [`decide`]: no such slot upstream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -80,6 +93,8 @@ pub struct Upstream {
     pub database: Option<u32>,
     /// PostgreSQL's `failover` flag (17+).
     pub failover: bool,
+    /// Since when the upstream holds the slot's consumers back (asked with `kept_from`).
+    pub held_from: HeldFrom,
 }
 
 /// The local slot of the same name, if any.
@@ -494,6 +509,29 @@ pub fn decide(
                 );
             }
         }
+        // What the consumer got before the hold-back took the slot in (marked while it
+        // streamed, say) was not held: it may have received, unconfirmed, changes up to where
+        // the hold began, and this standby must have them before the copy can stand for the
+        // slot.
+        match up.held_from {
+            HeldFrom::NotYet => {
+                return decision(
+                    Nothing,
+                    WaitingForUpstream,
+                    "the upstream server does not hold this slot's consumers back for the failover standbys yet (its mark is not in effect there yet)",
+                );
+            }
+            HeldFrom::At(from) if from > standby_flush => {
+                return decision(
+                    Nothing,
+                    AheadOfStandby,
+                    format!(
+                        "the upstream server holds this slot's consumers back for the failover standbys from {from} on (the slot was marked, or a failover standby named, while they may have been streaming): they may have received changes up to there, and this standby has flushed WAL only up to {standby_flush}"
+                    ),
+                );
+            }
+            HeldFrom::At(_) | HeldFrom::Unknown => {}
+        }
         return decision(
             update(
                 Some((up.restart_lsn, up.catalog_xmin)),
@@ -575,6 +613,7 @@ mod tests {
             plugin: "test_decoding".into(),
             database: Some(5),
             failover: false,
+            held_from: HeldFrom::Unknown,
         }
     }
 
@@ -978,6 +1017,40 @@ mod tests {
         );
     }
 
+    /// A slot marked while its consumer streamed: what the consumer got before the hold-back
+    /// took it in may be past this standby's WAL, up to where the hold began. Ready only once
+    /// the standby has flushed that; never while the upstream does not hold the slot yet.
+    #[test]
+    fn becoming_ready_waits_for_what_the_consumer_got_before_the_hold() {
+        let mut u = up(288, 288, 15);
+        u.held_from = HeldFrom::NotYet;
+        let d = decide(Some(&u), Some(&copy(false, 0, 0, 0)), 500, true);
+        assert_eq!(
+            (d.action, d.state),
+            (Action::Nothing, State::WaitingForUpstream)
+        );
+        u.held_from = HeldFrom::At(Lsn(600));
+        let d = decide(Some(&u), Some(&copy(false, 0, 0, 0)), 500, true);
+        assert_eq!(
+            (&d.action, d.state),
+            (&Action::Nothing, State::AheadOfStandby)
+        );
+        assert!(d.detail.contains("from 0/258 on"), "{}", d.detail);
+        let d = decide(Some(&u), Some(&copy(false, 0, 0, 0)), 600, true);
+        assert_eq!(d.state, State::Ready);
+        u.held_from = HeldFrom::At(Lsn(0));
+        assert_eq!(
+            decide(Some(&u), Some(&copy(false, 0, 0, 0)), 300, true).state,
+            State::Ready
+        );
+        // A copy that is ready already is not asked again.
+        u.held_from = HeldFrom::At(Lsn(600));
+        assert_eq!(
+            decide(Some(&u), Some(&copy(true, 288, 288, 15)), 300, true).state,
+            State::Ready
+        );
+    }
+
     #[test]
     fn gone_or_invalidated_upstream_drops_our_copy() {
         let l = copy(true, 100, 200, 10);
@@ -1032,12 +1105,17 @@ mod properties {
                     0u8..2,
                     prop::option::of(5u32..7),
                     any::<bool>(),
+                    prop_oneof![
+                        Just(HeldFrom::Unknown),
+                        Just(HeldFrom::NotYet),
+                        (0u64..2000).prop_map(|l| HeldFrom::At(Lsn(l))),
+                    ],
                 ),
             )
                 .prop_map(
                     |(
                         (logical, invalidated, restart_lsn, flush, catalog_xmin),
-                        (two_phase, two_phase_at, plugin, database, failover),
+                        (two_phase, two_phase_at, plugin, database, failover, held_from),
                     )| Upstream {
                         logical,
                         invalidated,
@@ -1053,6 +1131,7 @@ mod properties {
                         plugin: format!("p{plugin}"),
                         database,
                         failover,
+                        held_from,
                     },
                 ),
         )
@@ -1178,6 +1257,12 @@ mod properties {
                         prop_assert!(snapshot && up.restart_lsn >= local.restart_lsn, "{d:?}");
                         prop_assert!(!xid_precedes(up.catalog_xmin, local.catalog_xmin), "{d:?}");
                         prop_assert!(kept.is_some_and(|k| !xid_precedes(local.catalog_xmin, k)), "{d:?}");
+                        // And only with everything its consumers got unheld here.
+                        prop_assert!(match up.held_from {
+                            HeldFrom::NotYet => false,
+                            HeldFrom::At(from) => from <= standby_flush,
+                            HeldFrom::Unknown => true,
+                        }, "{d:?}");
                         prop_assert_eq!(d.state, State::Ready);
                     }
                     if *ready == Some(false) {

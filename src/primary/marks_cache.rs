@@ -47,6 +47,11 @@ pub struct Marks {
     /// [`UNLISTED_STANDBYS`], standing for the names that do not fit.
     standbys_cut: bool,
     standbys: [[u8; NAME_LEN]; MAX_STANDBYS],
+    /// For each entry of `marked`: this server's WAL flush position right after the
+    /// publication that put it in the list (see [`held_from`]).
+    marked_since: [u64; MAX_MARKED],
+    /// The flush position right after the last publication that changed the standby list.
+    standbys_since: u64,
 }
 
 // SAFETY: plain old data: integers, bools and byte arrays.
@@ -123,6 +128,25 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
     if same {
         return false;
     }
+    // Since when each mark has been published: kept for the names already listed, "now" for
+    // the new ones (written after the list, below).
+    let since: Vec<Option<u64>> = marked
+        .iter()
+        .map(|m| {
+            shared.marked[..shared.marked_count as usize]
+                .iter()
+                .position(|e| get(e) == *m)
+                .filter(|_| shared.loaded)
+                .map(|i| shared.marked_since[i])
+        })
+        .collect();
+    let standbys_changed = !shared.loaded
+        || shared.standbys_cut != standbys_cut
+        || shared.standby_count as usize != standbys.len()
+        || standbys
+            .iter()
+            .zip(shared.standbys.iter())
+            .any(|(m, e)| get(e) != *m);
     for (entry, name) in shared.marked.iter_mut().zip(marked) {
         put(entry, name);
     }
@@ -136,7 +160,40 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
     shared.generation += 1;
     shared.loaded = true;
     GENERATION.get().store(shared.generation, Ordering::Release);
+    // Read after the new lists are in place (under the lock every sender takes to read them):
+    // whatever a sender sent before it saw them, it had read from WAL flushed before this.
+    let now = crate::pg::compat::flush_position().0;
+    for (entry, since) in shared.marked_since.iter_mut().zip(since) {
+        *entry = since.unwrap_or(now);
+    }
+    if standbys_changed {
+        shared.standbys_since = now;
+    }
     true
+}
+
+/// Whether the published catalog standby list names any standby (the marks are not
+/// published yet: true, every logical sender waits then).
+pub fn standbys_published() -> bool {
+    let shared = MARKS.share();
+    !shared.loaded || shared.standby_count > 0
+}
+
+/// Since when the hold-back covers slot `name`'s consumers, as the senders know it: the WAL
+/// flush position right after the publication that listed its mark, or that last changed the
+/// standby list, whichever came later. What a sender of that slot sent before it was held
+/// (its consumer may have received it, unconfirmed) was read from WAL flushed before then;
+/// a standby has all of it once it has flushed this position. None: the mark is not
+/// published (yet), or more are marked than the list holds.
+pub fn held_from(name: &str) -> Option<u64> {
+    let shared = MARKS.share();
+    if !shared.loaded {
+        return None;
+    }
+    let i = shared.marked[..shared.marked_count as usize]
+        .iter()
+        .position(|e| get(e) == name)?;
+    Some(shared.marked_since[i].max(shared.standbys_since))
 }
 
 /// What this process knows, refreshed when the generation moves.

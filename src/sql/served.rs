@@ -6,7 +6,7 @@
 
 use pgrx::prelude::*;
 
-use crate::primary::{changes, digest, standby_snapshot};
+use crate::primary::{changes, digest, marks_cache, standby_snapshot};
 
 extension_sql!(
     r#"
@@ -42,9 +42,18 @@ GRANT EXECUTE ON FUNCTION slot_failover.slot_rows(text[])
 REVOKE ALL ON FUNCTION slot_failover.slot_feed(bigint, integer, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION slot_failover.slot_feed(bigint, integer, integer)
     TO slot_failover_admin, pg_monitor;
+REVOKE ALL ON FUNCTION slot_failover.held_from(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION slot_failover.held_from(text[])
+    TO slot_failover_admin, pg_monitor;
 "#,
     name = "log_standby_snapshot_privileges",
-    requires = ["catalog", log_standby_snapshot, slot_rows, slot_feed]
+    requires = [
+        "catalog",
+        log_standby_snapshot,
+        slot_rows,
+        slot_feed,
+        held_from
+    ]
 );
 
 /// On an upstream: wait until a walsender sees a marked slot move, or `timeout_ms` passes.
@@ -126,6 +135,34 @@ fn slot_rows(
     TableIterator::new(digest::slot_rows(&names).into_iter().map(|r| {
         let [a, b, c, d, e, f, g, h, i, j, k, l] = r.columns;
         (a, b, c, d, e, f, g, h, i, j, k, l)
+    }))
+}
+
+/// On an upstream: for each of the slots `names`, the WAL position from which its consumers
+/// are held back for the failover standbys (`primary/marks_cache.rs`, `held_from`), as text in
+/// pg_lsn's format: what they may have received before was read from WAL flushed before it.
+/// NULL: not held yet (the mark is not in effect in the senders yet). `0/0`: nothing to wait
+/// for (this server is in recovery, `slot_failover.wait_for_standbys` is off, or no failover
+/// standby is named). Standbys' workers ask it before a copy becomes ready: the copy is ready
+/// only once the standby has flushed that position.
+#[pg_extern(volatile, parallel_restricted)]
+fn held_from(
+    names: Vec<String>,
+) -> TableIterator<'static, (name!(slot_name, String), name!(held_from, Option<String>))> {
+    let unheld = crate::pg::in_recovery()
+        || !crate::gucs::wait_for_standbys()
+        || !crate::gucs::standby_slot_names()
+            .map_or_else(marks_cache::standbys_published, |n| !n.is_empty());
+    TableIterator::new(names.into_iter().map(move |name| {
+        let from = if unheld {
+            Some(0)
+        } else {
+            marks_cache::held_from(&name)
+        };
+        (
+            name,
+            from.map(|at| slot_failover_rules::Lsn(at).to_string()),
+        )
     }))
 }
 

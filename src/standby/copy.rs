@@ -131,17 +131,16 @@ pub fn local_slots_named(only: Option<&[String]>) -> HashMap<String, Local> {
         .collect()
 }
 
-/// Whether this process holds a copy that is not ready yet (a temporary slot it created: it
+/// The copies this process holds that are not ready yet (temporary slots it created: each
 /// stays held by its creator until it is made persistent or dropped).
-pub fn any_waiting_copy() -> bool {
+pub fn waiting_copy_names() -> Vec<String> {
     // SAFETY: MyProcPid is this process's pid, set at its start.
     let me = unsafe { pg_sys::MyProcPid };
-    !slot_array::scan(|slot| {
+    slot_array::scan(|slot| {
         (slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
             && slot.active_pid == me)
-            .then_some(())
+            .then(|| slot_array::name(slot))
     })
-    .is_empty()
 }
 
 /// The end of the WAL this standby has flushed (received and written to disk, or replayed).
@@ -445,8 +444,8 @@ pub fn touch(names: &[String]) {
         // SAFETY: MyProcPid is this process's pid, set at its start.
         let held_here = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
             && slot.active_pid == unsafe { pg_sys::MyProcPid };
-        let touchable = held_here
-            || slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+        let touchable =
+            held_here || slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
         // SAFETY: NameData is NUL-terminated within its 64 bytes.
         let name = unsafe { std::ffi::CStr::from_ptr(slot.data.name.data.as_ptr()) };
         if touchable && names.contains(name.to_bytes()) {

@@ -74,9 +74,11 @@ pub struct Checked {
     pub can_rows: bool,
     /// It has `slot_feed()` (0.6.0+) and we may run it.
     pub can_feed: bool,
+    /// It has `held_from()` (0.6.0+) and we may run it.
+    pub can_held_from: bool,
 }
 
-/// The prerequisites query (ten columns).
+/// The prerequisites query (eleven columns).
 pub fn check(primary_slot: &str) -> (String, usize) {
     (
         format!(
@@ -104,10 +106,13 @@ pub fn check(primary_slot: &str) -> (String, usize) {
                         false)::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.slot_feed(bigint, integer, integer)'), 'EXECUTE'),
+                        false)::pg_catalog.text,
+                    coalesce(pg_catalog.has_function_privilege(
+                        pg_catalog.to_regprocedure('slot_failover.held_from(text[])'), 'EXECUTE'),
                         false)::pg_catalog.text",
             slot = quote_literal(primary_slot)
         ),
-        10,
+        11,
     )
 }
 
@@ -124,6 +129,7 @@ pub fn checked(row: &[Option<String>]) -> Checked {
         can_log_snapshot: row[7].as_deref() == Some("true"),
         can_rows: row[8].as_deref() == Some("true"),
         can_feed: row[9].as_deref() == Some("true"),
+        can_held_from: row[10].as_deref() == Some("true"),
     }
 }
 
@@ -346,6 +352,19 @@ pub const CHANGE_COUNTER: &str =
 
 /// Asks the upstream to log a standby snapshot now (`primary/standby_snapshot.rs`; one column).
 pub const LOG_STANDBY_SNAPSHOT: &str = "SELECT slot_failover.log_standby_snapshot()";
+
+/// Since when the upstream holds the consumers of the slots `names` back (two columns: the
+/// name, and the position or NULL; see `slot_failover.held_from()`).
+pub fn held_from(names: &[String]) -> (String, usize) {
+    let names: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+    (
+        format!(
+            "SELECT h.slot_name, h.held_from FROM slot_failover.held_from(ARRAY[{}]::pg_catalog.text[]) AS h",
+            names.join(", ")
+        ),
+        2,
+    )
+}
 
 /// The xmin and catalog_xmin of this standby's physical slot `primary_slot` upstream (two
 /// columns, NULLs when unset).

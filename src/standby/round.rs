@@ -5,7 +5,7 @@
 //! here, a consumer holding the copy, ...) is caught, rolled back, reported in that slot's
 //! row, and the round goes on with the others. Nothing in a round waits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use pgrx::pg_sys;
 
@@ -31,6 +31,9 @@ struct Round<'a> {
     /// What the upstream kept for this standby, asked before the rows were read; None when it
     /// was not asked (no copy was waiting to become ready when the round began).
     kept_from: Option<Result<Option<u32>, String>>,
+    /// Since when the upstream holds back the consumers of the copies that were waiting when
+    /// the round began (asked with `kept_from`; see `readiness::HeldFrom`).
+    held_from: HashMap<String, Option<Lsn>>,
     /// A copy could have become ready but for `kept_from`, not asked this round.
     kept_from_deferred: std::cell::Cell<bool>,
     /// The slots whose copies that happened to (see [`round`]'s second look).
@@ -45,12 +48,18 @@ struct Round<'a> {
 }
 
 impl<'a> Round<'a> {
-    fn new(up: &'a Upstream, kept_from: Option<Result<Option<u32>, String>>) -> Round<'a> {
+    fn new(up: &'a Upstream, asked: Option<Result<Asked, String>>) -> Round<'a> {
+        let (kept_from, held_from) = match asked {
+            None => (None, HashMap::new()),
+            Some(Err(e)) => (Some(Err(e)), HashMap::new()),
+            Some(Ok(a)) => (Some(Ok(a.kept_from)), a.held_from),
+        };
         Round {
             up,
             standby_flush: copy::standby_flush(),
             standby_replayed: copy::standby_replayed(),
             kept_from,
+            held_from,
             kept_from_deferred: std::cell::Cell::new(false),
             deferred: std::cell::RefCell::new(Vec::new()),
             awaits_running_xacts: std::cell::Cell::new(false),
@@ -92,10 +101,28 @@ impl<'a> Round<'a> {
     }
 }
 
-/// What the upstream keeps for this standby, asked before a round reads the slots' rows when a
-/// copy is waiting to become ready (see [`Round::kept_from`]); None otherwise.
-fn kept_from_before_rows(up: &Upstream, primary_slot: &str) -> Option<Result<Option<u32>, String>> {
-    copy::any_waiting_copy().then(|| up.kept_from(primary_slot).map_err(|p| p.to_string()))
+/// What a round asks the upstream before it reads the slots' rows, when copies wait to
+/// become ready.
+struct Asked {
+    /// See [`Round::kept_from`].
+    kept_from: Option<u32>,
+    /// See `Upstream::held_from`, for the copies waiting.
+    held_from: HashMap<String, Option<Lsn>>,
+}
+
+/// What the upstream keeps for this standby, and since when it holds back the consumers of the
+/// copies waiting here, asked before a round reads the slots' rows when a copy is waiting to
+/// become ready (see [`Round::kept_from`]); None otherwise.
+fn asked_before_rows(up: &Upstream, primary_slot: &str) -> Option<Result<Asked, String>> {
+    let waiting = copy::waiting_copy_names();
+    (!waiting.is_empty()).then(|| ask(up, primary_slot, &waiting))
+}
+
+fn ask(up: &Upstream, primary_slot: &str, waiting: &[String]) -> Result<Asked, String> {
+    Ok(Asked {
+        kept_from: up.kept_from(primary_slot).map_err(|p| p.to_string())?,
+        held_from: up.held_from(waiting).map_err(|p| p.to_string())?,
+    })
 }
 
 /// The upstream's slot as the rules see it; None when there is nothing to copy yet.
@@ -134,6 +161,8 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
             .database_oid
             .or_else(|| r.database.as_deref().and_then(database_oid)),
         failover: r.failover,
+        // Set by the round, from what it asked (see `handle_slot`).
+        held_from: readiness::HeldFrom::Unknown,
     })
 }
 
@@ -292,7 +321,8 @@ fn left_to_postgres(
             return report(
                 SlotAction::None,
                 State::Invalidated,
-                "PostgreSQL's slot synchronization made this slot, and it was invalidated here".into(),
+                "PostgreSQL's slot synchronization made this slot, and it was invalidated here"
+                    .into(),
             );
         }
         return report(SlotAction::None, State::NativeSync, NATIVE_SYNC.into());
@@ -339,6 +369,13 @@ fn handle_slot(
         upstream_confirmed_flush,
     };
     let mut upstream = to_upstream(remote);
+    if let Some(u) = upstream.as_mut() {
+        u.held_from = match round.held_from.get(&remote.name) {
+            Some(Some(at)) => readiness::HeldFrom::At(*at),
+            Some(None) => readiness::HeldFrom::NotYet,
+            None => readiness::HeldFrom::Unknown,
+        };
+    }
     // This standby streams through its own slot upstream: there is nothing to keep here for it
     // (after a promotion nobody streams through it). A copy of it, if one was made while the
     // standby streamed through another slot, goes.
@@ -589,9 +626,9 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     if check {
         up.check(primary_slot)?;
     }
-    let kept_from = kept_from_before_rows(up, primary_slot);
+    let asked = asked_before_rows(up, primary_slot);
     let remote = up.marked_slots()?;
-    let round = Round::new(up, kept_from);
+    let round = Round::new(up, asked);
     let mut locals = copy::local_slots();
     let mut reports: Vec<SlotReport> = remote
         .iter()
@@ -602,9 +639,9 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     // one round (one `sync()` call in a session) still makes a new copy ready.
     let deferred = round.deferred.take();
     if !deferred.is_empty() {
-        let kept_from = up.kept_from(primary_slot).map_err(|p| p.to_string());
+        let asked = ask(up, primary_slot, &deferred);
         let again = up.marked_slots()?;
-        let second = Round::new(up, Some(kept_from));
+        let second = Round::new(up, Some(asked));
         let mut waiting = copy::local_slots_named(Some(&deferred));
         for r in again.iter().filter(|r| deferred.contains(&r.name)) {
             let report = handle_slot(&second, r, waiting.remove(&r.name));

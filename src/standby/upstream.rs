@@ -110,6 +110,9 @@ pub struct Upstream {
     /// The upstream has `slot_failover.log_standby_snapshot()` (0.6.0 and later) and we may
     /// run it, as of the last [`check`](Upstream::check).
     can_log_snapshot: std::cell::Cell<bool>,
+    /// The upstream has `slot_failover.held_from()` (0.6.0 and later) and we may run it, as
+    /// of the last [`check`](Upstream::check).
+    can_held_from: std::cell::Cell<bool>,
     /// When a standby snapshot was last asked for, and how long to wait before asking again
     /// (see [`ask_for_standby_snapshot`](Upstream::ask_for_standby_snapshot)).
     snapshot_asked: std::cell::Cell<Option<(std::time::Instant, std::time::Duration)>>,
@@ -206,6 +209,7 @@ impl Upstream {
             digest_prepared: std::cell::Cell::new(false),
             rows: std::cell::Cell::new(protocol::Rows::View { points: false }),
             can_log_snapshot: std::cell::Cell::new(false),
+            can_held_from: std::cell::Cell::new(false),
             snapshot_asked: std::cell::Cell::new(None),
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
@@ -300,6 +304,7 @@ impl Upstream {
         self.can_wait.set(c.can_wait);
         self.can_digest.set(c.can_digest);
         self.can_log_snapshot.set(c.can_log_snapshot);
+        self.can_held_from.set(c.can_held_from);
         if !c.can_feed {
             self.feed.replace(None);
         }
@@ -558,6 +563,33 @@ impl Upstream {
         Ok(xids
             .into_iter()
             .reduce(|a, b| if xid_precedes(a, b) { a } else { b }))
+    }
+
+    /// Since when the upstream holds the consumers of the slots `names` back for the failover
+    /// standbys (`slot_failover.held_from()`): Some(position) held from there, None not held
+    /// yet. Empty when the upstream cannot tell (before 0.6.0, no EXECUTE privilege): nothing
+    /// is then required (`readiness::HeldFrom::Unknown`).
+    pub fn held_from(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, Option<Lsn>>, Problem> {
+        if names.is_empty() || !self.can_held_from.get() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let (sql, ncols) = protocol::held_from(names);
+        self.query(&sql, ncols)?
+            .into_iter()
+            .map(|row| {
+                let name = row[0].clone().unwrap_or_default();
+                match row[1].as_deref() {
+                    None => Ok((name, None)),
+                    Some(at) => at
+                        .parse::<Lsn>()
+                        .map(|at| (name, Some(at)))
+                        .map_err(|_| Problem::Query(format!("held_from() returned {at:?}"))),
+                }
+            })
+            .collect()
     }
 
     /// The upstream's state file of slot `name` (`pg_replslot/<name>/state`, as of its last
