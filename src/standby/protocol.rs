@@ -356,7 +356,7 @@ pub const LOG_STANDBY_SNAPSHOT: &str = "SELECT slot_failover.log_standby_snapsho
 /// Since when the upstream holds the consumers of the slots `names` back (two columns: the
 /// name, and the position or NULL; see `slot_failover.held_from()`).
 pub fn held_from(names: &[String]) -> (String, usize) {
-    let names: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+    let names: Vec<String> = names.iter().map(quote_literal).collect();
     (
         format!(
             "SELECT h.slot_name, h.held_from FROM slot_failover.held_from(ARRAY[{}]::pg_catalog.text[]) AS h",
