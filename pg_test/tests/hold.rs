@@ -250,6 +250,48 @@ fn a_stopped_failover_standby_holds_marked_slots_only() {
     assert_eq!(ids(&subscriber, "postgres"), ids(&primary, "postgres"));
 }
 
+/// Once both subscriptions' walsenders have decoded to where `decoded` (an SQL comparison with
+/// an LSN, `> '0/3000000'`) says, and the unmarked slot's subscriber has confirmed that much
+/// (the control): wait for replies of the marked slot's subscriber after that, one of them
+/// past a timeout keepalive, and return its slot's `confirmed_flush` and whether it satisfies
+/// `held` (another comparison), as "<lsn> true|false".
+fn after_keepalives(primary: &Cluster, decoded: &str, held: &str) -> String {
+    for slot in ["held", "free"] {
+        primary.poll_query_until(
+            "postgres",
+            &format!(
+                "SELECT sent_lsn {decoded} FROM pg_catalog.pg_stat_replication
+                  WHERE application_name = '{slot}'"
+            ),
+            "t",
+        );
+    }
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn {decoded} FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'free'"
+        ),
+        "t",
+    );
+    let since = primary.safe_psql("postgres", "SELECT pg_catalog.clock_timestamp()");
+    primary.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT reply_time > '{since}'::timestamptz + interval '3 s'
+               FROM pg_catalog.pg_stat_replication WHERE application_name = 'held'"
+        ),
+        "t",
+    );
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT confirmed_flush_lsn || ' ' || (confirmed_flush_lsn {held})::text
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
+        ),
+    )
+}
+
 /// A keepalive never carries a marked slot past the failover standbys. A logical walsender's
 /// keepalive says how far it has decoded (`sentPtr`), output or not, and a subscriber with
 /// nothing pending confirms that as flushed: so writes to a table it does not subscribe to
@@ -291,41 +333,10 @@ fn keepalives_do_not_carry_a_marked_slot_past_the_standbys() {
         "INSERT INTO unpublished SELECT pg_catalog.generate_series(1, 10)",
     );
     // Both walsenders decode past the standby, and the unmarked slot's subscriber confirms it.
-    for slot in ["held", "free"] {
-        primary.poll_query_until(
-            "postgres",
-            &format!(
-                "SELECT sent_lsn > '{standby_flush}' FROM pg_catalog.pg_stat_replication
-                  WHERE application_name = '{slot}'"
-            ),
-            "t",
-        );
-    }
-    primary.poll_query_until(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn > '{standby_flush}' FROM pg_catalog.pg_replication_slots
-              WHERE slot_name = 'free'"
-        ),
-        "t",
-    );
-    // A reply of the marked slot's subscriber after its walsender decoded past the standby,
-    // and one more past a timeout keepalive.
-    let since = primary.safe_psql("postgres", "SELECT pg_catalog.clock_timestamp()");
-    primary.poll_query_until(
-        "postgres",
-        &format!(
-            "SELECT reply_time > '{since}'::timestamptz + interval '3 s'
-               FROM pg_catalog.pg_stat_replication WHERE application_name = 'held'"
-        ),
-        "t",
-    );
-    let confirmed = primary.safe_psql(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn || ' ' || (confirmed_flush_lsn <= '{standby_flush}')::text
-               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
-        ),
+    let confirmed = after_keepalives(
+        &primary,
+        &format!("> '{standby_flush}'"),
+        &format!("<= '{standby_flush}'"),
     );
     assert!(
         confirmed.ends_with(" true"),
@@ -410,42 +421,7 @@ fn a_capped_keepalive_stops_at_a_record_end() {
             "SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('{STANDBY_SLOT}', '{start}'::pg_lsn + 50000)"
         ),
     );
-    for slot in ["held", "free"] {
-        primary.poll_query_until(
-            "postgres",
-            &format!(
-                "SELECT sent_lsn >= '{end}' FROM pg_catalog.pg_stat_replication
-                  WHERE application_name = '{slot}'"
-            ),
-            "t",
-        );
-    }
-    primary.poll_query_until(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_catalog.pg_replication_slots
-              WHERE slot_name = 'free'"
-        ),
-        "t",
-    );
-    // Replies of the marked slot's subscriber after its walsender decoded past the message,
-    // one of them past a timeout keepalive.
-    let since = primary.safe_psql("postgres", "SELECT pg_catalog.clock_timestamp()");
-    primary.poll_query_until(
-        "postgres",
-        &format!(
-            "SELECT reply_time > '{since}'::timestamptz + interval '3 s'
-               FROM pg_catalog.pg_stat_replication WHERE application_name = 'held'"
-        ),
-        "t",
-    );
-    let confirmed = primary.safe_psql(
-        "postgres",
-        &format!(
-            "SELECT confirmed_flush_lsn || ' ' || (confirmed_flush_lsn <= '{start}')::text
-               FROM pg_catalog.pg_replication_slots WHERE slot_name = 'held'"
-        ),
-    );
+    let confirmed = after_keepalives(&primary, &format!(">= '{end}'"), &format!("<= '{start}'"));
     assert!(
         confirmed.ends_with(" true"),
         "the marked slot confirmed {confirmed}, inside the message [{start}, {end}) that the standby has only half of"

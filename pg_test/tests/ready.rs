@@ -588,6 +588,36 @@ fn the_promotion_gate_refuses_until_the_copies_are_ready_or_allow_after_runs_out
     );
 }
 
+/// Restartpoints on `standby` (each after `on_primary`, which ends with a checkpoint there,
+/// has been replayed) for at least 5 s and 5 of them, several times a 1 s idle timeout;
+/// `check(restartpoints, seconds)` after each.
+fn restartpoints_for_several_timeouts(
+    primary: &Cluster,
+    standby: &Cluster,
+    on_primary: &str,
+    mut check: impl FnMut(u32, f64),
+) {
+    let started = Instant::now();
+    let mut restartpoints = 0;
+    wait::until(
+        "several timeouts with restartpoints",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql("postgres", on_primary);
+            primary.wait_for_catchup(standby);
+            standby.safe_psql("postgres", "CHECKPOINT");
+            restartpoints += 1;
+            check(restartpoints, started.elapsed().as_secs_f64());
+            if started.elapsed() >= Duration::from_secs(5) && restartpoints >= 5 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{restartpoints} restartpoints"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// 18: `idle_replication_slot_timeout` invalidates slots idle that long at checkpoints and
 /// restartpoints, and in recovery exempts only PostgreSQL's own synced slots. A copy of a slot
 /// whose consumer is idle is not changed by the worker, so before 0.6.0 it counted as idle and
@@ -618,39 +648,21 @@ fn an_idle_slots_copy_is_not_invalidated_by_the_idle_timeout() {
     );
     pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
     let offset = standby.log_position();
-    let started = Instant::now();
-    let mut restartpoints = 0;
-    wait::until(
-        "several timeouts with restartpoints",
-        wait::default_timeout(),
-        || {
-            // A checkpoint on the primary, replayed, lets the standby make a restartpoint.
-            primary.safe_psql("postgres", "CHECKPOINT");
-            primary.wait_for_catchup(&standby);
-            standby.safe_psql("postgres", "CHECKPOINT");
-            restartpoints += 1;
-            let copy = standby.safe_psql(
-                "postgres",
-                "SELECT coalesce(r.invalidation_reason, 'valid') || ' ' || s.state
-                   FROM slot_failover.status AS s
-                   JOIN pg_catalog.pg_replication_slots AS r USING (slot_name)
-                  WHERE s.slot_name = 'td'",
-            );
-            assert_eq!(
-                copy,
-                "valid ready",
-                "the idle slot's copy after {restartpoints} restartpoint(s), {:.1} s:\n{}",
-                started.elapsed().as_secs_f64(),
-                standby.log_from(offset)
-            );
-            if started.elapsed() >= Duration::from_secs(5) && restartpoints >= 5 {
-                Check::Done(())
-            } else {
-                Check::NotYet(format!("{restartpoints} restartpoints"))
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    restartpoints_for_several_timeouts(&primary, &standby, "CHECKPOINT", |restartpoints, secs| {
+        let copy = standby.safe_psql(
+            "postgres",
+            "SELECT coalesce(r.invalidation_reason, 'valid') || ' ' || s.state
+               FROM slot_failover.status AS s
+               JOIN pg_catalog.pg_replication_slots AS r USING (slot_name)
+              WHERE s.slot_name = 'td'",
+        );
+        assert_eq!(
+            copy,
+            "valid ready",
+            "the idle slot's copy after {restartpoints} restartpoint(s), {secs:.1} s:\n{}",
+            standby.log_from(offset)
+        );
+    });
     assert!(
         !standby
             .log_from(offset)
@@ -697,34 +709,19 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
     let pid = standby.safe_psql("postgres", worker);
     let offset = standby.log_position();
-    let started = Instant::now();
-    let mut restartpoints = 0;
-    wait::until(
-        "several timeouts with restartpoints",
-        wait::default_timeout(),
-        || {
-            primary.safe_psql(
-                "postgres",
-                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT",
-            );
-            primary.wait_for_catchup(&standby);
-            standby.safe_psql("postgres", "CHECKPOINT");
-            restartpoints += 1;
+    restartpoints_for_several_timeouts(
+        &primary,
+        &standby,
+        "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT",
+        |restartpoints, secs| {
             let log = standby.log_from(offset);
             assert!(
                 !log.contains("invalidating obsolete replication slot")
                     && !log.contains("to release replication slot"),
-                "after {restartpoints} restartpoint(s), {:.1} s:\n{log}",
-                started.elapsed().as_secs_f64()
+                "after {restartpoints} restartpoint(s), {secs:.1} s:\n{log}"
             );
-            if started.elapsed() >= Duration::from_secs(5) && restartpoints >= 5 {
-                Check::Done(())
-            } else {
-                Check::NotYet(format!("{restartpoints} restartpoints"))
-            }
         },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     assert_eq!(
         standby.safe_psql("postgres", worker),
         pid,
@@ -863,6 +860,13 @@ fn a_new_copy_asks_the_upstream_for_a_standby_snapshot() {
         "ALTER SYSTEM SET log_min_messages = debug1; SELECT pg_catalog.pg_reload_conf();",
     );
     primary.poll_query_until("postgres", "SHOW log_min_messages", "debug1");
+    // The copy must wait for the slot to move: an xid assigned now, and replayed, puts the
+    // standby's next xid (the copy's catalog_xmin) past the slot's, whatever standby snapshot
+    // the bgwriter logged since the subscription was made (one every 15 s: on a loaded machine
+    // the slot had sometimes moved past everything the standby had before enable(), and the
+    // copy was ready at once, asking for nothing).
+    primary.safe_psql("postgres", "SELECT pg_catalog.txid_current()");
+    primary.wait_for_catchup(&standby);
     let offset = primary.log_position();
     primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
     let enabled = Instant::now();
