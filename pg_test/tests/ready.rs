@@ -758,6 +758,20 @@ impl Drop for Stopped {
 /// goes on.
 #[test]
 fn a_slot_marked_while_its_consumer_read_ahead_is_ready_once_the_standby_has_it() {
+    marked_while_its_consumer_read_ahead(false);
+}
+
+/// The same, while another copy waits to become ready (an idle marked slot): every round then
+/// asks the upstream before it reads the rows, for the copies waiting when it began, and the
+/// new copy, made in that round, was not among them. Before the fix (found by review) it was
+/// ready at once, asked nothing; now such a copy waits for the round's second look, which
+/// asks for it.
+#[test]
+fn a_slot_marked_while_its_consumer_read_ahead_and_another_copy_waits() {
+    marked_while_its_consumer_read_ahead(true);
+}
+
+fn marked_while_its_consumer_read_ahead(another_copy_waits: bool) {
     let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
@@ -767,6 +781,18 @@ fn a_slot_marked_while_its_consumer_read_ahead_is_ready_once_the_standby_has_it(
         ),
     );
     let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    if another_copy_waits {
+        primary.safe_psql(
+            "postgres",
+            "SELECT pg_catalog.pg_create_logical_replication_slot('idle', 'test_decoding');
+             SELECT slot_failover.enable('idle');",
+        );
+        standby.poll_query_until(
+            "postgres",
+            "SELECT state FROM slot_failover.worker_state() WHERE slot_name = 'idle'",
+            "waiting_for_upstream",
+        );
+    }
     // A restartpoint on the standby, then the slot moved past it (two standby snapshots, each
     // decoded and confirmed), all on the standby before its walreceiver stops: the slot is
     // then past the reservation a new copy would get.

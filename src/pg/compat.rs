@@ -216,6 +216,13 @@ pub fn flush_position() -> slot_failover_rules::Lsn {
     })
 }
 
+/// The end of the WAL this server has replayed (in recovery; a record end).
+pub fn replay_position() -> slot_failover_rules::Lsn {
+    // SAFETY: reads XLogCtl's replay position under its spinlock; valid in any process
+    // attached to shared memory, on every supported major.
+    slot_failover_rules::Lsn(unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) })
+}
+
 /// Is this slot invalidated? 14-15 have no `invalidated` field: an invalidated slot has lost
 /// its restart_lsn and has `invalidated_at` set. 16+ record the cause in `invalidated`.
 ///

@@ -793,7 +793,10 @@ fn capped_keepalive(bytes: &[u8]) -> Option<Vec<u8>> {
     } else {
         None
     };
-    let cap = record_end.unwrap_or_else(acquired_confirmed_flush);
+    // Never below what the client has confirmed (the record ends remembered may be older: a
+    // second stream on this connection, a slot marked again).
+    let confirmed_flush = acquired_confirmed_flush();
+    let cap = record_end.map_or(confirmed_flush, |end| end.max(confirmed_flush));
     if wal_end <= cap || shutting_down() {
         return None;
     }
@@ -851,6 +854,11 @@ unsafe extern "C-unwind" fn wrapped_putmessage(
     // CopyBothResponse: a new stream starts (START_REPLICATION).
     if msgtype as u8 == b'W' {
         STREAM_DONE.store(false, Ordering::Relaxed);
+        LOCAL.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                l.record_ends = keepalive::RecordEnds::default();
+            }
+        });
     }
     // SAFETY: the original function with the caller's arguments.
     unsafe { (original().putmessage)(msgtype, s, len) }

@@ -52,6 +52,12 @@ pub struct Marks {
     marked_since: [u64; MAX_MARKED],
     /// The flush position right after the last publication that changed the standby list.
     standbys_since: u64,
+    /// The flush position right after the publication that found more marks than fit
+    /// (`overflow`, every logical slot held since).
+    overflow_since: u64,
+    /// The positions above were taken in recovery (the replayed position): taken again at the
+    /// first publication after a promotion.
+    stamped_in_recovery: bool,
 }
 
 // SAFETY: plain old data: integers, bools and byte arrays.
@@ -125,22 +131,27 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
             .iter()
             .zip(shared.standbys.iter())
             .all(|(m, e)| get(e) == *m);
-    if same {
+    let in_recovery = crate::pg::in_recovery();
+    // Positions taken in recovery are taken again once promoted (see `held_from`).
+    let restamp = shared.loaded && shared.stamped_in_recovery && !in_recovery;
+    if same && !restamp {
         return false;
     }
     // Since when each mark has been published: kept for the names already listed, "now" for
     // the new ones (written after the list, below).
-    let since: Vec<Option<u64>> = marked
-        .iter()
-        .map(|m| {
-            shared.marked[..shared.marked_count as usize]
-                .iter()
-                .position(|e| get(e) == *m)
-                .filter(|_| shared.loaded)
-                .map(|i| shared.marked_since[i])
-        })
-        .collect();
-    let standbys_changed = !shared.loaded
+    let listed: std::collections::HashMap<String, u64> = if shared.loaded && !restamp {
+        shared.marked[..shared.marked_count as usize]
+            .iter()
+            .zip(shared.marked_since.iter())
+            .map(|(e, since)| (get(e), *since))
+            .collect()
+    } else {
+        std::collections::HashMap::new()
+    };
+    let since: Vec<Option<u64>> = marked.iter().map(|m| listed.get(m).copied()).collect();
+    let overflow_started = overflow && !(shared.loaded && shared.overflow && !restamp);
+    let standbys_changed = restamp
+        || !shared.loaded
         || shared.standbys_cut != standbys_cut
         || shared.standby_count as usize != standbys.len()
         || standbys
@@ -162,13 +173,23 @@ pub fn publish(marked: &[String], standbys: &[String]) -> bool {
     GENERATION.get().store(shared.generation, Ordering::Release);
     // Read after the new lists are in place (under the lock every sender takes to read them):
     // whatever a sender sent before it saw them, it had read from WAL flushed before this.
-    let now = crate::pg::compat::flush_position().0;
+    // In recovery (nothing is held there; a standby's worker publishes too) the replayed
+    // position stands in, and is replaced at the first publication after a promotion.
+    let now = if in_recovery {
+        crate::pg::compat::replay_position().0
+    } else {
+        crate::pg::compat::flush_position().0
+    };
     for (entry, since) in shared.marked_since.iter_mut().zip(since) {
         *entry = since.unwrap_or(now);
     }
     if standbys_changed {
         shared.standbys_since = now;
     }
+    if overflow_started {
+        shared.overflow_since = now;
+    }
+    shared.stamped_in_recovery = in_recovery;
     true
 }
 
@@ -184,16 +205,21 @@ pub fn standbys_published() -> bool {
 /// standby list, whichever came later. What a sender of that slot sent before it was held
 /// (its consumer may have received it, unconfirmed) was read from WAL flushed before then;
 /// a standby has all of it once it has flushed this position. None: the mark is not
-/// published (yet), or more are marked than the list holds.
+/// published (yet). Past the list's limit, since the overflow began.
 pub fn held_from(name: &str) -> Option<u64> {
     let shared = MARKS.share();
     if !shared.loaded {
         return None;
     }
-    let i = shared.marked[..shared.marked_count as usize]
+    let listed = shared.marked[..shared.marked_count as usize]
         .iter()
-        .position(|e| get(e) == name)?;
-    Some(shared.marked_since[i].max(shared.standbys_since))
+        .position(|e| crate::pg::fixed_text::equals(e, name));
+    match listed {
+        Some(i) => Some(shared.marked_since[i].max(shared.standbys_since)),
+        // Past the list's limit every logical slot is held, since the overflow began.
+        None if shared.overflow => Some(shared.overflow_since.max(shared.standbys_since)),
+        None => None,
+    }
 }
 
 /// What this process knows, refreshed when the generation moves.

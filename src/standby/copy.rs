@@ -156,9 +156,7 @@ pub fn standby_flush() -> Lsn {
 
 /// The end of the WAL this standby has replayed (a record end).
 pub fn standby_replayed() -> Lsn {
-    // SAFETY: reads a position kept in shared memory under its spinlock; valid in any process
-    // attached to shared memory, on every supported major.
-    Lsn(unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) })
+    compat::replay_position()
 }
 
 fn cname(name: &str) -> CString {
@@ -432,23 +430,27 @@ pub fn disown_all() -> Vec<String> {
 }
 
 /// Mark our copies `names` as used just now (see `compat::touch_inactive_since`): the
-/// persistent ones, and the temporary ones this process holds (copies waiting to be ready).
-pub fn touch(names: &[String]) {
-    if names.is_empty() {
+/// persistent ones, and the temporary ones this process holds (copies waiting to be ready);
+/// of `held_only`, only the latter (names whose slot here may not be ours).
+pub fn touch(names: &[String], held_only: &[String]) {
+    if names.is_empty() && held_only.is_empty() {
         return;
     }
     let names: std::collections::HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+    let held_only: std::collections::HashSet<&[u8]> =
+        held_only.iter().map(|n| n.as_bytes()).collect();
     // SAFETY: GetCurrentTimestamp only reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     slot_array::scan_mut(|slot| {
         // SAFETY: MyProcPid is this process's pid, set at its start.
         let held_here = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
             && slot.active_pid == unsafe { pg_sys::MyProcPid };
-        let touchable =
-            held_here || slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
+        let persistent = slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT;
         // SAFETY: NameData is NUL-terminated within its 64 bytes.
-        let name = unsafe { std::ffi::CStr::from_ptr(slot.data.name.data.as_ptr()) };
-        if touchable && names.contains(name.to_bytes()) {
+        let name = unsafe { std::ffi::CStr::from_ptr(slot.data.name.data.as_ptr()) }.to_bytes();
+        if ((held_here || persistent) && names.contains(name))
+            || (held_here && held_only.contains(name))
+        {
             // SAFETY: scan_mut holds the slot's spinlock; the slot is in use.
             unsafe { compat::touch_inactive_since(slot, now) };
         }

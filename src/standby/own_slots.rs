@@ -165,7 +165,7 @@ pub fn touch_ready() {
             .filter(|r| r.state == slot_failover_rules::readiness::State::Ready)
             .map(|r| r.name)
             .collect();
-        copy::touch(&ready);
+        copy::touch(&ready, &[]);
     }
 }
 

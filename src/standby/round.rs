@@ -34,6 +34,8 @@ struct Round<'a> {
     /// Since when the upstream holds back the consumers of the copies that were waiting when
     /// the round began (asked with `kept_from`; see `readiness::HeldFrom`).
     held_from: HashMap<String, Option<Lsn>>,
+    /// The upstream can tell `held_from` (0.6.0+, EXECUTE on `held_from()`).
+    can_held_from: bool,
     /// A copy could have become ready but for `kept_from`, not asked this round.
     kept_from_deferred: std::cell::Cell<bool>,
     /// The slots whose copies that happened to (see [`round`]'s second look).
@@ -60,6 +62,7 @@ impl<'a> Round<'a> {
             standby_replayed: copy::standby_replayed(),
             kept_from,
             held_from,
+            can_held_from: up.can_held_from(),
             kept_from_deferred: std::cell::Cell::new(false),
             deferred: std::cell::RefCell::new(Vec::new()),
             awaits_running_xacts: std::cell::Cell::new(false),
@@ -90,7 +93,15 @@ impl<'a> Round<'a> {
     /// before, the rows from X were kept without a gap: by the slot until the row was read,
     /// and by the promise from before then. A round that did not ask (no copy was waiting when
     /// it began) makes no copy ready: the next round asks.
-    fn kept_from(&self) -> Result<Option<u32>, String> {
+    ///
+    /// The same goes for `held_from` (see `readiness::HeldFrom`): a copy it was not asked for
+    /// before the rows (one made in this round while others waited) is not made ready by this
+    /// look; the round's second look asks for it.
+    fn kept_from(&self, name: &str) -> Result<Option<u32>, String> {
+        if self.can_held_from && self.kept_from.is_some() && !self.held_from.contains_key(name) {
+            self.kept_from_deferred.set(true);
+            return Ok(None);
+        }
         match &self.kept_from {
             Some(kept) => kept.clone(),
             None => {
@@ -482,7 +493,7 @@ fn handle_slot(
             local.as_ref(),
             standby_end,
             snapshot,
-            &mut || match round.kept_from() {
+            &mut || match round.kept_from(&remote.name) {
                 Ok(kept) => kept,
                 Err(e) => {
                     unread.get_or_insert(e);
@@ -579,19 +590,24 @@ fn handle_slot(
 
 /// Mark the copies this round kept as used just now (see `copy::touch`): ready ones, and
 /// those waiting to be ready or ahead of this standby (ours too: on 18 an idle timeout would
-/// invalidate them, and terminate the worker holding a waiting one).
+/// invalidate them, and terminate the worker holding a waiting one), and, of the slots in
+/// error, those this worker holds (a copy waiting to be ready whose look failed).
 fn touch_ready(reports: &[SlotReport]) {
-    let ready: Vec<String> = reports
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.state,
-                State::Ready | State::WaitingForUpstream | State::AheadOfStandby
-            ) && r.action != SlotAction::Dropped
-        })
-        .map(|r| r.name.clone())
-        .collect();
-    copy::touch(&ready);
+    let kept = |states: &[State]| -> Vec<String> {
+        reports
+            .iter()
+            .filter(|r| states.contains(&r.state) && r.action != SlotAction::Dropped)
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    copy::touch(
+        &kept(&[
+            State::Ready,
+            State::WaitingForUpstream,
+            State::AheadOfStandby,
+        ]),
+        &kept(&[State::Error]),
+    );
 }
 
 /// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the

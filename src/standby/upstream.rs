@@ -334,6 +334,11 @@ impl Upstream {
     }
 
     /// Whether the upstream streams the moves (`slot_failover.slot_feed()`, 0.6.0 and later).
+    /// The upstream can tell since when it holds a slot's consumers back (`held_from()`).
+    pub fn can_held_from(&self) -> bool {
+        self.can_held_from.get()
+    }
+
     pub fn can_feed(&self) -> bool {
         self.can_feed.get()
     }
