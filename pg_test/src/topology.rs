@@ -158,3 +158,32 @@ pub fn write_rows(publisher: &Cluster, subscriber: &Cluster, from: i32, to: i32)
     );
     subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
 }
+
+/// The worker's rounds so far on `node` (`slot_failover.worker_rounds()`).
+pub fn worker_rounds(node: &Cluster) -> i64 {
+    node.safe_psql(
+        "postgres",
+        "SELECT rounds FROM slot_failover.worker_rounds()",
+    )
+    .parse()
+    .expect("rounds")
+}
+
+/// Wait until the worker on `standby` has run `n` more rounds (one per naptime while nothing
+/// moves).
+pub fn wait_for_rounds(standby: &Cluster, n: i64) {
+    let from = worker_rounds(standby);
+    wait::until(
+        &format!("{n} more worker rounds"),
+        wait::default_timeout(),
+        || {
+            let now = worker_rounds(standby);
+            if now >= from + n {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{} rounds", now - from))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -199,25 +199,8 @@ fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
         &format!("SELECT pg_catalog.pg_last_wal_receive_lsn() >= '{moved}'"),
         "t",
     );
-    // Two full rounds after the standby received the move (naptime 50 ms).
-    let rounds = || -> i64 {
-        standby
-            .safe_psql(
-                "postgres",
-                "SELECT rounds FROM slot_failover.worker_rounds()",
-            )
-            .parse()
-            .expect("rounds")
-    };
-    let seen = rounds();
-    wait::until("two more rounds", wait::default_timeout(), || {
-        if rounds() >= seen + 2 {
-            Check::Done(())
-        } else {
-            Check::NotYet("rounds".into())
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    // Two rounds after the standby received the move (naptime 50 ms).
+    pg_test::topology::wait_for_rounds(&standby, 2);
     let copy = slot_field(&standby, "sb2", "restart_lsn");
     assert_eq!(
         standby.safe_psql(

@@ -6,7 +6,9 @@
 //! fields and the worker loop it reads them in are the same on 14 to 18).
 
 use pg_test::Cluster;
-use pg_test::topology::{STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of};
+use pg_test::topology::{
+    STANDBY_SLOT, consume_until_ready, primary_with_extension, standby_of, wait_for_rounds,
+};
 use pg_test::wait::{self, Check};
 
 const MB: i64 = 1024 * 1024;
@@ -39,35 +41,6 @@ fn write_wal(primary: &Cluster) {
         "postgres",
         "INSERT INTO filler SELECT pg_catalog.repeat('x', 1000) FROM generate_series(1, 3000)",
     );
-}
-
-/// Wait until the standby's worker has run `n` more rounds (one per naptime while nothing
-/// moves): that many looks at the retained WAL on both servers (the primary's worker looks
-/// once per naptime too).
-fn wait_for_rounds(standby: &Cluster, n: i64) {
-    let rounds = || -> i64 {
-        standby
-            .safe_psql(
-                "postgres",
-                "SELECT rounds FROM slot_failover.worker_rounds()",
-            )
-            .parse()
-            .expect("rounds")
-    };
-    let from = rounds();
-    wait::until(
-        &format!("{n} more worker rounds"),
-        wait::default_timeout(),
-        || {
-            let now = rounds();
-            if now >= from + n {
-                Check::Done(())
-            } else {
-                Check::NotYet(format!("{} rounds", now - from))
-            }
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

@@ -298,15 +298,7 @@ fn idle_rounds_read_the_marked_slots_only_when_they_changed() {
 
     // Idle: 20 full rounds ask for the digest; the rows are read at most once (the forced read
     // every 30 rounds may fall among them).
-    let rounds = || -> i64 {
-        standby
-            .safe_psql(
-                "postgres",
-                "SELECT rounds FROM slot_failover.worker_rounds()",
-            )
-            .parse()
-            .expect("a number")
-    };
+    let rounds = || pg_test::topology::worker_rounds(&standby);
     let from = primary.log_position();
     let after = rounds() + 20;
     standby.poll_query_until(
