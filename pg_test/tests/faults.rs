@@ -21,7 +21,7 @@ use pg_test::topology::{
     STANDBY_SLOT, SYNCING, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
 };
 use pg_test::wait::{self, Check};
-use pg_test::{Cluster, Lsn};
+use pg_test::{Cluster, Lsn, LsnMode};
 
 const TABLE: &str = "CREATE TABLE t (id int PRIMARY KEY)";
 /// The id the new primary writes after the promotion.
@@ -588,4 +588,93 @@ fn a_standby_with_wal_level_replica_makes_no_logical_copy() {
     );
     standby.restart();
     assert_eq!(standby.safe_psql("postgres", slots), "arch");
+}
+
+/// `DROP DATABASE` on the primary, replayed on a standby that holds a copy, not ready yet, of
+/// a slot in that database. A copy that is not ready is a temporary slot the worker holds, and
+/// the replay drops the database's slots and fails on one a process holds ("replication slot
+/// ... is active for PID ..."): in the startup process, which stops the whole standby. The
+/// worker holds a lock on the database of every copy it holds, which the replay takes first,
+/// and gives up the copies of a database as soon as it sees the replay waiting for that lock:
+/// the standby replays the drop and goes on, and so does the worker. The standby's naptime is
+/// an hour, so that no periodic round (which would drop the copy because its slot is gone
+/// upstream) can stand in for that look. Before the fix the standby stopped here.
+#[test]
+fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; CREATE DATABASE doomed;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    primary.safe_psql(
+        "doomed",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('doomed', 'test_decoding')",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('doomed')");
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        "hot_standby_feedback = on\nslot_failover.naptime = 1h",
+    );
+    // Nobody consumes 'doomed': its copy waits for it to move, held by the worker.
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'doomed'",
+        "waiting_for_upstream",
+    );
+    let worker =
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+    let pid = standby.safe_psql("postgres", worker);
+    let offset = standby.log_position();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('doomed')",
+    );
+    primary.safe_psql("postgres", "DROP DATABASE doomed");
+    let target = primary.lsn(LsnMode::Write).expect("the primary's position");
+    let replayed = format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'");
+    wait::until(
+        "the standby to replay the drop",
+        wait::default_timeout(),
+        || {
+            let log = standby.log_from(offset);
+            assert!(
+                !log.contains("is active for PID") && !log.contains("startup process"),
+                "the replay of DROP DATABASE failed on the standby:\n{log}"
+            );
+            let out = standby.psql("postgres", &replayed);
+            match (out.rc, out.stdout.as_str()) {
+                (0, "t") => Check::Done(()),
+                _ => Check::NotYet(format!("{} {}", out.stdout, out.stderr.trim())),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_database WHERE datname = 'doomed'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'doomed'"
+        ),
+        "0"
+    );
+    standby.wait_for_log(
+        r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because recovery is dropping its database"#,
+        offset,
+    );
+    assert_eq!(
+        standby.safe_psql("postgres", worker),
+        pid,
+        "the worker was not restarted"
+    );
 }

@@ -171,6 +171,22 @@ pub unsafe fn drop_acquired_slot(name: &CStr) {
     }
 }
 
+/// Drop the temporary slots this process holds (`ReplicationSlotCleanup`): 14-16 take no
+/// argument; 17+ take `synced_only`, false: all of them.
+///
+/// # Safety
+/// In a process with a PGPROC that holds no slot (`MyReplicationSlot` is NULL) and no
+/// LWLock.
+pub unsafe fn drop_temporary_slots() {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        pg_sys::ReplicationSlotCleanup(false);
+        #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+        pg_sys::ReplicationSlotCleanup();
+    }
+}
+
 /// The table of functions the backend sends protocol messages through (`PQcommMethods` in
 /// libpq/libpq.h). Same six members, in this order, on 14 to 18 (13 still had
 /// `startcopyout`/`endcopyout`; 13 is not supported). pgrx does not bind it.

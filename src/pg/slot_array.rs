@@ -60,9 +60,13 @@ pub fn scan_mut(mut f: impl FnMut(&mut pg_sys::ReplicationSlot)) {
 /// Whether the slot's name is one of `names`, compared in place: the scans on the path of
 /// every move pass every slot in use, and build a `String` only for the ones they keep.
 pub fn named(slot: &pg_sys::ReplicationSlot, names: &[String]) -> bool {
+    names.iter().any(|n| is_named(slot, n))
+}
+
+/// Whether the slot's name is `name`, compared in place.
+pub fn is_named(slot: &pg_sys::ReplicationSlot, name: &str) -> bool {
     // SAFETY: NameData is NUL-terminated within its 64 bytes.
-    let name = unsafe { CStr::from_ptr(slot.data.name.data.as_ptr()) }.to_bytes();
-    names.iter().any(|n| n.as_bytes() == name)
+    unsafe { CStr::from_ptr(slot.data.name.data.as_ptr()) }.to_bytes() == name.as_bytes()
 }
 
 /// A slot's name (slot names are ASCII: `[a-z0-9_]`).

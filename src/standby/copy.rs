@@ -33,6 +33,10 @@
 //!   a consumer that sends its own start position (subscriptions, Debezium) skips what it has,
 //!   exactly as after a crash of the primary itself. This saves an fsync of the slot's state
 //!   file per move, which was a quarter of the worker's time under load.
+//! * **Dropped databases.** Before a logical copy is created, acquired or dropped, its
+//!   database is locked for the transaction, and a copy that is not ready keeps its database
+//!   locked for the session (`database_locks`): the replay of `DROP DATABASE` waits, instead
+//!   of finding the copy held and stopping the standby.
 //! * Every function here runs in the worker (or a backend running a sync round) inside a
 //!   transaction, holding no slot on entry and none on return.
 
@@ -45,6 +49,7 @@ use pgrx::pg_sys;
 
 use crate::pg::compat::{self, MainLock};
 use crate::pg::{durable, slot_array};
+use crate::standby::database_locks;
 use crate::standby::protocol::RemoteSlot;
 use slot_failover_rules::Lsn;
 use slot_failover_rules::readiness::{Local, xid_precedes};
@@ -243,6 +248,8 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
             "database \"{database}\" does not exist on this standby"
         ));
     }
+    // The replay of the database's drop must not find the new copy held (see database_locks).
+    database_locks::lock_for_change(dboid);
     // SAFETY: the caller holds no slot; the functions below are the ones PostgreSQL uses to
     // create a slot, called in the same order, with the locks named in the module comment.
     // Spinlocks are held only for plain field stores.
@@ -330,6 +337,7 @@ pub struct Change {
 /// like a copy that was never ready.
 pub fn update(name: &str, change: Change) -> Result<(), String> {
     let cname = cname(name);
+    database_locks::lock_for_slot(name);
     // SAFETY: the caller holds no slot; we acquire ours, checked (a temporary copy is owned by
     // this process already; a persistent one is free unless a consumer uses it, and then
     // acquire raises an ERROR that the round turns into this slot's error). Fields are changed under
@@ -490,6 +498,7 @@ unsafe fn acquire_ours(name: &str, cname: &CStr) -> Result<(), String> {
 /// [`acquire_ours`]); Err when it is not. Raises an ERROR if a consumer holds the slot.
 pub fn drop_copy(name: &str) -> Result<(), String> {
     let cname = cname(name);
+    database_locks::lock_for_slot(name);
     // SAFETY: the caller holds no slot; once acquire_ours returns Ok we hold ours, and drop it.
     unsafe {
         acquire_ours(name, &cname)?;
@@ -502,6 +511,7 @@ pub fn drop_copy(name: &str) -> Result<(), String> {
 /// that nothing uses it and that PostgreSQL's slot sync did not make it).
 pub fn drop_stale(name: &str) {
     let cname = cname(name);
+    database_locks::lock_for_slot(name);
     // SAFETY: the caller holds no slot; ReplicationSlotDrop acquires (nowait) and drops it,
     // raising an ERROR if a consumer holds it.
     unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };

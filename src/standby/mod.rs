@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | [`round`] | one synchronization round over the marked slots (or those a wake-up named) | worker; a backend in `sync()` with the worker off | - |
 //! | [`copy`] | the copies in `pg_replslot`: create, change, make (not) ready, drop; the marker files that say a slot is ours | as `round` | the slot array (through PostgreSQL's slot functions) |
+//! | [`database_locks`] | locks on the databases of the copies a process holds, so that replaying `DROP DATABASE` never finds one held (it would stop the standby) | as `round` | the lock table |
 //! | [`ownership`] | which slots are our copies: their marker files, and the worker's cache of them kept true by inotify | worker (cache), any (on disk) | - |
 //! | [`snapshots`] | the upstream's serialized snapshots the copies need, stored here | as `round` | - |
 //! | [`upstream`] | the connections to the upstream (libpqwalreceiver): prerequisites, its queries, and the feed of moves | as `round` | - |
@@ -14,6 +15,7 @@
 //! | [`last_round`] | the outcome of the worker's last round, per slot (status view, `failover_ready()`, `sync()`) | worker (writes), backends (read) | `slot_failover_status` |
 
 pub mod copy;
+pub mod database_locks;
 pub mod last_round;
 pub mod own_slots;
 pub mod ownership;

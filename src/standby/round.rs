@@ -14,6 +14,7 @@ use crate::pg::compat;
 use crate::pg::xact::isolated;
 use crate::primary::changes;
 use crate::standby::copy;
+use crate::standby::database_locks;
 use crate::standby::protocol::RemoteSlot;
 use crate::standby::snapshots;
 use crate::standby::upstream::{Problem, Upstream};
@@ -631,6 +632,7 @@ pub fn round_some(
         .iter()
         .map(|r| handle_slot(&round, r, locals.remove(&r.name)))
         .collect();
+    database_locks::settle();
     round.ask_for_standby_snapshot(false);
     Some(reports)
 }
@@ -638,7 +640,22 @@ pub fn round_some(
 /// One round against an open upstream connection: with `check`, check the upstream first
 /// (wal_level, our physical slot `primary_slot`, the extension), then every marked slot. Local
 /// slots are read once per round. Must run in a transaction.
+///
+/// First it gives up the copies whose database's drop the replay waits for, and last it
+/// settles the locks on the databases of the copies it holds (see `database_locks`), also
+/// when it ends early with a problem.
 pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotReport>, Problem> {
+    give_up_copies_wanted_by_recovery();
+    let outcome = round_over_marked_slots(up, primary_slot, check);
+    database_locks::settle();
+    outcome
+}
+
+fn round_over_marked_slots(
+    up: &Upstream,
+    primary_slot: &str,
+    check: bool,
+) -> Result<Vec<SlotReport>, Problem> {
     if check {
         up.check(primary_slot)?;
     }
@@ -702,6 +719,28 @@ pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotR
     Ok(reports)
 }
 
+/// Drop the copies this process holds that are not ready in the databases whose drop the
+/// replay is waiting to apply (see `database_locks`), and let go of their locks: the replay
+/// then goes on. Must run in a transaction.
+pub fn give_up_copies_wanted_by_recovery() {
+    for db in database_locks::wanted_by_recovery() {
+        for name in database_locks::held_copies_in(db) {
+            match drop_isolated(&name) {
+                Ok(()) => {
+                    changes::copy_changed(&name);
+                    pgrx::log!(
+                        "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because recovery is dropping its database (OID {db}); it is made again if the slot is still marked upstream"
+                    );
+                }
+                Err(e) => pgrx::warning!(
+                    "slot_failover could not drop its copy of replication slot \"{name}\", which the replay of a drop of its database (OID {db}) waits for: {e}; the replay waits until the copy is dropped"
+                ),
+            }
+        }
+    }
+    database_locks::settle();
+}
+
 /// hot_standby_feedback is off on this standby: the walreceiver has told the upstream at
 /// once, and the upstream no longer keeps the catalog rows this standby's logical copies need
 /// (the physical slot's catalog_xmin is cleared). A vacuum there can remove them at any moment,
@@ -724,6 +763,7 @@ pub fn drop_catalog_dependent_copies() {
             ),
         }
     }
+    database_locks::settle();
 }
 
 /// Drop every copy that is not ready (not persistent: see `readiness`, ready means persistent).
@@ -755,5 +795,6 @@ pub fn drop_unready(promotion: bool, why: &dyn Fn(&str) -> Option<String>) -> Ve
             ),
         }
     }
+    database_locks::settle();
     kept
 }

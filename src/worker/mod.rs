@@ -223,7 +223,7 @@ impl Worker {
                         return Wake::Latch;
                     }
                     Some(FeedWait::Timeout) if !crate::pg::in_recovery() => return Wake::Latch,
-                    Some(FeedWait::Timeout) => self.forget_being_primary_if_following(),
+                    Some(FeedWait::Timeout) => self.between_waits(),
                     // No feed: wait the older way (a query per wait).
                     None => break,
                 }
@@ -283,9 +283,7 @@ impl Worker {
                 latch::Woken::Latch => return Wake::Latch,
                 latch::Woken::Timeout if started.elapsed() >= left => return Wake::Naptime,
                 latch::Woken::Timeout if !crate::pg::in_recovery() => return Wake::Latch,
-                latch::Woken::Timeout | latch::Woken::Readable => {
-                    self.forget_being_primary_if_following()
-                }
+                latch::Woken::Timeout | latch::Woken::Readable => self.between_waits(),
             }
         }
     }
@@ -295,7 +293,7 @@ impl Worker {
             return;
         }
         self.notice_promotion();
-        self.forget_being_primary_if_following();
+        self.between_waits();
         // A primary publishes the marks before anything else (its senders wait on them).
         if !self.standby {
             self.publisher.publish(false);
@@ -408,6 +406,18 @@ impl Worker {
 }
 
 impl Worker {
+    /// What a standby's worker looks at between two slices of a wait, and before the work a
+    /// wake-up brought: whether it follows an upstream (see
+    /// [`Self::forget_being_primary_if_following`]), and whether the replay of a `DROP
+    /// DATABASE` waits for a copy it holds (it gives those up: see
+    /// `standby::database_locks`).
+    fn between_waits(&mut self) {
+        self.forget_being_primary_if_following();
+        if self.standby && !crate::standby::database_locks::wanted_by_recovery().is_empty() {
+            xact::in_transaction(crate::standby::round::give_up_copies_wanted_by_recovery);
+        }
+    }
+
     /// On a standby that follows an upstream: forget, once, that this server was a primary
     /// (`own_slots::forget_record`), saying so. Runs on every turn of the loop and between two
     /// slices of a nap, so that a restart soon after cannot bring the record back into play.
