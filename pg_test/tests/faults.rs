@@ -669,12 +669,102 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
         "0"
     );
     standby.wait_for_log(
-        r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because recovery is dropping its database"#,
+        r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because the replay of a drop \(or move\) of its database"#,
         offset,
     );
     assert_eq!(
         standby.safe_psql("postgres", worker),
         pid,
         "the worker was not restarted"
+    );
+}
+
+/// The same with the worker off (`slot_failover.enabled = off`), where `sync()` runs the round
+/// in the calling session and the copies that are not ready stay held by that session. A
+/// ROLLBACK of a transaction that ran `sync()` would release the session's database locks and
+/// keep its copies: they are dropped at the abort instead. A copy made by a `sync()` that
+/// committed keeps its database locked while the session is idle: the replay of the drop
+/// waits (the startup process shows in pg_locks, waiting) until the session calls `sync()`
+/// again, which gives the copy up; the standby then replays the drop and stays up.
+#[test]
+fn dropping_the_database_of_a_copy_a_sync_session_holds_waits_for_that_session() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; CREATE DATABASE doomed;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    primary.safe_psql(
+        "doomed",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('doomed', 'test_decoding')",
+    );
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('doomed')");
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        "hot_standby_feedback = on\nslot_failover.enabled = off",
+    );
+    primary.wait_for_catchup(&standby);
+    let copies = "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'doomed'";
+    let sync = "SELECT action || ':' || state FROM slot_failover.sync() WHERE slot_name = 'doomed'";
+    let mut session = standby.connect("postgres");
+
+    // A ROLLBACK after sync(): the copy goes with the transaction's locks.
+    let offset = standby.log_position();
+    session.batch_execute("BEGIN").unwrap();
+    let state: String = session.query_one(sync, &[]).unwrap().get(0);
+    assert_eq!(state, "created:waiting_for_upstream");
+    assert_eq!(standby.safe_psql("postgres", copies), "1");
+    session.batch_execute("ROLLBACK").unwrap();
+    standby.wait_for_log(
+        r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because the transaction that held it aborted"#,
+        offset,
+    );
+    assert_eq!(standby.safe_psql("postgres", copies), "0");
+
+    // A copy made by a sync() that committed, the session idle: the replay waits for it.
+    let state: String = session.query_one(sync, &[]).unwrap().get(0);
+    assert_eq!(state, "created:waiting_for_upstream");
+    let offset = standby.log_position();
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('doomed')",
+    );
+    primary.safe_psql("postgres", "DROP DATABASE doomed");
+    let target = primary.lsn(LsnMode::Write).expect("the primary's position");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_locks
+          WHERE locktype = 'object' AND classid = 'pg_catalog.pg_database'::pg_catalog.regclass
+            AND mode = 'AccessExclusiveLock' AND NOT granted",
+        "1",
+    );
+    assert_eq!(standby.safe_psql("postgres", copies), "1");
+    // The next sync() gives the copy up (its round then finds the slot gone upstream).
+    session.query(sync, &[]).unwrap();
+    standby.wait_for_log(
+        r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because the replay of a drop \(or move\) of its database"#,
+        offset,
+    );
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'"),
+        "t",
+    );
+    let log = standby.log_from(offset);
+    assert!(
+        !log.contains("is active for PID") && !log.contains("startup process"),
+        "the replay of DROP DATABASE failed on the standby:\n{log}"
+    );
+    assert_eq!(standby.safe_psql("postgres", copies), "0");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_database WHERE datname = 'doomed'"
+        ),
+        "0"
     );
 }

@@ -297,6 +297,9 @@ fn sync_here() -> Result<Vec<(String, String, String, String)>, Error> {
     let (rows, problem) = match own_slots::rows() {
         Some(rows) => (rows, None),
         None => {
+            // Copies this session made earlier whose database's drop the replay waits for
+            // (see standby::database_locks).
+            round::give_up_copies_wanted_by_recovery();
             if worker_syncing {
                 worker_round().map_err(Error::SyncFailed)?;
             } else {

@@ -249,7 +249,12 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         ));
     }
     // The replay of the database's drop must not find the new copy held (see database_locks).
-    database_locks::lock_for_change(dboid);
+    database_locks::lock_for_change(dboid)?;
+    // SAFETY: in a transaction, as above; the look-up after the lock sees a drop replayed
+    // while the lock was being asked for (a syscache miss reads the catalog afresh).
+    if unsafe { pg_sys::get_database_oid(cdb.as_ptr(), true) } != dboid {
+        return Err(database_locks::DATABASE_GOING.into());
+    }
     // SAFETY: the caller holds no slot; the functions below are the ones PostgreSQL uses to
     // create a slot, called in the same order, with the locks named in the module comment.
     // Spinlocks are held only for plain field stores.
@@ -328,16 +333,16 @@ pub struct Change {
     pub ready: Option<bool>,
 }
 
-/// Change our copy `name` as `change` says. Positions never move backward (checked again
-/// here, on the acquired slot).
+/// Change our copy `name` (in `database`, as the round saw it; 0 for a physical copy) as
+/// `change` says. Positions never move backward (checked again here, on the acquired slot).
 ///
 /// Made ready, the copy's marker is on disk first, then it is persisted. Made not ready, it
 /// becomes RS_TEMPORARY again, saved: it stays held by this process after the release (as a
 /// new copy is), nobody can acquire it, and it is gone after a crash or at promotion, exactly
 /// like a copy that was never ready.
-pub fn update(name: &str, change: Change) -> Result<(), String> {
+pub fn update(name: &str, database: u32, change: Change) -> Result<(), String> {
     let cname = cname(name);
-    database_locks::lock_for_slot(name);
+    database_locks::lock_for_change(database.into())?;
     // SAFETY: the caller holds no slot; we acquire ours, checked (a temporary copy is owned by
     // this process already; a persistent one is free unless a consumer uses it, and then
     // acquire raises an ERROR that the round turns into this slot's error). Fields are changed under
@@ -498,7 +503,7 @@ unsafe fn acquire_ours(name: &str, cname: &CStr) -> Result<(), String> {
 /// [`acquire_ours`]); Err when it is not. Raises an ERROR if a consumer holds the slot.
 pub fn drop_copy(name: &str) -> Result<(), String> {
     let cname = cname(name);
-    database_locks::lock_for_slot(name);
+    database_locks::lock_for_slot(name)?;
     // SAFETY: the caller holds no slot; once acquire_ours returns Ok we hold ours, and drop it.
     unsafe {
         acquire_ours(name, &cname)?;
@@ -509,10 +514,11 @@ pub fn drop_copy(name: &str) -> Result<(), String> {
 
 /// Drop slot `name`, which is not ours: a stale slot in the way of a copy (the round checked
 /// that nothing uses it and that PostgreSQL's slot sync did not make it).
-pub fn drop_stale(name: &str) {
+pub fn drop_stale(name: &str) -> Result<(), String> {
     let cname = cname(name);
-    database_locks::lock_for_slot(name);
+    database_locks::lock_for_slot(name)?;
     // SAFETY: the caller holds no slot; ReplicationSlotDrop acquires (nowait) and drops it,
     // raising an ERROR if a consumer holds it.
     unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };
+    Ok(())
 }

@@ -9,20 +9,28 @@
 //! is not ready (a temporary slot stays held by the process that created it). So:
 //!
 //! * **A change** of a logical copy (create, update, drop) first takes AccessShareLock on its
-//!   database for the transaction ([`lock_for_change`], [`lock_for_slot`]), as PostgreSQL's own
-//!   slot sync does: a replay that comes meanwhile waits until the round commits, and then
-//!   finds the copy released (a ready copy is dropped with its database, as any slot is).
+//!   database, without waiting, for the top-level transaction ([`lock_for_change`],
+//!   [`lock_for_slot`]), as PostgreSQL's own slot sync locks it: a replay that comes meanwhile
+//!   waits until the round commits, and then finds the copy released (a ready copy is dropped
+//!   with its database, as any slot is). If the replay holds the lock or waits for it, the
+//!   change is not made (the database is going; its copies go with it) and the round goes on:
+//!   it never queues behind the replay.
 //! * **A copy that is not ready** keeps AccessShareLock on its database for the session, taken
 //!   and released as the set of such copies changes ([`settle`], at the end of every round).
 //!   The replay waits for it...
-//! * ...but not for long: the worker looks between two waits (every 100 ms at most) and in
-//!   every round whether a lock request waits on a database it holds ([`wanted_by_recovery`]).
-//!   In recovery only the replay of `DROP DATABASE` (or of `ALTER DATABASE ... SET
-//!   TABLESPACE`, replayed as a drop) asks for AccessExclusiveLock on a database. The worker
-//!   then drops its copies there that are not ready (they can always be made again; their
-//!   slots upstream are gone anyway when the database is dropped) and releases the lock; the
-//!   replay goes on. A backend that made copies in `sync()` (the worker off) looks only when
-//!   it runs `sync()` again; the replay waits for it until then or until its session ends.
+//! * ...but not for long: the worker looks between two slices of its waits (every 100 ms at
+//!   most while it waits) and before every full round whether a lock request waits on a
+//!   database it holds ([`wanted_by_recovery`]). In recovery only the replay of a database's
+//!   drop (`DROP DATABASE`, and `ALTER DATABASE ... SET TABLESPACE`, replayed as a drop from
+//!   the old place) asks for AccessExclusiveLock on a database. The worker then drops its
+//!   copies there that are not ready (they can always be made again) and releases the lock;
+//!   the replay goes on. A round in progress delays that by its own length.
+//! * **A backend** running `sync()` with the worker off makes copies the same way, and they stay
+//!   held by its session. It looks at every `sync()` call; in between, the replay waits until
+//!   the session calls `sync()` again or ends (`pg_terminate_backend()`; a cancel does not
+//!   help, an idle session is in no transaction). An abort in that session (a ROLLBACK too)
+//!   would release the session locks and keep the copies, so at abort the session drops its
+//!   copies that are not ready first ([`give_up_at_abort`]).
 //! * **At exit** the session locks would outlive the process (PostgreSQL releases session locks
 //!   only when a transaction aborts), and a transaction's abort releases them before the
 //!   process's temporary slots are dropped. So a callback that runs before both drops this
@@ -36,12 +44,13 @@ use std::sync::Mutex;
 use pgrx::pg_sys;
 
 use crate::pg::{compat, slot_array};
+use crate::standby::ownership;
 
 /// The databases this process holds AccessShareLock on for its session, for its copies that
 /// are not ready.
 static HELD: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
-/// Whether [`release_at_exit`] and [`forget_at_abort`] are registered in this process.
+/// Whether [`release_at_exit`] and [`give_up_at_abort`] are registered in this process.
 static REGISTERED: Mutex<bool> = Mutex::new(false);
 
 fn held() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
@@ -62,64 +71,88 @@ fn tag(db: u32) -> pg_sys::LOCKTAG {
 
 const ACCESS_SHARE: pg_sys::LOCKMODE = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
 
-/// Take AccessShareLock on database `db` until the end of the transaction, before a copy in it
-/// is created, acquired or dropped. Waits while the replay of its drop holds the lock (it then
-/// drops the database's slots: the change finds its copy gone and fails on it).
+/// Why a change of a copy was not made: the replay of its database's drop holds its lock or
+/// waits for it.
+pub const DATABASE_GOING: &str = "recovery is dropping this slot's database (or moving it to another tablespace); the copy is left to it";
+
+/// Take AccessShareLock on database `db` until the end of the top-level transaction, before a
+/// copy in it is created, acquired or dropped; Err, without waiting, if the replay of the
+/// database's drop holds the lock or waits for it (see the module comment). A lock this
+/// process already holds is granted at once.
 ///
 /// Must run in a transaction.
-pub fn lock_for_change(db: pg_sys::Oid) {
+pub fn lock_for_change(db: pg_sys::Oid) -> Result<(), String> {
     if db == pg_sys::InvalidOid {
-        return;
+        return Ok(());
     }
-    // SAFETY: in a transaction (the caller's), whose resource owner keeps the lock until it
-    // ends; LockSharedObject raises an ERROR only on a deadlock or a cancel, as for any lock.
-    unsafe {
-        pg_sys::LockSharedObject(pg_sys::DatabaseRelationId, db, 0, ACCESS_SHARE);
+    // SAFETY: in a transaction (the caller's), so TopTransactionResourceOwner is set; the lock
+    // is taken for it, not for a subtransaction the caller may be in (whose rollback would
+    // release it while the copy stays held), and the current owner is put back at once.
+    // LockAcquire does not wait (dontWait); it raises an ERROR only when the lock table is
+    // full ("out of shared memory"), which ends the subtransaction as any ERROR there does
+    // (its abort puts CurrentResourceOwner back).
+    let got = unsafe {
+        let saved = pg_sys::CurrentResourceOwner;
+        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        let got = pg_sys::LockAcquire(&tag(db.to_u32()), ACCESS_SHARE, false, true);
+        pg_sys::CurrentResourceOwner = saved;
+        got
+    };
+    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+        Err(DATABASE_GOING.into())
+    } else {
+        Ok(())
     }
 }
 
 /// [`lock_for_change`] for the database of slot `name` here, if it has one (a logical slot).
-pub fn lock_for_slot(name: &str) {
+pub fn lock_for_slot(name: &str) -> Result<(), String> {
     let db =
         slot_array::scan(|slot| slot_array::is_named(slot, name).then_some(slot.data.database));
-    if let Some(&db) = db.first() {
-        lock_for_change(db);
+    match db.first() {
+        Some(&db) => lock_for_change(db),
+        None => Ok(()),
     }
 }
 
-/// The databases of the temporary logical slots this process holds: its copies that are not
-/// ready.
-fn databases_of_held_copies() -> BTreeSet<u32> {
-    // SAFETY: MyProcPid is set once at process start.
-    let me = unsafe { pg_sys::MyProcPid };
+/// The temporary logical slots this process holds that are copies: in the worker, all of them
+/// (it makes no other); in a backend (`sync()`), those with our marker (the session may hold
+/// temporary slots of its own). Each with its database.
+fn held_copies() -> Vec<(String, u32)> {
+    // SAFETY: MyProcPid and MyBackendType are set once at process start.
+    let (me, worker) = unsafe {
+        (
+            pg_sys::MyProcPid,
+            pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER,
+        )
+    };
     slot_array::scan(|slot| {
         (slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
             && slot.active_pid == me
             && slot.data.database != pg_sys::InvalidOid)
-            .then(|| slot.data.database.to_u32())
+            .then(|| (slot_array::name(slot), slot.data.database.to_u32()))
     })
     .into_iter()
+    .filter(|(name, _)| worker || ownership::is_ours(name))
     .collect()
 }
 
-/// The names of the temporary slots this process holds in database `db`.
+/// The names of the copies this process holds (not ready) in database `db`.
 pub fn held_copies_in(db: u32) -> Vec<String> {
-    // SAFETY: as in databases_of_held_copies().
-    let me = unsafe { pg_sys::MyProcPid };
-    slot_array::scan(|slot| {
-        (slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
-            && slot.active_pid == me
-            && slot.data.database.to_u32() == db)
-            .then(|| slot_array::name(slot))
-    })
+    held_copies()
+        .into_iter()
+        .filter(|&(_, d)| d == db)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Hold AccessShareLock for the session on the database of every copy this process holds that
 /// is not ready, and on no other: take what is missing, release what is no longer needed.
 /// Called at the end of a round, where a copy made or made not ready in it already has the
-/// lock for the transaction ([`lock_for_change`]), so nothing here waits.
+/// lock for the transaction ([`lock_for_change`]), so nothing here waits: a lock this process
+/// holds is granted at once, even while the replay waits for it.
 pub fn settle() {
-    let needed = databases_of_held_copies();
+    let needed: BTreeSet<u32> = held_copies().into_iter().map(|(_, db)| db).collect();
     let mut held = held();
     if needed == *held {
         return;
@@ -129,7 +162,7 @@ pub fn settle() {
     }
     for &db in needed.difference(&held) {
         // SAFETY: a process with a PGPROC; a session lock belongs to no resource owner, and is
-        // released below, by release_at_exit() or by an abort.
+        // released below, by release_at_exit() or by an abort (give_up_at_abort()).
         unsafe {
             pg_sys::LockSharedObjectForSession(
                 pg_sys::DatabaseRelationId,
@@ -177,22 +210,42 @@ fn register_exit() {
         unsafe { pg_sys::before_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(0)) };
         // SAFETY: registering a transaction callback is allowed at any time; it stays
         // registered for the life of the process.
-        unsafe { pg_sys::RegisterXactCallback(Some(forget_at_abort), std::ptr::null_mut()) };
+        unsafe { pg_sys::RegisterXactCallback(Some(give_up_at_abort), std::ptr::null_mut()) };
         *registered = true;
     }
 }
 
-/// The abort of a top-level transaction releases every lock of the process, session locks
-/// included (`ProcReleaseLocks()`): forget them. (In a backend, the temporary slots go with
-/// them: its error recovery drops them. The worker exits on such an ERROR.)
+/// The abort of a top-level transaction (an ERROR, or a ROLLBACK) releases every lock of the
+/// process, session locks included (`ProcReleaseLocks()`), right after this callback; the
+/// copies that are not ready would stay held (a backend drops its temporary slots after an
+/// ERROR, not after a ROLLBACK). So they are dropped here, first. (The worker exits on an
+/// ERROR: [`release_at_exit`] has run before, and there is nothing left to do here.)
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn forget_at_abort(
+unsafe extern "C-unwind" fn give_up_at_abort(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::XactEvent::XACT_EVENT_ABORT {
-        held().clear();
+    if event != pg_sys::XactEvent::XACT_EVENT_ABORT || held().is_empty() {
+        return;
     }
+    // SAFETY: in AbortTransaction(), after its LWLockReleaseAll() and before the locks are
+    // released: a slot still acquired is released as the backend's error recovery would, and
+    // each copy this process holds (temporary, so acquiring it cannot fail) is dropped by
+    // name, as a drop outside a transaction is (slots are not transactional).
+    unsafe {
+        if !pg_sys::MyReplicationSlot.is_null() {
+            pg_sys::ReplicationSlotRelease();
+        }
+    }
+    for (name, _) in held_copies() {
+        let cname = std::ffi::CString::new(name.as_str()).expect("slot names have no NUL");
+        // SAFETY: as above; this process holds no slot now.
+        unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };
+        pgrx::log!(
+            "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because the transaction that held it aborted"
+        );
+    }
+    held().clear();
 }
 
 /// At exit: drop this process's temporary slots (its copies that are not ready), then release

@@ -243,10 +243,7 @@ fn drop_in_round(name: &str) -> Result<(), String> {
 /// In a round: drop the stale slot `name` (not ours) in a subtransaction of its own, once this
 /// server is known to be still a standby.
 fn drop_stale_in_round(name: &str) -> Result<(), String> {
-    change(name, || {
-        copy::drop_stale(name);
-        Ok(())
-    })
+    change(name, || copy::drop_stale(name))
 }
 
 /// In a round: run `f`, a change of slot `name`, in a subtransaction of its own, once this
@@ -552,7 +549,8 @@ fn handle_slot(
                     failover: *failover,
                     ready: *ready,
                 };
-                let updated = change(&remote.name, || copy::update(&remote.name, what));
+                let database = local.as_ref().map_or(0, |l| l.database);
+                let updated = change(&remote.name, || copy::update(&remote.name, database, what));
                 if updated.is_err() && local.as_ref().is_some_and(|l| !l.persistent) {
                     // Not ready yet and it failed (its WAL is gone, say): start over.
                     let _ = drop_in_round(&remote.name);
@@ -641,11 +639,9 @@ pub fn round_some(
 /// (wal_level, our physical slot `primary_slot`, the extension), then every marked slot. Local
 /// slots are read once per round. Must run in a transaction.
 ///
-/// First it gives up the copies whose database's drop the replay waits for, and last it
-/// settles the locks on the databases of the copies it holds (see `database_locks`), also
-/// when it ends early with a problem.
+/// Last it settles the locks on the databases of the copies it holds (see `database_locks`),
+/// also when it ends early with a problem.
 pub fn round(up: &Upstream, primary_slot: &str, check: bool) -> Result<Vec<SlotReport>, Problem> {
-    give_up_copies_wanted_by_recovery();
     let outcome = round_over_marked_slots(up, primary_slot, check);
     database_locks::settle();
     outcome
@@ -723,18 +719,33 @@ fn round_over_marked_slots(
 /// replay is waiting to apply (see `database_locks`), and let go of their locks: the replay
 /// then goes on. Must run in a transaction.
 pub fn give_up_copies_wanted_by_recovery() {
+    /// The copies whose drop failed and was warned about (once per streak: the worker tries
+    /// again every 100 ms).
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
     for db in database_locks::wanted_by_recovery() {
         for name in database_locks::held_copies_in(db) {
-            match drop_isolated(&name) {
+            let outcome = drop_isolated(&name);
+            let first = match &outcome {
+                Ok(()) => WARNED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name),
+                Err(_) => WARNED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone()),
+            };
+            match outcome {
                 Ok(()) => {
                     changes::copy_changed(&name);
                     pgrx::log!(
-                        "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because recovery is dropping its database (OID {db}); it is made again if the slot is still marked upstream"
+                        "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because the replay of a drop (or move) of its database (OID {db}) waited for it; it is made again if the slot is still marked upstream"
                     );
                 }
-                Err(e) => pgrx::warning!(
-                    "slot_failover could not drop its copy of replication slot \"{name}\", which the replay of a drop of its database (OID {db}) waits for: {e}; the replay waits until the copy is dropped"
+                Err(e) if first => pgrx::warning!(
+                    "slot_failover could not drop its copy of replication slot \"{name}\", which the replay of a drop (or move) of its database (OID {db}) waits for: {e}; it tries again, and the replay waits until the copy is dropped"
                 ),
+                Err(_) => {}
             }
         }
     }
