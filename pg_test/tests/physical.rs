@@ -220,3 +220,69 @@ fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
         "t",
     );
 }
+
+/// The same for a copy made while replay is paused (found by review): a new physical copy
+/// reserved WAL from the upstream slot's position, past the replayed WAL, and was made ready
+/// there at once. It must reserve no further than the standby has replayed, and follow from
+/// there once replay goes on.
+#[test]
+fn a_new_physical_copy_starts_no_further_than_the_standby_replayed() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, pad text);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    primary.wait_for_catchup(&standby);
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_pause()");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.pg_get_wal_replay_pause_state()",
+        "paused",
+    );
+    let replayed = standby.safe_psql("postgres", "SELECT pg_catalog.pg_last_wal_replay_lsn()");
+    // A slot made and moved while the standby does not replay, then marked (the worker reads
+    // the marks from the upstream, so the copy is made while replay is still paused).
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g;
+         SELECT pg_catalog.pg_create_physical_replication_slot('sb2', true);
+         INSERT INTO t SELECT g, 'x' FROM generate_series(101, 200) g;
+         SELECT count(*) FROM pg_catalog.pg_replication_slot_advance('sb2', pg_catalog.pg_current_wal_flush_lsn());
+         SELECT slot_failover.enable('sb2');",
+    );
+    let moved = slot_field(&primary, "sb2", "restart_lsn");
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_last_wal_receive_lsn() >= '{moved}'"),
+        "t",
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'",
+        "1",
+    );
+    pg_test::topology::wait_for_rounds(&standby, 2);
+    let copy = slot_field(&standby, "sb2", "restart_lsn");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            &format!("SELECT '{copy}'::pg_lsn <= '{replayed}'::pg_lsn")
+        ),
+        "t",
+        "the new copy is at {copy} ({}), past the replayed {replayed} (the upstream slot at {moved})",
+        status(&standby, "sb2")
+    );
+
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_resume()");
+    standby.poll_query_until(
+        "postgres",
+        &format!(
+            "SELECT restart_lsn = '{moved}' AND NOT temporary FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'"
+        ),
+        "t",
+    );
+}

@@ -232,6 +232,18 @@ fn decide_physical(up: &Upstream, l: &Local, standby_flush: Lsn) -> Decision {
     // catalog_xmin stays what it is (none, for a physical copy).
     let restart = (target > l.restart_lsn).then_some((target, l.catalog_xmin));
     if !l.persistent {
+        if l.restart_lsn > standby_flush {
+            // Reserved past what this standby has replayed (made before it replayed that far):
+            // a promotion now would end before the WAL this copy claims its consumer has.
+            return decision(
+                Action::Nothing,
+                AheadOfStandby,
+                format!(
+                    "the copy keeps WAL from {}, but this standby has replayed up to {} only; waiting for replay",
+                    l.restart_lsn, standby_flush
+                ),
+            );
+        }
         if up.restart_lsn.is_valid() && up.restart_lsn < l.restart_lsn {
             return decision(
                 Action::Nothing,
@@ -1278,6 +1290,10 @@ mod properties {
                     if *ready == Some(true) {
                         prop_assert!(!local.persistent);
                         prop_assert!(!up.restart_lsn.is_valid() || up.restart_lsn >= local.restart_lsn, "{d:?}");
+                        // Never ready past what the standby has replayed (a promotion would
+                        // count the slot's consumer as having new-timeline WAL it never got).
+                        let at = restart.map_or(local.restart_lsn, |(r, _)| r);
+                        prop_assert!(at <= standby_flush, "{d:?}");
                     }
                 }
             }

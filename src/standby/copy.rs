@@ -207,8 +207,9 @@ unsafe fn reserve_wal(name: &CString, restart: Lsn) -> Result<(), String> {
 }
 
 /// Create the copy of the physical slot `remote`: RS_TEMPORARY, WAL reserved here from the
-/// upstream's restart_lsn (or the redo pointer, if that WAL is gone here; nothing when the
-/// upstream slot reserves nothing), then released (it stays owned by this process, see the
+/// upstream's restart_lsn, or what this standby has replayed if that is earlier (a physical
+/// copy never claims WAL a promotion would cut off; see `readiness`), or the redo pointer if
+/// that WAL is gone here; nothing when the upstream slot reserves nothing; then released (it stays owned by this process, see the
 /// module comment). The marker is written when it becomes ready.
 pub fn create_physical(remote: &RemoteSlot) -> Result<(), String> {
     let name = cname(&remote.name);
@@ -217,7 +218,7 @@ pub fn create_physical(remote: &RemoteSlot) -> Result<(), String> {
     unsafe {
         compat::create_temporary_physical_slot(name.as_c_str());
         if let Some(restart) = remote.restart_lsn.filter(|r| r.is_valid()) {
-            reserve_wal(&name, restart)?;
+            reserve_wal(&name, restart.min(standby_replayed()))?;
         }
         pg_sys::ReplicationSlotRelease();
     }
