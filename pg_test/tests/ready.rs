@@ -926,3 +926,80 @@ fn a_new_copy_asks_the_upstream_for_a_standby_snapshot() {
     );
     subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &(next - 1).to_string());
 }
+
+/// `failover_ready()` is about the copies; whether a subscriber can have changes this standby
+/// lacks is the hold-back's business, and the primary holds consumers back only for the
+/// failover standbys, all of them unless `standbys_min_confirmed` says any k. A standby the
+/// senders need not wait for (not named, a cascading one, one of k-of-n) can say `t` while
+/// a subscriber is ahead of it (found by review: operations.md promised "a failover now loses
+/// no subscriber"). It says so, in a NOTICE, and stops saying it once it is named and all
+/// standbys are waited for.
+#[test]
+fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; CREATE PUBLICATION pub FOR TABLE t;
+             SELECT pg_catalog.pg_create_physical_replication_slot('other_slot');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let subscriber = subscriber_of(&primary, "sub", "pub", TABLE);
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    let mut next = 1;
+    write_until_ready(&primary, &standby, &subscriber, &mut next);
+    let ask = || standby.psql("postgres", "SELECT slot_failover.failover_ready()");
+
+    // Nobody named.
+    let out = ask();
+    assert_eq!(out.stdout, "t");
+    assert!(
+        out.stderr.contains("the primary's logical senders need not wait for this standby: no failover standby is named (enable_standby())"),
+        "{}",
+        out.stderr
+    );
+    // Another standby named, not this one.
+    primary.safe_psql("postgres", "SELECT slot_failover.enable_standby('other_slot')");
+    primary.wait_for_catchup(&standby);
+    let out = ask();
+    assert!(
+        out.stderr.contains(&format!(
+            "its slot \"{STANDBY_SLOT}\" is not one of the failover standbys"
+        )),
+        "{}",
+        out.stderr
+    );
+    // Both named, any one of them waited for.
+    primary.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.enable_standby('{STANDBY_SLOT}')"),
+    );
+    primary.wait_for_catchup(&standby);
+    standby.set_and_reload("slot_failover.standbys_min_confirmed", "1");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.current_setting('slot_failover.standbys_min_confirmed')",
+        "1",
+    );
+    let out = ask();
+    assert!(
+        out.stderr.contains("slot_failover.standbys_min_confirmed = 1: the senders wait for any 1 of the 2 failover standbys"),
+        "{}",
+        out.stderr
+    );
+    // All waited for: no NOTICE.
+    standby.set_and_reload("slot_failover.standbys_min_confirmed", "-1");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.current_setting('slot_failover.standbys_min_confirmed')",
+        "-1",
+    );
+    let out = ask();
+    assert_eq!(out.stdout, "t");
+    assert!(
+        !out.stderr.contains("need not wait for this standby"),
+        "{}",
+        out.stderr
+    );
+}

@@ -224,6 +224,7 @@ fn failover_ready_here() -> Result<bool, Error> {
           WHERE NOT coalesce(ready, false) ORDER BY slot_name",
     )
     .map_err(|e| Error::catalog("read slot_failover.status", e))?;
+    warn_if_unprotected()?;
     if not_ready.is_empty() {
         return Ok(true);
     }
@@ -233,6 +234,28 @@ fn failover_ready_here() -> Result<bool, Error> {
         not_ready.join("; ")
     );
     Ok(false)
+}
+
+/// A NOTICE when the primary's logical senders need not wait for this standby (see
+/// `slot_failover_rules::quorum::unprotected`): its copies can be ready, and a subscriber
+/// still have changes this standby lacks. Read from this standby's settings and its replica
+/// of the failover standby list, which are the primary's in the setups the docs describe.
+fn warn_if_unprotected() -> Result<(), Error> {
+    let named = match crate::gucs::standby_slot_names() {
+        Some(names) => names,
+        None => crate::catalog::names(crate::catalog::Table::FailoverStandbys)?,
+    };
+    if let Some(why) = slot_failover_rules::quorum::unprotected(
+        &named,
+        crate::gucs::primary_slot_name().as_deref(),
+        crate::gucs::standbys_min_confirmed(),
+        crate::gucs::wait_for_standbys(),
+    ) {
+        notice!(
+            "the primary's logical senders need not wait for this standby: {why}; a subscriber may have changes this standby lacks, which a failover to it would lose, unless it has replayed all the primary wrote"
+        );
+    }
+    Ok(())
 }
 
 /// How long sync() waits for the worker's round.
