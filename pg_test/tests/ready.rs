@@ -960,7 +960,10 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
         out.stderr
     );
     // Another standby named, not this one.
-    primary.safe_psql("postgres", "SELECT slot_failover.enable_standby('other_slot')");
+    primary.safe_psql(
+        "postgres",
+        "SELECT slot_failover.enable_standby('other_slot')",
+    );
     primary.wait_for_catchup(&standby);
     let out = ask();
     assert!(
