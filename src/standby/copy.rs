@@ -256,6 +256,7 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
     if unsafe { pg_sys::get_database_oid(cdb.as_ptr(), true) } != dboid {
         return Err(database_locks::DATABASE_GOING.into());
     }
+    database_locks::copies_changed();
     // SAFETY: the caller holds no slot; the functions below are the ones PostgreSQL uses to
     // create a slot, called in the same order, with the locks named in the module comment.
     // Spinlocks are held only for plain field stores.
@@ -344,6 +345,9 @@ pub struct Change {
 pub fn update(name: &str, database: u32, change: Change) -> Result<(), String> {
     let cname = cname(name);
     database_locks::lock_for_change(database.into())?;
+    if change.ready.is_some() {
+        database_locks::copies_changed();
+    }
     // SAFETY: the caller holds no slot; we acquire ours, checked (a temporary copy is owned by
     // this process already; a persistent one is free unless a consumer uses it, and then
     // acquire raises an ERROR that the round turns into this slot's error). Fields are changed under
@@ -505,6 +509,7 @@ unsafe fn acquire_ours(name: &str, cname: &CStr) -> Result<(), String> {
 pub fn drop_copy(name: &str) -> Result<(), String> {
     let cname = cname(name);
     database_locks::lock_for_slot(name)?;
+    database_locks::copies_changed();
     // SAFETY: the caller holds no slot; once acquire_ours returns Ok we hold ours, and drop it.
     unsafe {
         acquire_ours(name, &cname)?;

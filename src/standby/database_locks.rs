@@ -50,6 +50,16 @@ use crate::standby::ownership;
 /// are not ready.
 static HELD: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
+/// Whether a copy may have been made, dropped, or made (not) ready since the last [`settle`]:
+/// only then can the set of databases to hold have changed (the rounds woken by moves change
+/// positions only, and skip the look at the slot array).
+static CHANGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that a copy was made, dropped, or made (not) ready: the next [`settle`] looks.
+pub fn copies_changed() {
+    CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether [`release_at_exit`] and [`give_up_at_abort`] are registered in this process.
 static REGISTERED: Mutex<bool> = Mutex::new(false);
 
@@ -147,11 +157,15 @@ pub fn held_copies_in(db: u32) -> Vec<String> {
 }
 
 /// Hold AccessShareLock for the session on the database of every copy this process holds that
-/// is not ready, and on no other: take what is missing, release what is no longer needed.
+/// is not ready, and on no other: take what is missing, release what is no longer needed. Does
+/// nothing unless [`copies_changed`] was called since the last time.
 /// Called at the end of a round, where a copy made or made not ready in it already has the
 /// lock for the transaction ([`lock_for_change`]), so nothing here waits: a lock this process
 /// holds is granted at once, even while the replay waits for it.
 pub fn settle() {
+    if !CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let needed: BTreeSet<u32> = held_copies().into_iter().map(|(_, db)| db).collect();
     let mut held = held();
     if needed == *held {
