@@ -6,8 +6,10 @@
 //! Faults: kill -9 of the whole standby while sync rounds run (repeated), kill -9 of the
 //! worker alone, a primary crash in the middle of a write stream (repeated, each on new
 //! clusters), the upstream unreachable for a while, a promotion while a copy is being created,
-//! and a slot invalidated on the primary (PostgreSQL's 040_standby_failover_slots_sync.pl
-//! scenario: the copy is dropped, and made again once the slot is re-created).
+//! a slot invalidated on the primary (PostgreSQL's 040_standby_failover_slots_sync.pl
+//! scenario: the copy is dropped, and made again once the slot is re-created), and a crash
+//! while big transactions are streamed to the subscriber in progress. Also, without a crash:
+//! `DROP DATABASE` replayed while the standby holds a copy in that database.
 //!
 //! Runs on every built major (14-18): nothing here depends on a version's features.
 //! Repeats: 3 kills of the standby and 2 primary crashes by default, 20 of each with
@@ -764,6 +766,98 @@ fn dropping_the_database_of_a_copy_a_sync_session_holds_waits_for_that_session()
         standby.safe_psql(
             "postgres",
             "SELECT count(*) FROM pg_catalog.pg_database WHERE datname = 'doomed'"
+        ),
+        "0"
+    );
+}
+
+/// A subscription that streams large transactions while they are in progress (`streaming =
+/// parallel` from 16 on, the default from 18; `on` on 14 and 15): with a small
+/// `logical_decoding_work_mem` every big transaction reaches the subscriber in chunks before
+/// its commit. One big transaction committed, and one left in progress, streamed in part, when
+/// the primary is killed: after the promotion the subscriber has the committed one exactly
+/// once and nothing of the other, and goes on.
+#[test]
+fn a_primary_crash_while_a_big_transaction_streams_loses_nothing() {
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'; SELECT pg_catalog.pg_reload_conf();
+             {TABLE}; CREATE PUBLICATION pub FOR TABLE t;
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
+        ),
+    );
+    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let mut subscriber = Cluster::init("subscriber", pg_test::InitOptions::default());
+    subscriber.append_conf("postgresql.conf", "max_logical_replication_workers = 8");
+    subscriber.start();
+    subscriber.safe_psql("postgres", TABLE);
+    let streaming = if primary.install().major >= 16 {
+        "parallel"
+    } else {
+        "on"
+    };
+    subscriber.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub WITH (streaming = {streaming})",
+            primary.connstr("postgres")
+        ),
+    );
+    subscriber.wait_for_subscription_sync(&primary, "sub");
+    primary.safe_psql("postgres", "SELECT slot_failover.enable('sub')");
+    wait_until_ready(&primary, &standby);
+
+    let streamed = || -> i64 {
+        primary
+            .safe_psql(
+                "postgres",
+                "SELECT coalesce(sum(stream_txns), 0) FROM pg_catalog.pg_stat_replication_slots WHERE slot_name = 'sub'",
+            )
+            .parse()
+            .expect("a count")
+    };
+    // One big transaction, streamed and committed.
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT g FROM generate_series(1, 20000) g",
+    );
+    subscriber.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM t WHERE id BETWEEN 1 AND 20000",
+        "20000",
+    );
+    let streamed_before = streamed();
+    assert!(streamed_before >= 1, "the transaction was not streamed");
+    // Another, left in progress: the subscriber gets chunks of it, never its commit.
+    let mut open = primary.connect("postgres");
+    open.batch_execute("BEGIN; INSERT INTO t SELECT g FROM generate_series(20001, 40000) g")
+        .unwrap();
+    wait::until(
+        "chunks of the open transaction to be streamed",
+        wait::default_timeout(),
+        || {
+            let now = streamed();
+            if now > streamed_before {
+                Check::Done(())
+            } else {
+                Check::NotYet(now.to_string())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    crash_promote_and_compare(
+        &mut primary,
+        &standby,
+        &subscriber,
+        "a streamed transaction",
+    );
+    drop(open);
+    assert_eq!(
+        subscriber.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM t WHERE id BETWEEN 20001 AND 40000"
         ),
         "0"
     );
