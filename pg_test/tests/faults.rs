@@ -592,17 +592,9 @@ fn a_standby_with_wal_level_replica_makes_no_logical_copy() {
     assert_eq!(standby.safe_psql("postgres", slots), "arch");
 }
 
-/// `DROP DATABASE` on the primary, replayed on a standby that holds a copy, not ready yet, of
-/// a slot in that database. A copy that is not ready is a temporary slot the worker holds, and
-/// the replay drops the database's slots and fails on one a process holds ("replication slot
-/// ... is active for PID ..."): in the startup process, which stops the whole standby. The
-/// worker holds a lock on the database of every copy it holds, which the replay takes first,
-/// and gives up the copies of a database as soon as it sees the replay waiting for that lock:
-/// the standby replays the drop and goes on, and so does the worker. The standby's naptime is
-/// an hour, so that no periodic round (which would drop the copy because its slot is gone
-/// upstream) can stand in for that look. Before the fix the standby stopped here.
-#[test]
-fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
+/// A primary with database `doomed` holding logical slot `doomed` (marked, never consumed, so
+/// its copy waits) and a failover standby made after it, with `conf` added.
+fn doomed_slot_and_standby(conf: &str) -> (Cluster, Cluster) {
     let primary = primary_with_extension();
     primary.safe_psql(
         "postgres",
@@ -620,8 +612,33 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
         &primary,
         "standby1",
         STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.naptime = 1h",
+        &format!("hot_standby_feedback = on\n{conf}"),
     );
+    (primary, standby)
+}
+
+/// Drop slot `doomed` and then its database on `primary`; returns the primary's position after.
+fn drop_doomed(primary: &Cluster) -> Lsn {
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('doomed')",
+    );
+    primary.safe_psql("postgres", "DROP DATABASE doomed");
+    primary.lsn(LsnMode::Write).expect("the primary's position")
+}
+
+/// `DROP DATABASE` on the primary, replayed on a standby that holds a copy, not ready yet, of
+/// a slot in that database. A copy that is not ready is a temporary slot the worker holds, and
+/// the replay drops the database's slots and fails on one a process holds ("replication slot
+/// ... is active for PID ..."): in the startup process, which stops the whole standby. The
+/// worker holds a lock on the database of every copy it holds, which the replay takes first,
+/// and gives up the copies of a database as soon as it sees the replay waiting for that lock:
+/// the standby replays the drop and goes on, and so does the worker. The standby's naptime is
+/// an hour, so that no periodic round (which would drop the copy because its slot is gone
+/// upstream) can stand in for that look. Before the fix the standby stopped here.
+#[test]
+fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
+    let (primary, standby) = doomed_slot_and_standby("slot_failover.naptime = 1h");
     // Nobody consumes 'doomed': its copy waits for it to move, held by the worker.
     standby.poll_query_until(
         "postgres",
@@ -632,12 +649,7 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
         "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
     let pid = standby.safe_psql("postgres", worker);
     let offset = standby.log_position();
-    primary.safe_psql(
-        "postgres",
-        "SELECT pg_catalog.pg_drop_replication_slot('doomed')",
-    );
-    primary.safe_psql("postgres", "DROP DATABASE doomed");
-    let target = primary.lsn(LsnMode::Write).expect("the primary's position");
+    let target = drop_doomed(&primary);
     let replayed = format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'");
     wait::until(
         "the standby to replay the drop",
@@ -690,25 +702,7 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
 /// again, which gives the copy up; the standby then replays the drop and stays up.
 #[test]
 fn dropping_the_database_of_a_copy_a_sync_session_holds_waits_for_that_session() {
-    let primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; CREATE DATABASE doomed;
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');"
-        ),
-    );
-    primary.safe_psql(
-        "doomed",
-        "SELECT pg_catalog.pg_create_logical_replication_slot('doomed', 'test_decoding')",
-    );
-    primary.safe_psql("postgres", "SELECT slot_failover.enable('doomed')");
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        "hot_standby_feedback = on\nslot_failover.enabled = off",
-    );
+    let (primary, standby) = doomed_slot_and_standby("slot_failover.enabled = off");
     primary.wait_for_catchup(&standby);
     let copies = "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'doomed'";
     let sync = "SELECT action || ':' || state FROM slot_failover.sync() WHERE slot_name = 'doomed'";
@@ -731,12 +725,7 @@ fn dropping_the_database_of_a_copy_a_sync_session_holds_waits_for_that_session()
     let state: String = session.query_one(sync, &[]).unwrap().get(0);
     assert_eq!(state, "created:waiting_for_upstream");
     let offset = standby.log_position();
-    primary.safe_psql(
-        "postgres",
-        "SELECT pg_catalog.pg_drop_replication_slot('doomed')",
-    );
-    primary.safe_psql("postgres", "DROP DATABASE doomed");
-    let target = primary.lsn(LsnMode::Write).expect("the primary's position");
+    let target = drop_doomed(&primary);
     standby.poll_query_until(
         "postgres",
         "SELECT count(*) FROM pg_catalog.pg_locks

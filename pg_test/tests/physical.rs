@@ -181,13 +181,7 @@ fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
         }
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_pause()");
-    standby.poll_query_until(
-        "postgres",
-        "SELECT pg_catalog.pg_get_wal_replay_pause_state()",
-        "paused",
-    );
-    let replayed = standby.safe_psql("postgres", "SELECT pg_catalog.pg_last_wal_replay_lsn()");
+    let replayed = pause_replay(&standby);
     primary.safe_psql(
         "postgres",
         "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g;
@@ -200,16 +194,7 @@ fn a_physical_copy_follows_no_further_than_the_standby_replayed() {
         "t",
     );
     // Two rounds after the standby received the move (naptime 50 ms).
-    pg_test::topology::wait_for_rounds(&standby, 2);
-    let copy = slot_field(&standby, "sb2", "restart_lsn");
-    assert_eq!(
-        standby.safe_psql(
-            "postgres",
-            &format!("SELECT '{copy}'::pg_lsn <= '{replayed}'::pg_lsn")
-        ),
-        "t",
-        "the copy is at {copy}, past the replayed {replayed} (the upstream slot at {moved})"
-    );
+    assert_copy_not_past(&standby, &replayed, &moved);
 
     standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_resume()");
     standby.poll_query_until(
@@ -237,13 +222,7 @@ fn a_new_physical_copy_starts_no_further_than_the_standby_replayed() {
     );
     let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
     primary.wait_for_catchup(&standby);
-    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_pause()");
-    standby.poll_query_until(
-        "postgres",
-        "SELECT pg_catalog.pg_get_wal_replay_pause_state()",
-        "paused",
-    );
-    let replayed = standby.safe_psql("postgres", "SELECT pg_catalog.pg_last_wal_replay_lsn()");
+    let replayed = pause_replay(&standby);
     // A slot made and moved while the standby does not replay, then marked (the worker reads
     // the marks from the upstream, so the copy is made while replay is still paused).
     primary.safe_psql(
@@ -265,17 +244,7 @@ fn a_new_physical_copy_starts_no_further_than_the_standby_replayed() {
         "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'",
         "1",
     );
-    pg_test::topology::wait_for_rounds(&standby, 2);
-    let copy = slot_field(&standby, "sb2", "restart_lsn");
-    assert_eq!(
-        standby.safe_psql(
-            "postgres",
-            &format!("SELECT '{copy}'::pg_lsn <= '{replayed}'::pg_lsn")
-        ),
-        "t",
-        "the new copy is at {copy} ({}), past the replayed {replayed} (the upstream slot at {moved})",
-        status(&standby, "sb2")
-    );
+    assert_copy_not_past(&standby, &replayed, &moved);
 
     standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_resume()");
     standby.poll_query_until(
@@ -284,5 +253,33 @@ fn a_new_physical_copy_starts_no_further_than_the_standby_replayed() {
             "SELECT restart_lsn = '{moved}' AND NOT temporary FROM pg_catalog.pg_replication_slots WHERE slot_name = 'sb2'"
         ),
         "t",
+    );
+}
+
+/// Pause replay on `standby` (it goes on receiving), wait until it is paused, and return where
+/// replay stopped.
+fn pause_replay(standby: &Cluster) -> String {
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_wal_replay_pause()");
+    standby.poll_query_until(
+        "postgres",
+        "SELECT pg_catalog.pg_get_wal_replay_pause_state()",
+        "paused",
+    );
+    standby.safe_psql("postgres", "SELECT pg_catalog.pg_last_wal_replay_lsn()")
+}
+
+/// After two more rounds (naptime 50 ms): the copy of `sb2` on `standby` is not past
+/// `replayed` (the upstream slot is at `moved`).
+fn assert_copy_not_past(standby: &Cluster, replayed: &str, moved: &str) {
+    pg_test::topology::wait_for_rounds(standby, 2);
+    let copy = slot_field(standby, "sb2", "restart_lsn");
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            &format!("SELECT '{copy}'::pg_lsn <= '{replayed}'::pg_lsn")
+        ),
+        "t",
+        "the copy is at {copy} ({}), past the replayed {replayed} (the upstream slot at {moved})",
+        status(standby, "sb2")
     );
 }

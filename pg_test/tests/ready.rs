@@ -950,6 +950,14 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
     let mut next = 1;
     write_until_ready(&primary, &standby, &subscriber, &mut next);
     let ask = || standby.psql("postgres", "SELECT slot_failover.failover_ready()");
+    let set_min_confirmed = |k: &str| {
+        standby.set_and_reload("slot_failover.standbys_min_confirmed", k);
+        standby.poll_query_until(
+            "postgres",
+            "SELECT pg_catalog.current_setting('slot_failover.standbys_min_confirmed')",
+            k,
+        );
+    };
 
     // Nobody named.
     let out = ask();
@@ -979,12 +987,7 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
         &format!("SELECT slot_failover.enable_standby('{STANDBY_SLOT}')"),
     );
     primary.wait_for_catchup(&standby);
-    standby.set_and_reload("slot_failover.standbys_min_confirmed", "1");
-    standby.poll_query_until(
-        "postgres",
-        "SELECT pg_catalog.current_setting('slot_failover.standbys_min_confirmed')",
-        "1",
-    );
+    set_min_confirmed("1");
     let out = ask();
     assert!(
         out.stderr.contains("slot_failover.standbys_min_confirmed = 1: the senders wait for any 1 of the 2 failover standbys"),
@@ -992,12 +995,7 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
         out.stderr
     );
     // All waited for: no NOTICE.
-    standby.set_and_reload("slot_failover.standbys_min_confirmed", "-1");
-    standby.poll_query_until(
-        "postgres",
-        "SELECT pg_catalog.current_setting('slot_failover.standbys_min_confirmed')",
-        "-1",
-    );
+    set_min_confirmed("-1");
     let out = ask();
     assert_eq!(out.stdout, "t");
     assert!(
