@@ -270,12 +270,18 @@ pub fn primary_slot_name() -> Option<String> {
     }
 }
 
+/// `slot_failover.own_slot_name`, when set: the physical slot the other servers keep for this
+/// one (under Patroni, the member's name).
+pub fn own_slot_name() -> Option<String> {
+    string_setting(&OWN_SLOT_NAME).map(|s| s.trim().to_string())
+}
+
 /// This server's own names in the failover standby list: its `primary_slot_name` (the slot it
 /// streamed from as a standby) and `slot_failover.own_slot_name` (the slot the other servers
 /// keep for it). Never waited for here.
 pub fn own_slot_names() -> Vec<String> {
     let mut names: Vec<String> = primary_slot_name().into_iter().collect();
-    if let Some(own) = string_setting(&OWN_SLOT_NAME).map(|s| s.trim().to_string())
+    if let Some(own) = own_slot_name()
         && !names.contains(&own)
     {
         names.push(own);

@@ -218,7 +218,6 @@ pub fn target(data_start: Lsn, sent: Lsn, flush: Lsn, wal: &WalLayout) -> Lsn {
     }
 }
 
-/// The default layout (8 kB pages, 16 MB segments), for the tests.
 /// Why the primary's logical senders may give a subscriber changes that the standby streaming
 /// through physical slot `this` (its `primary_slot_name`) does not have, as far as the
 /// settings tell (read on the standby, where the replicated list and the same settings are
@@ -228,14 +227,15 @@ pub fn target(data_start: Lsn, sent: Lsn, flush: Lsn, wal: &WalLayout) -> Lsn {
 /// `named`: the failover standbys (the replicated list, or `standby_slot_names` when set);
 /// `min_confirmed`: `standbys_min_confirmed`; `wait`: `wait_for_standbys`. With k of n
 /// standbys (k below the number named) the senders wait for any k, so this one may not be
-/// among them; k is compared with every name, the primary's own included (a list naming every
-/// member, as under Patroni), so that case is reported even when the primary's own name makes
-/// k cover all the others.
+/// among them. `lists_every_member`: the list names this server's own member slot too
+/// (`slot_failover.own_slot_name`, as under Patroni), so it names the primary's own as well,
+/// which the primary never waits for: k is then compared with the others only.
 pub fn unprotected(
     named: &[String],
     this: Option<&str>,
     min_confirmed: i32,
     wait: bool,
+    lists_every_member: bool,
 ) -> Option<String> {
     if !wait {
         return Some("slot_failover.wait_for_standbys is off".into());
@@ -253,15 +253,16 @@ pub fn unprotected(
             "its slot \"{this}\" is not one of the failover standbys (enable_standby(), or slot_failover.standby_slot_names); a cascading standby never is"
         ));
     }
-    if min_confirmed >= 0 && (min_confirmed as usize) < named.len() {
+    let waited = named.len() - usize::from(lists_every_member && named.len() > 1);
+    if min_confirmed >= 0 && (min_confirmed as usize) < waited {
         return Some(format!(
-            "slot_failover.standbys_min_confirmed = {min_confirmed}: the senders wait for any {min_confirmed} of the {} failover standbys, which need not include this one",
-            named.len()
+            "slot_failover.standbys_min_confirmed = {min_confirmed}: the senders wait for any {min_confirmed} of the {waited} failover standbys, which need not include this one"
         ));
     }
     None
 }
 
+/// The default layout (8 kB pages, 16 MB segments), for the tests.
 #[cfg(test)]
 const TEST_WAL: WalLayout = WalLayout {
     page_size: 8192,
@@ -273,38 +274,46 @@ const TEST_WAL: WalLayout = WalLayout {
 #[cfg(test)]
 mod tests {
 
+    use super::*;
+
     #[test]
     fn a_standby_is_protected_only_when_every_named_standby_is_waited_for_and_it_is_named() {
         let named: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();
-        assert_eq!(unprotected(&named, Some("node2"), -1, true), None);
-        assert_eq!(unprotected(&named, Some("node2"), 3, true), None);
+        assert_eq!(unprotected(&named, Some("node2"), -1, true, false), None);
+        assert_eq!(unprotected(&named, Some("node2"), 3, true, false), None);
         assert!(
-            unprotected(&named, Some("node2"), 2, true)
+            unprotected(&named, Some("node2"), 2, true, false)
                 .unwrap()
                 .contains("any 2 of the 3")
         );
         assert!(
-            unprotected(&named, Some("slot_b"), -1, true)
+            unprotected(&named, Some("slot_b"), -1, true, false)
                 .unwrap()
                 .contains("\"slot_b\" is not one")
         );
         assert!(
-            unprotected(&named, None, -1, true)
+            unprotected(&named, None, -1, true, false)
                 .unwrap()
                 .contains("no primary_slot_name")
         );
         assert!(
-            unprotected(&[], Some("node2"), -1, true)
+            unprotected(&[], Some("node2"), -1, true, false)
                 .unwrap()
                 .contains("no failover standby")
         );
         assert!(
-            unprotected(&named, Some("node2"), -1, false)
+            unprotected(&named, Some("node2"), -1, false, false)
                 .unwrap()
                 .contains("wait_for_standbys is off")
         );
+        // Every member named (Patroni): the primary's own entry is not waited for.
+        assert_eq!(unprotected(&named, Some("node2"), 2, true, true), None);
+        assert!(
+            unprotected(&named, Some("node2"), 1, true, true)
+                .unwrap()
+                .contains("any 1 of the 2")
+        );
     }
-    use super::*;
 
     const WAL: WalLayout = TEST_WAL;
 

@@ -245,11 +245,17 @@ fn warn_if_unprotected() -> Result<(), Error> {
         Some(names) => names,
         None => crate::catalog::names(crate::catalog::Table::FailoverStandbys)?,
     };
+    // A former primary back in recovery whose slots are its own: nothing was sent past them.
+    if own_slots::rows().is_some() {
+        return Ok(());
+    }
+    let lists_every_member = crate::gucs::own_slot_name().is_some_and(|own| named.contains(&own));
     if let Some(why) = slot_failover_rules::quorum::unprotected(
         &named,
         crate::gucs::primary_slot_name().as_deref(),
         crate::gucs::standbys_min_confirmed(),
         crate::gucs::wait_for_standbys(),
+        lists_every_member,
     ) {
         notice!(
             "the primary's logical senders need not wait for this standby: {why}; a subscriber may have changes this standby lacks, which a failover to it would lose, unless it has replayed all the primary wrote"

@@ -250,12 +250,7 @@ pub fn create(remote: &RemoteSlot) -> Result<(), String> {
         ));
     }
     // The replay of the database's drop must not find the new copy held (see database_locks).
-    database_locks::lock_for_change(dboid)?;
-    // SAFETY: in a transaction, as above; the look-up after the lock sees a drop replayed
-    // while the lock was being asked for (a syscache miss reads the catalog afresh).
-    if unsafe { pg_sys::get_database_oid(cdb.as_ptr(), true) } != dboid {
-        return Err(database_locks::DATABASE_GOING.into());
-    }
+    database_locks::lock_for_change(dboid, true)?;
     database_locks::copies_changed();
     // SAFETY: the caller holds no slot; the functions below are the ones PostgreSQL uses to
     // create a slot, called in the same order, with the locks named in the module comment.
@@ -344,7 +339,7 @@ pub struct Change {
 /// like a copy that was never ready.
 pub fn update(name: &str, database: u32, change: Change) -> Result<(), String> {
     let cname = cname(name);
-    database_locks::lock_for_change(database.into())?;
+    database_locks::lock_for_change(database.into(), change.ready == Some(false))?;
     if change.ready.is_some() {
         database_locks::copies_changed();
     }

@@ -19,12 +19,14 @@
 //!   and released as the set of such copies changes ([`settle`], at the end of every round).
 //!   The replay waits for it...
 //! * ...but not for long: the worker looks between two slices of its waits (every 100 ms at
-//!   most while it waits) and before every full round whether a lock request waits on a
+//!   most while it waits; 500 ms against an upstream without the feed of moves) and before
+//!   every full round whether a lock request waits on a
 //!   database it holds ([`wanted_by_recovery`]). In recovery only the replay of a database's
 //!   drop (`DROP DATABASE`, and `ALTER DATABASE ... SET TABLESPACE`, replayed as a drop from
 //!   the old place) asks for AccessExclusiveLock on a database. The worker then drops its
 //!   copies there that are not ready (they can always be made again) and releases the lock;
-//!   the replay goes on. A round in progress delays that by its own length.
+//!   the replay goes on. A round in progress delays that by its own length, and makes no new
+//!   copy there meanwhile (see [`lock_for_change`]).
 //! * **A backend** running `sync()` with the worker off makes copies the same way, and they stay
 //!   held by its session. It looks at every `sync()` call; in between, the replay waits until
 //!   the session calls `sync()` again or ends (`pg_terminate_backend()`; a cancel does not
@@ -44,7 +46,6 @@ use std::sync::Mutex;
 use pgrx::pg_sys;
 
 use crate::pg::{compat, slot_array};
-use crate::standby::ownership;
 
 /// The databases this process holds AccessShareLock on for its session, for its copies that
 /// are not ready.
@@ -60,7 +61,8 @@ pub fn copies_changed() {
     CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether [`release_at_exit`] and [`give_up_at_abort`] are registered in this process.
+/// Whether [`release_at_exit`] and [`give_up_at_abort`] are registered in this process (at
+/// its first change of a copy).
 static REGISTERED: Mutex<bool> = Mutex::new(false);
 
 fn held() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
@@ -88,13 +90,16 @@ pub const DATABASE_GOING: &str = "recovery is dropping this slot's database (or 
 /// Take AccessShareLock on database `db` until the end of the top-level transaction, before a
 /// copy in it is created, acquired or dropped; Err, without waiting, if the replay of the
 /// database's drop holds the lock or waits for it (see the module comment). A lock this
-/// process already holds is granted at once.
+/// process already holds is granted at once, even while the replay waits for it: so a change
+/// that `leaves_held` a copy (one made, or made not ready) is refused when anyone waits for the
+/// lock, or this process would keep the replay waiting with a copy it had just given up.
 ///
 /// Must run in a transaction.
-pub fn lock_for_change(db: pg_sys::Oid) -> Result<(), String> {
+pub fn lock_for_change(db: pg_sys::Oid, leaves_held: bool) -> Result<(), String> {
     if db == pg_sys::InvalidOid {
         return Ok(());
     }
+    register_callbacks();
     // SAFETY: in a transaction (the caller's), so TopTransactionResourceOwner is set; the lock
     // is taken for it, not for a subtransaction the caller may be in (whose rollback would
     // release it while the copy stays held), and the current owner is put back at once.
@@ -108,43 +113,40 @@ pub fn lock_for_change(db: pg_sys::Oid) -> Result<(), String> {
         pg_sys::CurrentResourceOwner = saved;
         got
     };
-    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+    // SAFETY: the lock is held by this process now (acquired above, or before); LockHasWaiters
+    // only reads the lock table under its partition lock.
+    let wanted = || unsafe { pg_sys::LockHasWaiters(&tag(db.to_u32()), ACCESS_SHARE, false) };
+    if got == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL || (leaves_held && wanted()) {
         Err(DATABASE_GOING.into())
     } else {
         Ok(())
     }
 }
 
-/// [`lock_for_change`] for the database of slot `name` here, if it has one (a logical slot).
+/// [`lock_for_change`] for the database of slot `name` here, if it has one (a logical slot),
+/// for a change that leaves it held no longer than the transaction (a drop).
 pub fn lock_for_slot(name: &str) -> Result<(), String> {
     let db =
         slot_array::scan(|slot| slot_array::is_named(slot, name).then_some(slot.data.database));
     match db.first() {
-        Some(&db) => lock_for_change(db),
+        Some(&db) => lock_for_change(db, false),
         None => Ok(()),
     }
 }
 
-/// The temporary logical slots this process holds that are copies: in the worker, all of them
-/// (it makes no other); in a backend (`sync()`), those with our marker (the session may hold
-/// temporary slots of its own). Each with its database.
+/// The temporary logical slots this process holds, each with its database: its copies that are
+/// not ready. As for `copy::local_slots`, a temporary slot this process holds is one it made,
+/// a copy even if its marker is missing (an ERROR between the slot's creation and the
+/// marker); a session that runs `sync()` should hold no temporary slots of its own.
 fn held_copies() -> Vec<(String, u32)> {
-    // SAFETY: MyProcPid and MyBackendType are set once at process start.
-    let (me, worker) = unsafe {
-        (
-            pg_sys::MyProcPid,
-            pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER,
-        )
-    };
+    // SAFETY: MyProcPid is set once at process start.
+    let me = unsafe { pg_sys::MyProcPid };
     slot_array::scan(|slot| {
         (slot.data.persistency == pg_sys::ReplicationSlotPersistency::RS_TEMPORARY
             && slot.active_pid == me
             && slot.data.database != pg_sys::InvalidOid)
             .then(|| (slot_array::name(slot), slot.data.database.to_u32()))
     })
-    .into_iter()
-    .filter(|(name, _)| worker || ownership::is_ours(name))
-    .collect()
 }
 
 /// The names of the copies this process holds (not ready) in database `db`.
@@ -170,9 +172,6 @@ pub fn settle() {
     let mut held = held();
     if needed == *held {
         return;
-    }
-    if !needed.is_subset(&held) {
-        register_exit();
     }
     for &db in needed.difference(&held) {
         // SAFETY: a process with a PGPROC; a session lock belongs to no resource owner, and is
@@ -214,7 +213,7 @@ pub fn wanted_by_recovery() -> Vec<u32> {
         .collect()
 }
 
-fn register_exit() {
+fn register_callbacks() {
     let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
     if !*registered {
         // SAFETY: registering an exit callback is allowed at any time in a server process;
@@ -232,34 +231,72 @@ fn register_exit() {
 /// The abort of a top-level transaction (an ERROR, or a ROLLBACK) releases every lock of the
 /// process, session locks included (`ProcReleaseLocks()`), right after this callback; the
 /// copies that are not ready would stay held (a backend drops its temporary slots after an
-/// ERROR, not after a ROLLBACK). So they are dropped here, first. (The worker exits on an
-/// ERROR: [`release_at_exit`] has run before, and there is nothing left to do here.)
+/// ERROR, not after a ROLLBACK). So they are dropped here, first, each in a PG_TRY of its own
+/// (an ERROR in an abort callback would abort again, and again). Not in a walsender (a
+/// `replication=database` connection that ran `sync()`): its own slot may be held across the
+/// abort. (The worker exits on an ERROR: [`release_at_exit`] has run before.)
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn give_up_at_abort(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event != pg_sys::XactEvent::XACT_EVENT_ABORT || held().is_empty() {
+    // SAFETY: am_walsender is set once at process start.
+    if event != pg_sys::XactEvent::XACT_EVENT_ABORT || unsafe { pg_sys::am_walsender } {
+        return;
+    }
+    held().clear(); // released by this abort in any case
+    let copies = held_copies();
+    if copies.is_empty() {
         return;
     }
     // SAFETY: in AbortTransaction(), after its LWLockReleaseAll() and before the locks are
-    // released: a slot still acquired is released as the backend's error recovery would, and
-    // each copy this process holds (temporary, so acquiring it cannot fail) is dropped by
-    // name, as a drop outside a transaction is (slots are not transactional).
+    // released. A slot still acquired is one of our copies if it is a temporary one this
+    // process holds (it stays held after the release, and is dropped below); any other slot
+    // is left as it is, and then so are the copies (dropping one needs MyReplicationSlot free).
     unsafe {
-        if !pg_sys::MyReplicationSlot.is_null() {
+        let mine = pg_sys::MyReplicationSlot;
+        if !mine.is_null() {
+            if (*mine).data.persistency != pg_sys::ReplicationSlotPersistency::RS_TEMPORARY {
+                pgrx::warning!(
+                    "slot_failover could not drop its copies that are not ready at the abort of a transaction that held another replication slot; drop them by hand: {}",
+                    copies
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return;
+            }
             pg_sys::ReplicationSlotRelease();
         }
     }
-    for (name, _) in held_copies() {
+    for (name, _) in copies {
         let cname = std::ffi::CString::new(name.as_str()).expect("slot names have no NUL");
-        // SAFETY: as above; this process holds no slot now.
-        unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };
-        pgrx::log!(
-            "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because the transaction that held it aborted"
-        );
+        let dropped = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: as above; this process holds no slot now, and holds this one (temporary,
+            // ours), so acquiring it cannot wait.
+            unsafe { pg_sys::ReplicationSlotDrop(cname.as_ptr(), true) };
+            Ok(())
+        }))
+        .catch_others(|e| {
+            Err(match e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(report)
+                | pgrx::pg_sys::panic::CaughtError::RustPanic {
+                    ereport: report, ..
+                } => report.message().to_string(),
+            })
+        })
+        .execute();
+        match dropped {
+            Ok(()) => pgrx::log!(
+                "slot_failover dropped its copy of replication slot \"{name}\", which was not ready, because the transaction that held it aborted"
+            ),
+            Err(e) => pgrx::warning!(
+                "slot_failover could not drop its copy of replication slot \"{name}\", which was not ready, when the transaction that held it aborted: {e}; drop it by hand, or end this session"
+            ),
+        }
     }
-    held().clear();
 }
 
 /// At exit: drop this process's temporary slots (its copies that are not ready), then release
@@ -273,21 +310,26 @@ unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
     // ERROR may have left are released first, as AbortTransaction() and ProcKill() would do
     // (the slot functions below take ReplicationSlotControlLock); a slot still acquired is
     // released and the temporary ones dropped, exactly as PostgreSQL's own exit code does
-    // (it runs again later and finds nothing); then the session locks HELD names, which this
-    // process holds, are released.
-    unsafe {
+    // (it runs again later and finds nothing). An ERROR there is caught, so that the locks
+    // are released below in any case.
+    let _ = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| unsafe {
         pg_sys::LWLockReleaseAll();
         if !pg_sys::MyReplicationSlot.is_null() {
             pg_sys::ReplicationSlotRelease();
         }
         compat::drop_temporary_slots();
-        for db in dbs {
+    }))
+    .catch_others(|_| ())
+    .execute();
+    for db in dbs {
+        // SAFETY: this process holds the session lock on each database HELD named.
+        unsafe {
             pg_sys::UnlockSharedObjectForSession(
                 pg_sys::DatabaseRelationId,
                 db.into(),
                 0,
                 ACCESS_SHARE,
-            );
-        }
+            )
+        };
     }
 }

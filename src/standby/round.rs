@@ -748,6 +748,9 @@ pub fn give_up_copies_wanted_by_recovery() {
                 Err(_) => {}
             }
         }
+        // A database wanted with no copy of ours left in it (dropped by hand, say) is let go
+        // too.
+        database_locks::copies_changed();
     }
     database_locks::settle();
 }
