@@ -312,7 +312,7 @@ unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
     // released and the temporary ones dropped, exactly as PostgreSQL's own exit code does
     // (it runs again later and finds nothing). An ERROR there is caught, so that the locks
     // are released below in any case.
-    let _ = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| unsafe {
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| unsafe {
         pg_sys::LWLockReleaseAll();
         if !pg_sys::MyReplicationSlot.is_null() {
             pg_sys::ReplicationSlotRelease();
