@@ -159,6 +159,15 @@ pub fn write_rows(publisher: &Cluster, subscriber: &Cluster, from: i32, to: i32)
     subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
 }
 
+/// The pid of the slot_failover worker on a node (empty when none runs).
+pub const WORKER_PID: &str =
+    "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+
+/// The pid of the worker on `node` ([`WORKER_PID`]).
+pub fn worker_pid(node: &Cluster) -> String {
+    node.safe_psql("postgres", WORKER_PID)
+}
+
 /// The worker's rounds so far on `node` (`slot_failover.worker_rounds()`).
 pub fn worker_rounds(node: &Cluster) -> i64 {
     node.safe_psql(

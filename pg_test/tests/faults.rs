@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use pg_test::load::{Writer, repeats};
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, id_set, primary_with_extension, repoint, standby_of, subscriber_of,
+    STANDBY_SLOT, SYNCING, WORKER_PID, id_set, primary_with_extension, repoint, standby_of,
+    subscriber_of, worker_pid,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode};
@@ -183,26 +184,19 @@ fn kill_9_of_the_standby_during_sync_rounds() {
 fn kill_9_of_the_worker_alone() {
     let (mut primary, standby, subscriber) = trio();
     let writer = Writer::start(&primary, 1);
-    let worker_pid = || {
-        standby.safe_psql(
-            "postgres",
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'",
-        )
-    };
-    let pid = worker_pid();
+    let pid = worker_pid(&standby);
     assert!(!pid.is_empty(), "no worker on the standby");
     let offset = standby.log_position();
     pg_test::process::kill(pid.parse().expect("pid"), libc::SIGKILL).expect("kill -9 the worker");
     standby.wait_for_log("was terminated by signal 9", offset);
-    wait::until("a new worker on the standby", wait::default_timeout(), || {
-        match standby.psql(
-            "postgres",
-            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'",
-        ) {
+    wait::until(
+        "a new worker on the standby",
+        wait::default_timeout(),
+        || match standby.psql("postgres", WORKER_PID) {
             out if out.rc == 0 && !out.stdout.is_empty() && out.stdout != pid => Check::Done(()),
             out => Check::NotYet(format!("{out:?}")),
-        }
-    })
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     wait_for_rows(&subscriber, 20);
     standby.poll_query_until("postgres", "SELECT slot_failover.failover_ready()", "t");
@@ -621,6 +615,27 @@ fn doomed_slot_and_standby_of(primary: Cluster, conf: &str) -> (Cluster, Cluster
     (primary, standby)
 }
 
+/// Wait until the copy of `doomed` on `standby` waits to become ready (nobody consumes the
+/// slot: its copy waits for it to move, held by the worker); returns the worker's pid.
+fn doomed_copy_waits(standby: &Cluster) -> String {
+    standby.poll_query_until(
+        "postgres",
+        "SELECT state FROM slot_failover.status WHERE slot_name = 'doomed'",
+        "waiting_for_upstream",
+    );
+    worker_pid(standby)
+}
+
+/// The standby's log since `offset` shows no failure of the replay of `what` (the startup
+/// process failing on a held slot, and the standby stopping with it).
+fn assert_replay_went_on(standby: &Cluster, offset: u64, what: &str) {
+    let log = standby.log_from(offset);
+    assert!(
+        !log.contains("is active for PID") && !log.contains("startup process"),
+        "the replay of {what} failed on the standby:\n{log}"
+    );
+}
+
 /// Drop slot `doomed` and then its database on `primary`; returns the primary's position after.
 fn drop_doomed(primary: &Cluster) -> Lsn {
     primary.safe_psql(
@@ -643,15 +658,7 @@ fn drop_doomed(primary: &Cluster) -> Lsn {
 #[test]
 fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
     let (primary, standby) = doomed_slot_and_standby("slot_failover.naptime = 1h");
-    // Nobody consumes 'doomed': its copy waits for it to move, held by the worker.
-    standby.poll_query_until(
-        "postgres",
-        "SELECT state FROM slot_failover.status WHERE slot_name = 'doomed'",
-        "waiting_for_upstream",
-    );
-    let worker =
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
-    let pid = standby.safe_psql("postgres", worker);
+    let pid = doomed_copy_waits(&standby);
     let offset = standby.log_position();
     let target = drop_doomed(&primary);
     let replayed = format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'");
@@ -659,11 +666,7 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
         "the standby to replay the drop",
         wait::default_timeout(),
         || {
-            let log = standby.log_from(offset);
-            assert!(
-                !log.contains("is active for PID") && !log.contains("startup process"),
-                "the replay of DROP DATABASE failed on the standby:\n{log}"
-            );
+            assert_replay_went_on(&standby, offset, "DROP DATABASE");
             let out = standby.psql("postgres", &replayed);
             match (out.rc, out.stdout.as_str()) {
                 (0, "t") => Check::Done(()),
@@ -690,11 +693,7 @@ fn dropping_the_database_of_a_waiting_copy_does_not_stop_the_standby() {
         r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because the replay of a drop \(or move\) of its database"#,
         offset,
     );
-    assert_eq!(
-        standby.safe_psql("postgres", worker),
-        pid,
-        "the worker was not restarted"
-    );
+    assert_eq!(worker_pid(&standby), pid, "the worker was not restarted");
 }
 
 /// The same with the worker off (`slot_failover.enabled = off`), where `sync()` runs the round
@@ -749,11 +748,7 @@ fn dropping_the_database_of_a_copy_a_sync_session_holds_waits_for_that_session()
         &format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'"),
         "t",
     );
-    let log = standby.log_from(offset);
-    assert!(
-        !log.contains("is active for PID") && !log.contains("startup process"),
-        "the replay of DROP DATABASE failed on the standby:\n{log}"
-    );
+    assert_replay_went_on(&standby, offset, "DROP DATABASE");
     assert_eq!(standby.safe_psql("postgres", copies), "0");
     assert_eq!(
         standby.safe_psql(
@@ -887,14 +882,7 @@ fn moving_the_database_of_a_waiting_copy_to_another_tablespace_does_not_stop_the
     );
     primary.safe_psql("postgres", "CREATE TABLESPACE elsewhere LOCATION ''");
     let (primary, standby) = doomed_slot_and_standby_of(primary, "slot_failover.naptime = 1h");
-    standby.poll_query_until(
-        "postgres",
-        "SELECT state FROM slot_failover.status WHERE slot_name = 'doomed'",
-        "waiting_for_upstream",
-    );
-    let worker =
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
-    let pid = standby.safe_psql("postgres", worker);
+    let pid = doomed_copy_waits(&standby);
     let offset = standby.log_position();
     primary.safe_psql("postgres", "ALTER DATABASE doomed SET TABLESPACE elsewhere");
     let target = primary.lsn(LsnMode::Write).expect("the primary's position");
@@ -903,11 +891,7 @@ fn moving_the_database_of_a_waiting_copy_to_another_tablespace_does_not_stop_the
         &format!("SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{target}'"),
         "t",
     );
-    let log = standby.log_from(offset);
-    assert!(
-        !log.contains("is active for PID") && !log.contains("startup process"),
-        "the replay of SET TABLESPACE failed on the standby:\n{log}"
-    );
+    assert_replay_went_on(&standby, offset, "SET TABLESPACE");
     standby.wait_for_log(
         r#"LOG:  slot_failover dropped its copy of replication slot "doomed", which was not ready, because the replay of a drop \(or move\) of its database"#,
         offset,
@@ -920,9 +904,5 @@ fn moving_the_database_of_a_waiting_copy_to_another_tablespace_does_not_stop_the
         ),
         "created:waiting_for_upstream"
     );
-    assert_eq!(
-        standby.safe_psql("postgres", worker),
-        pid,
-        "the worker was not restarted"
-    );
+    assert_eq!(worker_pid(&standby), pid, "the worker was not restarted");
 }

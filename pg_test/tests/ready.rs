@@ -705,9 +705,7 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         "SELECT state FROM slot_failover.status WHERE slot_name = 'idle'",
         "waiting_for_upstream",
     );
-    let worker =
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
-    let pid = standby.safe_psql("postgres", worker);
+    let pid = pg_test::topology::worker_pid(&standby);
     let offset = standby.log_position();
     restartpoints_for_several_timeouts(
         &primary,
@@ -723,7 +721,7 @@ fn a_waiting_copy_is_not_invalidated_by_the_idle_timeout() {
         },
     );
     assert_eq!(
-        standby.safe_psql("postgres", worker),
+        pg_test::topology::worker_pid(&standby),
         pid,
         "the worker was not restarted"
     );

@@ -125,8 +125,7 @@ fn worker_lifecycle() {
     node.append_conf("postgresql.conf", PRELOAD);
     node.start();
     node.poll_query_until("postgres", WORKER_RUNNING, "1");
-    let pid_sql =
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";
+    let pid_sql = pg_test::topology::WORKER_PID;
 
     // SIGTERM (pg_terminate_backend): logs that it stops, and the postmaster starts a new one.
     let first = node.safe_psql("postgres", pid_sql);

@@ -63,7 +63,7 @@ pub fn copies_changed() {
 
 /// Whether [`release_at_exit`] and [`give_up_at_abort`] are registered in this process (at
 /// its first change of a copy).
-static REGISTERED: Mutex<bool> = Mutex::new(false);
+static REGISTERED: std::sync::Once = std::sync::Once::new();
 
 fn held() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
@@ -214,8 +214,7 @@ pub fn wanted_by_recovery() -> Vec<u32> {
 }
 
 fn register_callbacks() {
-    let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
-    if !*registered {
+    REGISTERED.call_once(|| {
         // SAFETY: registering an exit callback is allowed at any time in a server process;
         // before_shmem_exit callbacks run last-registered first, so this one runs before the
         // ones PostgreSQL registered at the process's start (ShutdownPostgres, which aborts a
@@ -224,8 +223,7 @@ fn register_callbacks() {
         // SAFETY: registering a transaction callback is allowed at any time; it stays
         // registered for the life of the process.
         unsafe { pg_sys::RegisterXactCallback(Some(give_up_at_abort), std::ptr::null_mut()) };
-        *registered = true;
-    }
+    });
 }
 
 /// The abort of a top-level transaction (an ERROR, or a ROLLBACK) releases every lock of the
