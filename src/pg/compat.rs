@@ -282,17 +282,27 @@ pub const HAS_FAILOVER_FLAG: bool = cfg!(any(feature = "pg17", feature = "pg18")
 pub fn builtin_slot_sync_on() -> bool {
     #[cfg(any(feature = "pg17", feature = "pg18"))]
     {
-        // SAFETY: GetConfigOption with missing_ok returns NULL or a pointer into the GUC table,
-        // valid until the next configuration change; compared at once.
-        unsafe {
-            let v = pg_sys::GetConfigOption(c"sync_replication_slots".as_ptr(), true, false);
-            !v.is_null() && CStr::from_ptr(v).to_bytes() == b"on"
+        // PGDLLIMPORT in replication/slotsync.h (17+); pgrx does not bind it.
+        unsafe extern "C" {
+            static mut sync_replication_slots: bool;
         }
+        // SAFETY: the GUC's variable, a bool in this process's memory, written only by this
+        // process's own configuration reloads (never concurrently with this read: we run in
+        // the same single thread). Read as a variable, not looked up by name (GetConfigOption
+        // searched the GUC table on every round).
+        unsafe { std::ptr::addr_of!(sync_replication_slots).read() }
     }
     #[cfg(not(any(feature = "pg17", feature = "pg18")))]
     {
         false
     }
+}
+
+/// Whether this server's `wal_level` is `logical` (a server setting: it does not change while
+/// the server runs).
+pub fn wal_level_logical() -> bool {
+    // SAFETY: the GUC's variable, an int set at start-up; the same on every supported major.
+    unsafe { pg_sys::wal_level >= pg_sys::WalLevel::WAL_LEVEL_LOGICAL as std::ffi::c_int }
 }
 
 /// Whether PostgreSQL's own slot sync (17+) made this slot (`synced`); false before 17.

@@ -68,7 +68,7 @@ impl<'a> Round<'a> {
             deferred: std::cell::RefCell::new(Vec::new()),
             awaits_running_xacts: std::cell::Cell::new(false),
             builtin_sync: compat::builtin_slot_sync_on(),
-            wal_level_logical: crate::pg::string_guc(c"wal_level").as_deref() == Some("logical"),
+            wal_level_logical: compat::wal_level_logical(),
         }
     }
 
