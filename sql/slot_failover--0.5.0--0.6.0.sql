@@ -127,16 +127,21 @@ SELECT m.slot_name,
                      WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
                      ELSE 'primary' END
             WHEN w.state IS NULL THEN 'not_synced'
+            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' AND w.state OPERATOR(pg_catalog.<>) 'skipped'
+                THEN 'invalidated'
             WHEN w.state OPERATOR(pg_catalog.=) ANY ('{skipped,native_sync}') THEN w.state
             WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
                 THEN 'not_synced'
             ELSE w.state END AS state,
        -- The state column as a boolean for monitoring: NULL on a primary (no copy to judge).
        -- A skipped slot (this standby's own physical slot upstream) needs no copy; one left to
-       -- PostgreSQL's slot sync (native_sync) is ready once that has made it persistent.
+       -- PostgreSQL's slot sync (native_sync) is ready once that has made it persistent. A
+       -- copy invalidated here since the worker's last round (its upstream unreachable, say)
+       -- is not, whatever that round said.
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN
                 COALESCE((w.state OPERATOR(pg_catalog.=) ANY ('{ready,native_sync}')
-                          AND s.slot_name IS NOT NULL AND NOT s.temporary)
+                          AND s.slot_name IS NOT NULL AND NOT s.temporary
+                          AND s.wal_status IS DISTINCT FROM 'lost')
                          OR w.state OPERATOR(pg_catalog.=) 'skipped', false)
        END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
@@ -146,6 +151,9 @@ SELECT m.slot_name,
                                                          THEN 'primary_slot_name' ELSE 'slot (slot_failover.own_slot_name)' END)
                              FROM slot_failover.standby_names() AS n WHERE n.ignored LIMIT 1) END
             WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
+            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' AND w.state OPERATOR(pg_catalog.<>) 'skipped'
+                THEN pg_catalog.format('the copy was invalidated on this standby (%s): it cannot be decoded from after a promotion; the next round that reaches the upstream drops it and makes it again',
+                                       COALESCE(pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason', 'wal_status lost'))
             ELSE w.detail END AS detail,
        s.restart_lsn,
        s.confirmed_flush_lsn,

@@ -7,7 +7,9 @@
 //! * a slot still being created upstream is not copied until it is, and a slot dropped and
 //!   created again under the same name (with another plugin) is copied anew;
 //! * a synchronization round that runs into a promotion changes nothing more;
-//! * an idle slot's copy is not invalidated by `idle_replication_slot_timeout` (18).
+//! * an idle slot's copy is not invalidated by `idle_replication_slot_timeout` (18), nor are
+//!   ready copies while the primary is away and after the promotion;
+//! * a copy invalidated on the standby while the upstream is unreachable is not called ready.
 //!
 //! The other corners of that review have their tests next to their subject: two_phase.rs (the
 //! prepared-transaction point on 14, promotion with a copy that is not ready), rejoin.rs (a
@@ -1000,5 +1002,174 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
         !out.stderr.contains("need not wait for this standby"),
         "{}",
         out.stderr
+    );
+}
+
+/// Point the standby's worker at a port nobody listens on, so that its rounds fail while the
+/// standby goes on streaming from the primary; returns once the worker said so.
+fn cut_the_worker_off(standby: &Cluster) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead); // nobody listens there now
+    let offset = standby.log_position();
+    standby.set_and_reload(
+        "slot_failover.upstream_conninfo",
+        &format!("host=127.0.0.1 port={dead_port} user=postgres dbname=postgres connect_timeout=2"),
+    );
+    standby.wait_for_log(
+        "cannot synchronize slots: could not connect to the upstream server",
+        offset,
+    );
+}
+
+/// A ready copy invalidated on the standby while the worker's rounds fail (its upstream
+/// unreachable; here the standby's own `max_slot_wal_keep_size` lets a restartpoint remove the
+/// WAL the copy needs) cannot be decoded from after a promotion: the status view must not call
+/// it ready on the strength of the last good round. Before the fix (found by review) it said
+/// `ready = t` and `failover_ready()` said `t` with the copy's `wal_status` at `lost`; a
+/// promotion then dropped it ("invalidated"). Every major: `wal_status` is `lost` for an
+/// invalidated slot on 14 to 18.
+#[test]
+fn a_copy_invalidated_here_while_the_upstream_is_unreachable_is_not_ready() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nmax_slot_wal_keep_size = 1MB"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    cut_the_worker_off(&standby);
+    wait::until(
+        "a restartpoint to invalidate the copy",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t;
+                 SELECT pg_catalog.pg_switch_wal(); CHECKPOINT",
+            );
+            primary.wait_for_catchup(&standby);
+            standby.safe_psql("postgres", "CHECKPOINT");
+            match slot_column(&standby, "td", "wal_status").as_str() {
+                "lost" => Check::Done(()),
+                other => Check::NotYet(other.to_string()),
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT state || ' ' || ready FROM slot_failover.status WHERE slot_name = 'td'"
+        ),
+        "invalidated false"
+    );
+    let detail = standby.safe_psql(
+        "postgres",
+        "SELECT detail FROM slot_failover.status WHERE slot_name = 'td'",
+    );
+    assert!(
+        detail.starts_with("the copy was invalidated on this standby ("),
+        "{detail}"
+    );
+    let ready = standby.psql("postgres", "SELECT slot_failover.failover_ready()");
+    assert_eq!(ready.stdout, "f", "{}", ready.stderr);
+    assert!(
+        ready
+            .stderr
+            .contains("\"td\" is invalidated: the copy was invalidated on this standby"),
+        "{}",
+        ready.stderr
+    );
+}
+
+/// 18: while the primary is down (or the worker cannot reach it), the worker's rounds fail,
+/// and before the fix (found by review) nothing marked the copies as used: a restartpoint
+/// during the outage, or the first checkpoint after the promotion, invalidated every ready copy
+/// whose consumer stayed away for longer than `idle_replication_slot_timeout`, and the
+/// promoted server had no slot for them. PostgreSQL's own slot sync exempts its slots in
+/// recovery and counts their idle time from the promotion. The worker now marks the last
+/// round's copies as used every naptime whatever the rounds do, and the kept ones again at the
+/// promotion. Here: restartpoints for several timeouts with the worker cut off, then the
+/// primary stopped for several timeouts, a promotion and a checkpoint; the copy stays valid.
+#[test]
+fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the_promotion() {
+    let mut primary = primary_with_extension();
+    if primary.install().major < 18 {
+        eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nidle_replication_slot_timeout = 1s"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    cut_the_worker_off(&standby);
+    let offset = standby.log_position();
+    let copy = || {
+        standby.safe_psql(
+            "postgres",
+            "SELECT coalesce(invalidation_reason, 'valid') FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = 'td'",
+        )
+    };
+    restartpoints_for_several_timeouts(&primary, &standby, "CHECKPOINT", |restartpoints, secs| {
+        assert_eq!(
+            copy(),
+            "valid",
+            "the copy after {restartpoints} restartpoint(s), {secs:.1} s with the worker cut off:\n{}",
+            standby.log_from(offset)
+        );
+    });
+    primary.stop(StopMode::Immediate);
+    let down = Instant::now();
+    // Several timeouts with the primary down: the worker's rounds fail meanwhile.
+    wait::until(
+        "the primary to be down for several idle timeouts",
+        wait::default_timeout(),
+        || {
+            if down.elapsed() >= Duration::from_secs(4) {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{:?}", down.elapsed()))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    standby.promote();
+    standby.poll_query_until("postgres", "SELECT NOT pg_catalog.pg_is_in_recovery()", "t");
+    standby.wait_for_log("this server was promoted and is now a primary", offset);
+    standby.safe_psql("postgres", "CHECKPOINT");
+    assert_eq!(
+        copy(),
+        "valid",
+        "the kept copy after the promotion and a checkpoint:\n{}",
+        standby.log_from(offset)
+    );
+    assert!(
+        !standby
+            .log_from(offset)
+            .contains("invalidating obsolete replication slot"),
+        "{}",
+        standby.log_from(offset)
     );
 }

@@ -609,6 +609,31 @@ fn touch_ready(reports: &[SlotReport]) {
     );
 }
 
+/// Mark the copies of the last good round as used just now, as [`touch_ready`] does after a
+/// round: the worker calls it at least every naptime, also while rounds fail (the upstream
+/// unreachable, a primary down before a failover). PostgreSQL exempts its own synced slots from
+/// `idle_replication_slot_timeout` in recovery; ours are not synced slots, and a restartpoint
+/// (or the first checkpoint after a promotion) would otherwise invalidate the copies a
+/// failover needs because the primary was down for longer than the timeout. Only reads the
+/// published rows and the slot array: no transaction, no upstream.
+pub fn touch_last_round() {
+    let (rows, _) = crate::standby::last_round::rows();
+    let names = |states: &[State]| -> Vec<String> {
+        rows.iter()
+            .filter(|r| states.contains(&r.state) && r.action != SlotAction::Dropped)
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    copy::touch(
+        &names(&[
+            State::Ready,
+            State::WaitingForUpstream,
+            State::AheadOfStandby,
+        ]),
+        &names(&[State::Error]),
+    );
+}
+
 /// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the
 /// wake-up) and their copies here, nothing else; copies of unmarked slots are left to the
 /// next full round. Must run in a transaction.

@@ -126,6 +126,8 @@ struct Worker {
     own_slots_since: Option<u32>,
     /// Whether this standby already forgot that it was a primary (`own_slots::forget_record`).
     record_forgotten: bool,
+    /// When the copies were last marked as used (`round::touch_last_round`).
+    last_touch: Instant,
 }
 
 impl Worker {
@@ -408,11 +410,16 @@ impl Worker {
 impl Worker {
     /// What a standby's worker looks at between two slices of a wait, and before the work a
     /// wake-up brought: whether it follows an upstream (see
-    /// [`Self::forget_being_primary_if_following`]), and whether the replay of a `DROP
+    /// [`Self::forget_being_primary_if_following`]), whether a naptime passed since the copies
+    /// were last marked as used (`round::touch_last_round`, also while rounds fail), and whether the replay of a `DROP
     /// DATABASE` waits for a copy it holds (it gives those up: see
     /// `standby::database_locks`).
     fn between_waits(&mut self) {
         self.forget_being_primary_if_following();
+        if self.syncing() && self.last_touch.elapsed() >= gucs::naptime() {
+            self.last_touch = Instant::now();
+            crate::standby::round::touch_last_round();
+        }
         if self.standby && !crate::standby::database_locks::wanted_by_recovery().is_empty() {
             xact::in_transaction(crate::standby::round::give_up_copies_wanted_by_recovery);
         }
@@ -514,6 +521,7 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
         postmaster_died: false,
         own_slots_since: None,
         record_forgotten: false,
+        last_touch: Instant::now(),
     };
     // The logical senders wait until the marks are known: publish them before anything else.
     worker.publisher.publish(standby);

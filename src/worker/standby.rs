@@ -406,6 +406,11 @@ pub fn promote(last_round: &[Row]) {
             .map(|r| format!("{}: {}", r.state.as_str(), r.detail))
     };
     let kept = round::drop_unready(true, &why);
+    // The kept slots' idle time counts from the promotion, as PostgreSQL's own slot sync has
+    // it (update_synced_slots_inactive_since at ShutDownSlotSync): not from the worker's last
+    // look, which may be a while back when the primary was down (18's
+    // idle_replication_slot_timeout would invalidate them at the first checkpoint).
+    crate::standby::copy::touch(&kept, &[]);
     crate::standby::copy::disown_all();
     crate::standby::own_slots::record_primary_timeline();
     for name in &kept {
