@@ -51,6 +51,12 @@ pub enum Error {
     },
     #[error("slot_failover must be loaded via shared_preload_libraries")]
     NotPreloaded,
+    #[error("cannot {action} in database \"{here}\"")]
+    WrongDatabase {
+        action: &'static str,
+        here: String,
+        configured: String,
+    },
     /// A query on the extension's own tables or on PostgreSQL's catalogs failed where it
     /// cannot (a bug, or a catalog changed by hand).
     #[error("could not {what}: {error}")]
@@ -88,6 +94,7 @@ impl Error {
             Error::OutOfRange { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             Error::Catalog { .. } => ERRCODE_INTERNAL_ERROR,
             Error::NotPreloaded => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::WrongDatabase { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         }
     }
 
@@ -134,6 +141,9 @@ impl Error {
             Error::NotPreloaded => Some(
                 "Its background worker can only be registered while the server starts.".into(),
             ),
+            Error::WrongDatabase { configured, .. } => Some(format!(
+                "slot_failover reads marks and failover standbys only in database \"{configured}\" (slot_failover.database): one made here would be neither held back nor copied."
+            )),
             Error::NullSlotName
             | Error::NoSuchSlot(_)
             | Error::SyncFailed(_)
@@ -178,6 +188,9 @@ impl Error {
             Error::NotPreloaded => Some(
                 "Add slot_failover to shared_preload_libraries in postgresql.conf and restart the server.".into(),
             ),
+            Error::WrongDatabase { configured, .. } => Some(format!(
+                "Connect to database \"{configured}\" and run it there, or set slot_failover.database on every server (and install the extension in that database)."
+            )),
         }
     }
 

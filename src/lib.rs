@@ -210,6 +210,8 @@ pub mod pg_test {
         vec![
             "shared_preload_libraries = 'slot_failover'",
             "wal_level = logical",
+            // The database `cargo pgrx test` runs its tests in: marks are made only there.
+            "slot_failover.database = 'pgrx_tests'",
         ]
     }
 }

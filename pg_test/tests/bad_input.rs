@@ -122,6 +122,32 @@ fn bad_calls_and_settings_lose_nothing() {
     );
     refused(&primary, "SELECT slot_failover.failover_ready()", "55000");
     refused(&primary, "SELECT slot_failover.sync()", "55000");
+    // The wrong database: the extension installed in another database too, where marks would
+    // be read by nobody (the workers read slot_failover.database only). Before the fix (found
+    // by review) enable() there succeeded, and the slot was neither held back nor copied.
+    primary.safe_psql("postgres", "CREATE DATABASE other");
+    primary.safe_psql("other", "CREATE EXTENSION slot_failover");
+    for sql in [
+        "SELECT slot_failover.enable('keep')",
+        "SELECT slot_failover.disable('keep')",
+        "SELECT slot_failover.enable_standby('x')",
+        "SELECT slot_failover.disable_standby('x')",
+    ] {
+        let out = primary.psql("other", sql);
+        assert_eq!(
+            out.sqlstate.as_deref(),
+            Some("55000"),
+            "{sql} in other: {out:?}"
+        );
+        assert!(
+            out.stderr.contains("in database \"other\"")
+                && out.stderr.contains(
+                    "slot_failover reads marks and failover standbys only in database \"postgres\" (slot_failover.database): one made here would be neither held back nor copied."
+                )
+                && out.stderr.contains("Connect to database \"postgres\" and run it there"),
+            "{sql} in other: {out:?}"
+        );
+    }
     // A role that is neither superuser nor admin.
     primary.safe_psql(
         "postgres",

@@ -81,6 +81,22 @@ pub(crate) fn may_mark() -> bool {
     }
 }
 
+/// The name of the database this session is connected to.
+fn current_database() -> String {
+    // SAFETY: a backend connected to a database, in a transaction (a SQL function call):
+    // get_database_name reads the syscache and returns a palloc'd copy (NULL only if the
+    // database was dropped meanwhile), which is copied at once.
+    unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if name.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 /// The checks every marking function makes, in the order a DBA would want to hear of them.
 pub(crate) fn precheck<'a>(
     slot_name: Option<&'a str>,
@@ -93,6 +109,15 @@ pub(crate) fn precheck<'a>(
     }
     if !may_mark() {
         return Err(Error::NotPermitted { action });
+    }
+    let configured = crate::gucs::database();
+    let here = current_database();
+    if here != configured {
+        return Err(Error::WrongDatabase {
+            action,
+            here,
+            configured,
+        });
     }
     Ok(name)
 }
