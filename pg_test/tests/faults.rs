@@ -906,3 +906,97 @@ fn moving_the_database_of_a_waiting_copy_to_another_tablespace_does_not_stop_the
     );
     assert_eq!(worker_pid(&standby), pid, "the worker was not restarted");
 }
+
+/// 16+: replay invalidates a logical slot on the standby in a recovery conflict (here the
+/// primary's `wal_level` lowered to `replica`; catalog rows removed that the slot needs do
+/// the same); if a process holds the slot, the startup process signals it, expecting it to
+/// fail and let go ("canceling statement due to conflict with recovery"), and waits for it,
+/// signalling each holder once. A copy that waits to become ready (of a slot nobody consumes)
+/// is a temporary slot the worker holds. The worker makes each change of a copy, and each
+/// remote call, in a subtransaction that catches errors; when the signal came while it was in
+/// one (here: held, by the tests' `slot_failover.debug_pause_file`, inside the change of a
+/// physical slot's copy), it caught the conflict's ERROR as a failed change, kept the copy,
+/// and the replay waited for it for good. Before the fix (found by review) the standby never
+/// replayed the row written after the restart. The worker now lets that ERROR end it, as
+/// PostgreSQL's own slot sync worker ends; its temporary copies go with it, the replay goes
+/// on, and the worker starts again.
+#[test]
+fn a_recovery_conflict_on_a_waiting_copy_does_not_stall_the_replay() {
+    let mut primary = primary_with_extension();
+    if primary.install().major < 16 {
+        eprintln!(
+            "skipped: logical slots on a standby (and their recovery conflicts) are new in PostgreSQL 16"
+        );
+        return;
+    }
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('w', 'test_decoding');
+             SELECT pg_catalog.pg_create_physical_replication_slot('p', true);
+             SELECT slot_failover.enable('w'), slot_failover.enable('p');"
+        ),
+    );
+    let pause = "slot_failover.pause";
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nslot_failover.debug_pause_file = '{pause}'"),
+    );
+    let advance_p = || {
+        primary.safe_psql(
+            "postgres",
+            "SELECT pg_catalog.pg_logical_emit_message(true, 'test', 'some WAL, flushed at commit, for p to pass')",
+        );
+        primary.safe_psql(
+            "postgres",
+            "SELECT pg_catalog.pg_replication_slot_advance('p', pg_catalog.pg_current_wal_lsn())",
+        );
+        primary.wait_for_catchup(&standby);
+    };
+    advance_p();
+    standby.poll_query_until(
+        "postgres",
+        "SELECT string_agg(slot_name || ' ' || state, ', ' ORDER BY slot_name)
+           FROM slot_failover.status",
+        "p ready, w waiting_for_upstream",
+    );
+    let pid = worker_pid(&standby);
+    // The worker is held inside its next change: of p's copy, once p moves.
+    let offset = standby.log_position();
+    std::fs::write(standby.data_dir().join(pause), "").expect("create the pause file");
+    advance_p();
+    standby.wait_for_log(
+        "slot_failover is pausing before it changes replication slot \"p\"",
+        offset,
+    );
+    // Logical slots cannot outlive wal_level = logical on the primary itself.
+    primary.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_drop_replication_slot('w')",
+    );
+    primary.append_conf("postgresql.conf", "wal_level = replica");
+    primary.restart();
+    primary.safe_psql("postgres", "INSERT INTO t VALUES (1)");
+    primary.wait_for_catchup(&standby);
+    assert_eq!(standby.safe_psql("postgres", "SELECT count(*) FROM t"), "1");
+    let log = standby.log_from(offset);
+    assert!(
+        log.contains("canceling statement due to conflict with recovery"),
+        "the replay did not conflict with the copy; the test proves nothing:\n{log}"
+    );
+    std::fs::remove_file(standby.data_dir().join(pause)).expect("remove the pause file");
+    // The worker started again, and p's copy is there.
+    standby.poll_query_until(
+        "postgres",
+        &format!("SELECT coalesce(({WORKER_PID}) <> {pid}, false)"),
+        "t",
+    );
+    standby.poll_query_until(
+        "postgres",
+        "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_catalog.pg_replication_slots",
+        "p",
+    );
+}

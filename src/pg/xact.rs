@@ -37,6 +37,14 @@ pub fn in_transaction_without_snapshot<R>(f: impl FnOnce() -> R) -> R {
 
 /// Run `f` in a subtransaction; an ERROR inside is caught, the subtransaction rolled back, any
 /// slot it held released, and the error message returned. Must run inside a transaction.
+///
+/// Except a recovery conflict (SQLSTATE 40001, "canceling statement due to conflict with
+/// recovery"): it is raised again once the subtransaction is rolled back. On 16+ the startup
+/// process raises it in a process that holds a logical slot the replay must invalidate, and
+/// waits for that process to let the slot go, signalling it only once: caught here, the worker
+/// would go on holding its temporary copies and the replay would wait for good. PostgreSQL
+/// expects the ERROR to end what holds the slot (its own slot sync worker exits); ours does
+/// too, and its temporary copies go with it (a `sync()` session's with its transaction).
 pub fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     // SAFETY: we are inside a transaction (the caller's); the subtransaction is begun here and
     // always ended below, on success or after an ERROR was caught.
@@ -55,6 +63,16 @@ pub fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
                 pg_sys::ReplicationSlotRelease();
             }
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        let code = match &e {
+            pg_sys::panic::CaughtError::PostgresError(report)
+            | pg_sys::panic::CaughtError::ErrorReport(report)
+            | pg_sys::panic::CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.sql_error_code(),
+        };
+        if code == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE {
+            e.rethrow();
         }
         Err(match e {
             pg_sys::panic::CaughtError::PostgresError(report)

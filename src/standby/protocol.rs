@@ -367,13 +367,16 @@ pub fn held_from(names: &[String]) -> (String, usize) {
 }
 
 /// The xmin and catalog_xmin of this standby's physical slot `primary_slot` upstream (two
-/// columns, NULLs when unset).
+/// columns, NULLs when unset; no row when the slot is missing or invalidated: an invalidated
+/// slot keeps showing the xmins it had, but PostgreSQL no longer holds rows for it, as
+/// ReplicationSlotsComputeRequiredXmin skips invalidated slots).
 pub fn kept_from(primary_slot: &str) -> (String, usize) {
     (
         format!(
             "SELECT s.xmin::pg_catalog.text, s.catalog_xmin::pg_catalog.text
                FROM pg_catalog.pg_replication_slots AS s
-              WHERE s.slot_name OPERATOR(pg_catalog.=) {}",
+              WHERE s.slot_name OPERATOR(pg_catalog.=) {}
+                AND s.wal_status IS DISTINCT FROM 'lost'",
             quote_literal(primary_slot)
         ),
         2,

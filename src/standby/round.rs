@@ -247,10 +247,13 @@ fn drop_stale_in_round(name: &str) -> Result<(), String> {
 }
 
 /// In a round: run `f`, a change of slot `name`, in a subtransaction of its own, once this
-/// server is known to be still a standby.
+/// server is known to be still a standby (looked at in that subtransaction, so that the tests'
+/// pause there, like the change itself, sees interrupts where the change would).
 fn change<R>(name: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
-    still_a_standby(name)?;
-    isolated(f)
+    isolated(|| {
+        still_a_standby(name)?;
+        f()
+    })
 }
 
 /// The message of every change refused because the server was promoted during the round.
