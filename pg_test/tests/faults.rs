@@ -1000,3 +1000,107 @@ fn a_recovery_conflict_on_a_waiting_copy_does_not_stall_the_replay() {
         "p",
     );
 }
+
+/// Processes stopped with SIGSTOP, continued when this is dropped (a failed assertion too).
+struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = pg_test::process::kill(*pid, libc::SIGCONT);
+        }
+    }
+}
+
+/// The primary stops answering without closing its connections (its processes stopped: a
+/// hung machine, a frozen VM), and the standby is promoted. libpqwalreceiver waits for an
+/// answer with no time limit, and the kernel of a stopped process keeps its connections open
+/// (it even acknowledges what is sent): the worker, in a call to the upstream when it stopped
+/// answering, saw nothing else. Before the fix (found by review) it did not see the promotion
+/// for as long as the primary stayed stopped: its copies that were not ready stayed held, the
+/// promoted server's timeline was not recorded, and the status view showed the last round.
+/// Now the call ends after `wal_receiver_timeout` (here 2 s; the feed's and the rounds' calls
+/// alike), the worker says so and starts again, as the promoted server's worker.
+#[test]
+fn a_frozen_primary_does_not_keep_the_worker_from_seeing_the_promotion() {
+    let primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
+             SELECT slot_failover.enable('td');"
+        ),
+    );
+    let standby = standby_of(
+        &primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\nwal_receiver_timeout = 2s"),
+    );
+    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    let offset = standby.log_position();
+    let postmaster = primary.postmaster_pid();
+    pg_test::process::kill(postmaster, libc::SIGSTOP).expect("stop the primary's postmaster");
+    let mut pids = pg_test::process::children_of(postmaster);
+    for pid in &pids {
+        let _ = pg_test::process::kill(*pid, libc::SIGSTOP);
+    }
+    pids.push(postmaster);
+    let _frozen = Frozen(pids);
+    // The worker's next call to the upstream (a round every naptime) waits for an answer
+    // (or, with the fix, has given up on it already).
+    wait::until(
+        "the worker to wait for the stopped upstream",
+        wait::default_timeout(),
+        || {
+            let waits = standby.safe_psql(
+                "postgres",
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity
+                  WHERE backend_type = 'slot_failover worker'
+                    AND wait_event ILIKE 'libpqwalreceiver%'",
+            );
+            if waits == "1"
+                || standby
+                    .log_from(offset)
+                    .contains("slot_failover worker: the upstream server did not answer")
+            {
+                Check::Done(())
+            } else {
+                Check::NotYet(waits)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    standby.promote();
+    let started = Instant::now();
+    wait::until(
+        "the worker to run as the promoted server's",
+        Duration::from_secs(30),
+        || {
+            let log = standby.log_from(offset);
+            if log.contains("this server was promoted and is now a primary")
+                || log.contains("slot_failover worker started (server is a primary)")
+            {
+                Check::Done(())
+            } else {
+                Check::NotYet(log)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log = standby.log_from(offset);
+    assert!(
+        log.contains("slot_failover worker: the upstream server did not answer"),
+        "after {:?}:\n{log}",
+        started.elapsed()
+    );
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT slot_name || ' ' || NOT temporary FROM pg_catalog.pg_replication_slots"
+        ),
+        "td true",
+        "the ready copy is the promoted server's slot"
+    );
+}

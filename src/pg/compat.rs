@@ -717,3 +717,54 @@ mod tests {
         }
     }
 }
+
+/// `USER_TIMEOUT` of `utils/timeout.h`, the first id `RegisterTimeout` hands out to extensions
+/// (pgrx does not bind timeout.h): the enum gained entries before it in 15 (idle stats update,
+/// startup progress) and 17 (transaction timeout).
+const USER_TIMEOUT: std::ffi::c_int = if cfg!(feature = "pg14") {
+    10
+} else if cfg!(any(feature = "pg15", feature = "pg16")) {
+    12
+} else {
+    13
+};
+
+// utils/timeout.h, the same signatures on 14 to 18 (TimeoutId is a C enum: an int).
+unsafe extern "C-unwind" {
+    fn RegisterTimeout(
+        id: std::ffi::c_int,
+        handler: Option<unsafe extern "C" fn()>,
+    ) -> std::ffi::c_int;
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+}
+
+/// A timeout reason of this process's own (`RegisterTimeout(USER_TIMEOUT, handler)`), whose
+/// `handler` runs in the SIGALRM handler when it fires. Once per process: there are ten.
+///
+/// # Safety
+/// In a backend or background worker (timeout.c is set up by InitPostgres); `handler` must be
+/// async-signal-safe.
+pub unsafe fn register_timeout(handler: unsafe extern "C" fn()) -> std::ffi::c_int {
+    // SAFETY: as the caller guarantees; RegisterTimeout raises FATAL only when all ten
+    // extension reasons are taken.
+    unsafe { RegisterTimeout(USER_TIMEOUT, Some(handler)) }
+}
+
+/// Arm timeout `id` (from [`register_timeout`]) to fire once after `ms` milliseconds.
+///
+/// # Safety
+/// `id` came from [`register_timeout`] in this process.
+pub unsafe fn enable_timeout(id: std::ffi::c_int, ms: std::ffi::c_int) {
+    // SAFETY: as the caller guarantees.
+    unsafe { enable_timeout_after(id, ms.max(1)) }
+}
+
+/// Disarm timeout `id` (whether it fired or not).
+///
+/// # Safety
+/// As [`enable_timeout`].
+pub unsafe fn disarm_timeout(id: std::ffi::c_int) {
+    // SAFETY: as the caller guarantees.
+    unsafe { disable_timeout(id, false) }
+}

@@ -7,11 +7,13 @@
 //! | [`slot_array`] | this server's replication slots, read (and `inactive_since` written) in `ReplicationSlotCtl` | any | the slot array, under its control lock and each slot's spinlock |
 //! | [`xact`] | transactions and subtransactions around work, read-only SPI | worker, backends | - |
 //! | [`latch`] | waiting on the process latch | any | - |
+//! | [`deadline`] | a time limit on calls to the upstream through libpqwalreceiver (`wal_receiver_timeout`) | worker, backends | - |
 //! | [`durable`] | files kept in the data directory, replaced durably (temporary file, fsync, rename, directory fsync) | any | - |
 //! | [`fixed_text`] | strings in fixed-size byte arrays (shared memory) | any | - |
 //! | [`log_redaction`] | the `emit_log_hook` that masks passwords in the server log | every process | - |
 
 pub mod compat;
+pub mod deadline;
 pub mod durable;
 pub mod fixed_text;
 pub mod latch;

@@ -16,11 +16,12 @@
 //!   the text type's input function.
 
 use std::ffi::{CStr, CString};
+use std::time::Duration;
 
 use pgrx::pg_sys;
 
 use crate::gucs;
-use crate::pg::{compat, latch};
+use crate::pg::{compat, deadline, latch};
 use crate::standby::protocol::{self, MovedSlots, RemoteSlot};
 use crate::standby::snapshots;
 use slot_failover_rules::readiness::xid_precedes;
@@ -179,7 +180,11 @@ fn open(conninfo: &CString) -> Result<*mut pg_sys::WalReceiverConn, Problem> {
     // SAFETY: TopMemoryContext lives as long as the process; we switch back right after.
     let conn = unsafe {
         let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        let conn = compat::walrcv_connect(conninfo, c"slot_failover");
+        let conn = deadline::within(
+            deadline::limit(Duration::ZERO),
+            "a connection attempt",
+            || compat::walrcv_connect(conninfo, c"slot_failover"),
+        );
         pg_sys::MemoryContextSwitchTo(old);
         conn
     };
@@ -218,20 +223,33 @@ impl Upstream {
 
     /// Run `sql`, a command that returns no rows (`PREPARE`, say).
     fn command(&self, sql: &str) -> Result<(), Problem> {
-        self.exec(sql, 0, pg_sys::WalRcvExecStatus::WALRCV_OK_COMMAND)
-            .map(|_| ())
+        self.exec(
+            sql,
+            0,
+            pg_sys::WalRcvExecStatus::WALRCV_OK_COMMAND,
+            Duration::ZERO,
+        )
+        .map(|_| ())
     }
 
     /// Run `sql`, which returns `ncols` columns, and return every row as text.
     pub fn query(&self, sql: &str, ncols: usize) -> Result<Vec<Vec<Option<String>>>, Problem> {
-        self.exec(sql, ncols, pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES)
+        self.exec(
+            sql,
+            ncols,
+            pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES,
+            Duration::ZERO,
+        )
     }
 
+    /// Run `sql` (a query that returns `ncols` columns and waits `own_wait` at most on the
+    /// upstream, under [`deadline::within`]), return every row as text.
     fn exec(
         &self,
         sql: &str,
         ncols: usize,
         expected: pg_sys::WalRcvExecStatus::Type,
+        own_wait: Duration,
     ) -> Result<Vec<Vec<Option<String>>>, Problem> {
         let sql = CString::new(sql).expect("query contains a NUL byte");
         let types = vec![pg_sys::TEXTOID; ncols];
@@ -247,8 +265,10 @@ impl Upstream {
             // Through pgrx's boundary: an ERROR raised in there (libpq's, or an interrupt served
             // while it waits) becomes a Rust panic that a caller's subtransaction can catch,
             // instead of a longjmp past these frames.
-            let res = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr())
+            let res = deadline::within(deadline::limit(own_wait), "a query", || {
+                pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                    exec(self.conn, sql.as_ptr(), ncols as i32, types.as_ptr())
+                })
             });
             if (*res).status != expected {
                 return Err(Problem::Query(exec_error(res)));
@@ -441,7 +461,12 @@ impl Upstream {
             self.wait_prepared.set(true);
         }
         let (sql, ncols) = protocol::execute_wait(seen, timeout.as_millis());
-        let rows = self.query(&sql, ncols)?;
+        let rows = self.exec(
+            &sql,
+            ncols,
+            pg_sys::WalRcvExecStatus::WALRCV_OK_TUPLES,
+            timeout,
+        )?;
         protocol::waited(&rows).map_err(Problem::Query)
     }
 
@@ -715,10 +740,16 @@ impl Feed {
             let exec = (*pg_sys::WalReceiverFunctions)
                 .walrcv_exec
                 .expect("no walrcv_exec");
-            // Through pgrx's boundary, as in Upstream::exec.
-            let res = pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                exec(self.conn, sql.as_ptr(), 0, std::ptr::null())
-            });
+            // Through pgrx's boundary and under a deadline, as in Upstream::exec.
+            let res = deadline::within(
+                deadline::limit(Duration::ZERO),
+                "the start of the feed",
+                || {
+                    pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+                        exec(self.conn, sql.as_ptr(), 0, std::ptr::null())
+                    })
+                },
+            );
             if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_COPY_OUT {
                 return Err(Problem::Query(exec_error(res)));
             }
