@@ -127,8 +127,7 @@ SELECT m.slot_name,
                      WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' THEN 'invalidated'
                      ELSE 'primary' END
             WHEN w.state IS NULL THEN 'not_synced'
-            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' AND w.state OPERATOR(pg_catalog.<>) 'skipped'
-                THEN 'invalidated'
+            WHEN i.invalidated AND w.state OPERATOR(pg_catalog.<>) 'skipped' THEN 'invalidated'
             WHEN w.state OPERATOR(pg_catalog.=) ANY ('{skipped,native_sync}') THEN w.state
             WHEN w.state OPERATOR(pg_catalog.=) 'ready' AND (s.slot_name IS NULL OR s.temporary)
                 THEN 'not_synced'
@@ -141,7 +140,7 @@ SELECT m.slot_name,
        CASE WHEN pg_catalog.pg_is_in_recovery() THEN
                 COALESCE((w.state OPERATOR(pg_catalog.=) ANY ('{ready,native_sync}')
                           AND s.slot_name IS NOT NULL AND NOT s.temporary
-                          AND s.wal_status IS DISTINCT FROM 'lost')
+                          AND NOT COALESCE(i.invalidated, false))
                          OR w.state OPERATOR(pg_catalog.=) 'skipped', false)
        END AS ready,
        CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN
@@ -151,7 +150,7 @@ SELECT m.slot_name,
                                                          THEN 'primary_slot_name' ELSE 'slot (slot_failover.own_slot_name)' END)
                              FROM slot_failover.standby_names() AS n WHERE n.ignored LIMIT 1) END
             WHEN w.state IS NULL THEN 'the worker has not synchronized this slot yet'
-            WHEN s.wal_status OPERATOR(pg_catalog.=) 'lost' AND w.state OPERATOR(pg_catalog.<>) 'skipped'
+            WHEN i.invalidated AND w.state OPERATOR(pg_catalog.<>) 'skipped'
                 THEN pg_catalog.format('the copy was invalidated on this standby (%s): it cannot be decoded from after a promotion; the next round that reaches the upstream drops it and makes it again',
                                        COALESCE(pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason', 'wal_status lost'))
             ELSE w.detail END AS detail,
@@ -186,4 +185,10 @@ SELECT m.slot_name,
                     r.last_sync_at
                FROM slot_failover.worker_state() AS r
               WHERE pg_catalog.pg_is_in_recovery()) AS w
-    ON w.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text;
+    ON w.slot_name OPERATOR(pg_catalog.=) m.slot_name::pg_catalog.text
+  -- The slot here invalidated: its WAL gone (every major), or, 16+, its rows removed or the
+  -- upstream's wal_level lowered (a slot a process holds then still shows its restart_lsn).
+  LEFT JOIN LATERAL (SELECT s.wal_status OPERATOR(pg_catalog.=) 'lost'
+                            OR pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'invalidation_reason' IS NOT NULL
+                            OR COALESCE((pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'conflicting')::pg_catalog.bool, false)
+                            AS invalidated) AS i ON true;

@@ -1120,7 +1120,7 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
         &primary,
         "standby1",
         STANDBY_SLOT,
-        &format!("{SYNCING}\nidle_replication_slot_timeout = 1s"),
+        &format!("{SYNCING}\nidle_replication_slot_timeout = 2s"),
     );
     pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
     cut_the_worker_off(&standby);
@@ -1147,7 +1147,7 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
         "the primary to be down for several idle timeouts",
         wait::default_timeout(),
         || {
-            if down.elapsed() >= Duration::from_secs(4) {
+            if down.elapsed() >= Duration::from_secs(6) {
                 Check::Done(())
             } else {
                 Check::NotYet(format!("{:?}", down.elapsed()))

@@ -34,31 +34,36 @@ pub unsafe fn walrcv_connect(
     appname: &CStr,
 ) -> Result<*mut pg_sys::WalReceiverConn, String> {
     let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+    let err_out = &raw mut err;
     // SAFETY: the caller guarantees WalReceiverFunctions is loaded; walrcv_connect is always
-    // set by libpqwalreceiver's _PG_init. It returns NULL and sets err on failure.
+    // set by libpqwalreceiver's _PG_init. It returns NULL and sets err on failure. Called
+    // through pgrx's boundary: an ERROR raised while it waits (an interrupt, the deadline of
+    // `pg::deadline`) becomes a Rust panic that callers can catch, not a longjmp past them.
     let conn = unsafe {
         let connect = (*pg_sys::WalReceiverFunctions)
             .walrcv_connect
             .expect("libpqwalreceiver has no walrcv_connect");
-        #[cfg(any(feature = "pg14", feature = "pg15"))]
-        {
-            connect(conninfo.as_ptr(), true, appname.as_ptr(), &mut err)
-        }
-        #[cfg(feature = "pg16")]
-        {
-            connect(conninfo.as_ptr(), true, false, appname.as_ptr(), &mut err)
-        }
-        #[cfg(any(feature = "pg17", feature = "pg18"))]
-        {
-            connect(
-                conninfo.as_ptr(),
-                true,
-                true,
-                false,
-                appname.as_ptr(),
-                &mut err,
-            )
-        }
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            #[cfg(any(feature = "pg14", feature = "pg15"))]
+            {
+                connect(conninfo.as_ptr(), true, appname.as_ptr(), err_out)
+            }
+            #[cfg(feature = "pg16")]
+            {
+                connect(conninfo.as_ptr(), true, false, appname.as_ptr(), err_out)
+            }
+            #[cfg(any(feature = "pg17", feature = "pg18"))]
+            {
+                connect(
+                    conninfo.as_ptr(),
+                    true,
+                    true,
+                    false,
+                    appname.as_ptr(),
+                    err_out,
+                )
+            }
+        })
     };
     if conn.is_null() {
         let msg = if err.is_null() {

@@ -8,10 +8,11 @@
 //!
 //! [`within`] arms a timeout of this process's own (PostgreSQL's timeout.c, SIGALRM) for the
 //! length of one call. When it fires, its handler does what a query cancel's signal handler
-//! does (`InterruptPending`, `QueryCancelPending`, the latch): libpqwalreceiver wakes, checks
-//! for interrupts, and raises "canceling statement due to user request" out of the call.
-//! [`within`] catches that ERROR and, knowing it came from the deadline, says so: in the
-//! worker it logs a WARNING and ends the worker (the connection is left in the middle of a
+//! does (`InterruptPending`, `QueryCancelPending`; timeout.c's own handler sets the latch):
+//! libpqwalreceiver wakes, checks for interrupts, and raises "canceling statement due to user
+//! request" (57014) out of the call. [`within`] catches that ERROR and, knowing it came from
+//! the deadline, says so: in the worker ([`exit_on_deadline`]) it logs a WARNING and ends the
+//! worker (the connection is left in the middle of a
 //! call, and a clean restart, 5 s later, reconnects and looks at the server afresh: a
 //! promoted one is then a primary's worker); in a backend (`sync()`) it raises an ERROR that
 //! says what happened. The limit is `wal_receiver_timeout`, PostgreSQL's own for an upstream
@@ -28,21 +29,43 @@ use super::compat;
 
 /// Set by the handler when the deadline passed; cleared when a call is armed.
 static FIRED: AtomicBool = AtomicBool::new(false);
+/// Set by the handler when it found a cancel already pending (not its own to take back).
+static CANCEL_WAS_PENDING: AtomicBool = AtomicBool::new(false);
+/// This process is slot_failover's worker: a deadline ends it (see [`exit_on_deadline`]).
+static EXIT_ON_DEADLINE: AtomicBool = AtomicBool::new(false);
+
+/// Called by the worker at its start: a passed deadline then ends the process (a backend
+/// running `sync()`, whatever kind, gets an ERROR instead).
+pub fn exit_on_deadline() {
+    EXIT_ON_DEADLINE.store(true, Ordering::Relaxed);
+}
 
 thread_local! {
     /// This process's timeout id (registered on first use).
     static TIMEOUT_ID: std::cell::Cell<Option<std::ffi::c_int>> = const { std::cell::Cell::new(None) };
 }
 
-/// The timeout's handler, in the SIGALRM handler: only async-signal-safe work.
+/// The timeout's handler, in the SIGALRM handler: only async-signal-safe work (atomics and
+/// sig_atomic_t flags; timeout.c's handle_sig_alarm sets the latch itself).
 unsafe extern "C" fn on_deadline() {
-    FIRED.store(true, Ordering::SeqCst);
-    // SAFETY: what StatementCancelHandler does in a signal handler: sig_atomic_t flags and
-    // SetLatch, which is async-signal-safe; MyLatch is this process's latch.
+    // SAFETY: what StatementCancelHandler does in a signal handler: plain writes of this
+    // process's sig_atomic_t flags.
     unsafe {
+        let pending = (&raw const pg_sys::QueryCancelPending).read_volatile() != 0;
+        CANCEL_WAS_PENDING.store(pending, Ordering::SeqCst);
+        FIRED.store(true, Ordering::SeqCst);
         (&raw mut pg_sys::InterruptPending).write_volatile(1);
         (&raw mut pg_sys::QueryCancelPending).write_volatile(1);
-        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// The deadline fired during a call that then ended otherwise (it returned, or raised another
+/// ERROR): take back the cancel it asked for, unless one was pending before it (a real cancel
+/// or a recovery conflict is left to be served).
+fn take_back_cancel() {
+    if FIRED.swap(false, Ordering::SeqCst) && !CANCEL_WAS_PENDING.load(Ordering::SeqCst) {
+        // SAFETY: a process-local sig_atomic_t flag; the timeout is disarmed.
+        unsafe { (&raw mut pg_sys::QueryCancelPending).write_volatile(0) };
     }
 }
 
@@ -78,33 +101,44 @@ pub fn within<R>(limit: Option<Duration>, what: &str, call: impl FnOnce() -> R) 
         .catch_others(|e| {
             // SAFETY: as above.
             unsafe { compat::disarm_timeout(id) };
-            if !FIRED.swap(false, Ordering::SeqCst) {
+            let code = match &e {
+                pg_sys::panic::CaughtError::PostgresError(report)
+                | pg_sys::panic::CaughtError::ErrorReport(report)
+                | pg_sys::panic::CaughtError::RustPanic {
+                    ereport: report, ..
+                } => report.sql_error_code(),
+            };
+            let ours = FIRED.load(Ordering::SeqCst)
+                && !CANCEL_WAS_PENDING.load(Ordering::SeqCst)
+                && code == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
+            if !ours {
+                take_back_cancel();
                 e.rethrow();
             }
+            FIRED.store(false, Ordering::SeqCst);
             let ms = limit.as_millis();
-            // SAFETY: reads a process-local variable set at the process's start.
-            let worker = unsafe { pg_sys::MyBackendType } == pg_sys::BackendType::B_BG_WORKER;
-            if worker {
+            if EXIT_ON_DEADLINE.load(Ordering::Relaxed) {
                 warning!(
                     "slot_failover worker: the upstream server did not answer {what} within {ms} ms (wal_receiver_timeout, plus the call's own wait); it exits and starts again, with new connections"
                 );
                 // SAFETY: from the worker's own code, outside any signal handler; exit code
                 // 1 asks the postmaster to start it again. Its exit callbacks drop its
-                // temporary copies, as at any exit.
+                // temporary copies and end its transaction, as at any exit.
                 unsafe { pg_sys::proc_exit(1) };
             }
-            pgrx::error!(
-                "slot_failover: the upstream server did not answer {what} within {ms} ms (wal_receiver_timeout, plus the call's own wait)"
-            );
+            pgrx::pg_sys::panic::ErrorReport::new(
+                pg_sys::errcodes::PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                format!(
+                    "slot_failover: the upstream server did not answer {what} within {ms} ms (wal_receiver_timeout, plus the call's own wait)"
+                ),
+                "slot_failover",
+            )
+            .report(PgLogLevel::ERROR);
+            unreachable!("ereport(ERROR) returned");
         })
         .execute();
     // SAFETY: as above.
     unsafe { compat::disarm_timeout(id) };
-    if FIRED.swap(false, Ordering::SeqCst) {
-        // It fired just as the call returned: take back the cancel it asked for, or the next
-        // check for interrupts would cancel whatever runs then.
-        // SAFETY: a process-local sig_atomic_t flag; the timeout is disarmed.
-        unsafe { (&raw mut pg_sys::QueryCancelPending).write_volatile(0) };
-    }
+    take_back_cancel();
     result
 }

@@ -627,14 +627,28 @@ pub fn touch_last_round() {
             .map(|r| r.name.clone())
             .collect()
     };
-    copy::touch(
-        &names(&[
-            State::Ready,
-            State::WaitingForUpstream,
-            State::AheadOfStandby,
-        ]),
-        &names(&[State::Error]),
-    );
+    // Persistent ones only when ours (a slot made by hand under a copy's name since must be
+    // left to idle); the others (waiting copies have no marker yet) only when this process
+    // holds them.
+    let kept = names(&[
+        State::Ready,
+        State::WaitingForUpstream,
+        State::AheadOfStandby,
+    ]);
+    let refs: Vec<&str> = kept.iter().map(String::as_str).collect();
+    let mut ours = Vec::new();
+    let mut held_only = names(&[State::Error]);
+    for (name, is_ours) in kept
+        .iter()
+        .zip(crate::standby::ownership::are_ours(&refs, false))
+    {
+        if is_ours {
+            ours.push(name.clone());
+        } else {
+            held_only.push(name.clone());
+        }
+    }
+    copy::touch(&ours, &held_only);
 }
 
 /// A round over only the slots a wake-up named (`remote`: their rows upstream, read with the

@@ -109,6 +109,10 @@ enum Wake {
 }
 
 /// What the worker keeps between turns.
+/// The longest time between two looks that mark the copies as used (`round::touch_last_round`),
+/// whatever the naptime: 18's `idle_replication_slot_timeout` counts in seconds.
+const TOUCH_EVERY: Duration = Duration::from_millis(500);
+
 struct Worker {
     /// The database it connected to (a change of `slot_failover.database` restarts it).
     database: String,
@@ -416,7 +420,7 @@ impl Worker {
     /// `standby::database_locks`).
     fn between_waits(&mut self) {
         self.forget_being_primary_if_following();
-        if self.syncing() && self.last_touch.elapsed() >= gucs::naptime() {
+        if self.syncing() && self.last_touch.elapsed() >= gucs::naptime().min(TOUCH_EVERY) {
             self.last_touch = Instant::now();
             crate::standby::round::touch_last_round();
         }
@@ -490,9 +494,21 @@ pub extern "C-unwind" fn slot_failover_worker_main(_arg: pg_sys::Datum) {
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
 
+    crate::pg::deadline::exit_on_deadline();
     let standby = crate::pg::in_recovery();
     log!("{WORKER_TYPE} started (server is {})", role_name(standby));
     if !standby {
+        // The rows of a standby's last round outlive its worker (shared memory): a worker that
+        // ended before it saw the promotion (a call to a stopped upstream given up after
+        // wal_receiver_timeout, say) left them. Do what seeing it would have done.
+        let (rows, _) = last_round::rows();
+        if !rows.is_empty() {
+            log!(
+                "{WORKER_TYPE}: this server was promoted while the worker was not running; it does now what the promotion asks"
+            );
+            last_round::clear();
+            xact::in_transaction(|| standby::promote(&rows));
+        }
         // A primary's slots are its own, also those it kept when it was promoted by an
         // earlier version (which left their markers) or that a crash kept from being disowned.
         for name in crate::standby::copy::disown_all() {
