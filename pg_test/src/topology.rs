@@ -196,3 +196,48 @@ pub fn wait_for_rounds(standby: &Cluster, n: i64) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// On `primary`: table `t`, standby slot [`STANDBY_SLOT`] named a failover standby, and logical
+/// slot `slot` (test_decoding) made and marked.
+pub fn table_standby_and_marked_slot(primary: &Cluster, slot: &str) {
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
+             SELECT pg_catalog.pg_create_logical_replication_slot('{slot}', 'test_decoding');
+             SELECT slot_failover.enable('{slot}');"
+        ),
+    );
+}
+
+/// Point the standby's worker at a port nobody listens on, so that its rounds fail while the
+/// standby goes on streaming from its primary; returns once the worker said so.
+pub fn cut_worker_off(standby: &Cluster) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead); // nobody listens there now
+    let offset = standby.log_position();
+    standby.set_and_reload(
+        "slot_failover.upstream_conninfo",
+        &format!("host=127.0.0.1 port={dead_port} user=postgres dbname=postgres connect_timeout=2"),
+    );
+    standby.wait_for_log(
+        "cannot synchronize slots: could not connect to the upstream server",
+        offset,
+    );
+}
+
+/// [`table_standby_and_marked_slot`] on `primary`, then a failover standby ([`standby_of`],
+/// `conf` added to [`SYNCING`]) whose copy of `slot` is ready.
+pub fn standby_with_a_ready_copy(primary: &Cluster, slot: &str, conf: &str) -> Cluster {
+    table_standby_and_marked_slot(primary, slot);
+    let standby = standby_of(
+        primary,
+        "standby1",
+        STANDBY_SLOT,
+        &format!("{SYNCING}\n{conf}"),
+    );
+    consume_until_ready(primary, &standby, &[slot]);
+    standby
+}

@@ -249,18 +249,7 @@ fn upstream_unreachable_for_a_while() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30),
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_port = dead.local_addr().expect("addr").port();
-    drop(dead); // nobody listens there now
-    let offset = standby.log_position();
-    standby.set_and_reload(
-        "slot_failover.upstream_conninfo",
-        &format!("host=127.0.0.1 port={dead_port} user=postgres dbname=postgres connect_timeout=2"),
-    );
-    standby.wait_for_log(
-        "cannot synchronize slots: could not connect to the upstream server",
-        offset,
-    );
+    pg_test::topology::cut_worker_off(&standby);
     let started = Instant::now();
     let rows_then = count(&subscriber);
     // The fault lasts its time, and the primary moves on meanwhile (the copy falls behind).
@@ -1026,21 +1015,8 @@ impl Drop for Frozen {
 #[test]
 fn a_frozen_primary_does_not_keep_the_worker_from_seeing_the_promotion() {
     let primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
-             SELECT slot_failover.enable('td');"
-        ),
-    );
-    let standby = standby_of(
-        &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nwal_receiver_timeout = 2s"),
-    );
-    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
+    let standby =
+        pg_test::topology::standby_with_a_ready_copy(&primary, "td", "wal_receiver_timeout = 2s");
     let offset = standby.log_position();
     let postmaster = primary.postmaster_pid();
     pg_test::process::kill(postmaster, libc::SIGSTOP).expect("stop the primary's postmaster");

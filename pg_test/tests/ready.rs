@@ -1005,23 +1005,6 @@ fn failover_ready_says_when_the_senders_need_not_wait_for_this_standby() {
     );
 }
 
-/// Point the standby's worker at a port nobody listens on, so that its rounds fail while the
-/// standby goes on streaming from the primary; returns once the worker said so.
-fn cut_the_worker_off(standby: &Cluster) {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_port = dead.local_addr().expect("addr").port();
-    drop(dead); // nobody listens there now
-    let offset = standby.log_position();
-    standby.set_and_reload(
-        "slot_failover.upstream_conninfo",
-        &format!("host=127.0.0.1 port={dead_port} user=postgres dbname=postgres connect_timeout=2"),
-    );
-    standby.wait_for_log(
-        "cannot synchronize slots: could not connect to the upstream server",
-        offset,
-    );
-}
-
 /// A ready copy invalidated on the standby while the worker's rounds fail (its upstream
 /// unreachable; here the standby's own `max_slot_wal_keep_size` lets a restartpoint remove the
 /// WAL the copy needs) cannot be decoded from after a promotion: the status view must not call
@@ -1032,22 +1015,12 @@ fn cut_the_worker_off(standby: &Cluster) {
 #[test]
 fn a_copy_invalidated_here_while_the_upstream_is_unreachable_is_not_ready() {
     let primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
-             SELECT slot_failover.enable('td');"
-        ),
-    );
-    let standby = standby_of(
+    let standby = pg_test::topology::standby_with_a_ready_copy(
         &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nmax_slot_wal_keep_size = 1MB"),
+        "td",
+        "max_slot_wal_keep_size = 1MB",
     );
-    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
-    cut_the_worker_off(&standby);
+    pg_test::topology::cut_worker_off(&standby);
     wait::until(
         "a restartpoint to invalidate the copy",
         wait::default_timeout(),
@@ -1108,22 +1081,12 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
         eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
         return;
     }
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
-             SELECT slot_failover.enable('td');"
-        ),
-    );
-    let standby = standby_of(
+    let standby = pg_test::topology::standby_with_a_ready_copy(
         &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nidle_replication_slot_timeout = 2s"),
+        "td",
+        "idle_replication_slot_timeout = 2s",
     );
-    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
-    cut_the_worker_off(&standby);
+    pg_test::topology::cut_worker_off(&standby);
     let offset = standby.log_position();
     let copy = || {
         standby.safe_psql(

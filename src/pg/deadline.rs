@@ -101,16 +101,10 @@ pub fn within<R>(limit: Option<Duration>, what: &str, call: impl FnOnce() -> R) 
         .catch_others(|e| {
             // SAFETY: as above.
             unsafe { compat::disarm_timeout(id) };
-            let code = match &e {
-                pg_sys::panic::CaughtError::PostgresError(report)
-                | pg_sys::panic::CaughtError::ErrorReport(report)
-                | pg_sys::panic::CaughtError::RustPanic {
-                    ereport: report, ..
-                } => report.sql_error_code(),
-            };
             let ours = FIRED.load(Ordering::SeqCst)
                 && !CANCEL_WAS_PENDING.load(Ordering::SeqCst)
-                && code == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
+                && super::xact::error_code(&e)
+                    == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
             if !ours {
                 take_back_cancel();
                 e.rethrow();

@@ -64,14 +64,7 @@ pub fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
             }
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
-        let code = match &e {
-            pg_sys::panic::CaughtError::PostgresError(report)
-            | pg_sys::panic::CaughtError::ErrorReport(report)
-            | pg_sys::panic::CaughtError::RustPanic {
-                ereport: report, ..
-            } => report.sql_error_code(),
-        };
-        if code == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE {
+        if error_code(&e) == pg_sys::errcodes::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE {
             e.rethrow();
         }
         Err(match e {
@@ -83,6 +76,17 @@ pub fn isolated<R>(f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
         })
     })
     .execute()
+}
+
+/// The SQLSTATE of an error caught with `PgTryBuilder`.
+pub fn error_code(e: &pg_sys::panic::CaughtError) -> pg_sys::errcodes::PgSqlErrorCode {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(report)
+        | pg_sys::panic::CaughtError::ErrorReport(report)
+        | pg_sys::panic::CaughtError::RustPanic {
+            ereport: report, ..
+        } => report.sql_error_code(),
+    }
 }
 
 /// The first column of the first row of a read-only query (None: no row, or NULL).
