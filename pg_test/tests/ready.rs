@@ -1072,8 +1072,10 @@ fn a_copy_invalidated_here_while_the_upstream_is_unreachable_is_not_ready() {
 /// promoted server had no slot for them. PostgreSQL's own slot sync exempts its slots in
 /// recovery and counts their idle time from the promotion. The worker now marks the last
 /// round's copies as used every naptime whatever the rounds do, and the kept ones again at the
-/// promotion. Here: restartpoints for several timeouts with the worker cut off, then the
-/// primary stopped for several timeouts, a promotion and a checkpoint; the copy stays valid.
+/// promotion. Here: restartpoints for several timeouts with the worker cut off, again after a
+/// restart of the standby (no round has succeeded since: before its fix, found by a second
+/// review, nothing was touched then), then the primary stopped for several timeouts, a
+/// promotion and a checkpoint; the copy stays valid.
 #[test]
 fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the_promotion() {
     let mut primary = primary_with_extension();
@@ -1081,14 +1083,14 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
         eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
         return;
     }
-    let standby = pg_test::topology::standby_with_a_ready_copy(
+    let mut standby = pg_test::topology::standby_with_a_ready_copy(
         &primary,
         "td",
         "idle_replication_slot_timeout = 2s",
     );
     pg_test::topology::cut_worker_off(&standby);
     let offset = standby.log_position();
-    let copy = || {
+    let copy = |standby: &Cluster| {
         standby.safe_psql(
             "postgres",
             "SELECT coalesce(invalidation_reason, 'valid') FROM pg_catalog.pg_replication_slots
@@ -1097,9 +1099,21 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
     };
     restartpoints_for_several_timeouts(&primary, &standby, "CHECKPOINT", |restartpoints, secs| {
         assert_eq!(
-            copy(),
+            copy(&standby),
             "valid",
             "the copy after {restartpoints} restartpoint(s), {secs:.1} s with the worker cut off:\n{}",
+            standby.log_from(offset)
+        );
+    });
+    // A restart of the standby while its upstream stays unreachable: no round has succeeded
+    // since, so the worker has no rows of a last round to go by.
+    standby.restart();
+    let offset = standby.log_position();
+    restartpoints_for_several_timeouts(&primary, &standby, "CHECKPOINT", |restartpoints, secs| {
+        assert_eq!(
+            copy(&standby),
+            "valid",
+            "the copy after a restart of the standby, {restartpoints} restartpoint(s), {secs:.1} s:\n{}",
             standby.log_from(offset)
         );
     });
@@ -1123,7 +1137,7 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
     standby.wait_for_log("this server was promoted and is now a primary", offset);
     standby.safe_psql("postgres", "CHECKPOINT");
     assert_eq!(
-        copy(),
+        copy(&standby),
         "valid",
         "the kept copy after the promotion and a checkpoint:\n{}",
         standby.log_from(offset)

@@ -617,10 +617,23 @@ fn touch_ready(reports: &[SlotReport]) {
 /// unreachable, a primary down before a failover). PostgreSQL exempts its own synced slots from
 /// `idle_replication_slot_timeout` in recovery; ours are not synced slots, and a restartpoint
 /// (or the first checkpoint after a promotion) would otherwise invalidate the copies a
-/// failover needs because the primary was down for longer than the timeout. Only reads the
-/// published rows and the slot array: no transaction, no upstream.
+/// failover needs because the primary was down for longer than the timeout. Before any round
+/// succeeded (the upstream unreachable since this server started), the persistent valid copies
+/// of ours found on disk. Reads the published rows, the slot array and the markers: no
+/// transaction, no upstream.
 pub fn touch_last_round() {
     let (rows, _) = crate::standby::last_round::rows();
+    if rows.is_empty() {
+        // No round succeeded since the server started (its upstream unreachable since before
+        // a restart, say): the copies of ours that are persistent and valid, as found on disk.
+        let kept: Vec<String> = copy::local_slots()
+            .into_iter()
+            .filter(|(_, l)| l.ours && l.persistent && !l.invalidated)
+            .map(|(name, _)| name)
+            .collect();
+        copy::touch(&kept, &[]);
+        return;
+    }
     let names = |states: &[State]| -> Vec<String> {
         rows.iter()
             .filter(|r| states.contains(&r.state) && r.action != SlotAction::Dropped)
