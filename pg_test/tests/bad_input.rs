@@ -6,9 +6,7 @@
 //! Runs on every built major.
 
 use pg_test::Cluster;
-use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, consume_until_ready, primary_with_extension, standby_of,
-};
+use pg_test::topology::{primary_with_extension, standby_with_a_ready_copy};
 
 const MARKS: &str = "SELECT string_agg(slot_name || ' by ' || marked_by, ',' ORDER BY slot_name)
                        FROM slot_failover.marked_slots";
@@ -47,17 +45,7 @@ fn copy_follows(primary: &Cluster, standby: &Cluster) {
 #[test]
 fn bad_calls_and_settings_lose_nothing() {
     let primary = primary_with_extension();
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('keep', 'test_decoding');
-             SELECT slot_failover.enable('keep');"
-        ),
-    );
-    let standby = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
-    consume_until_ready(&primary, &standby, &["keep"]);
+    let standby = standby_with_a_ready_copy(&primary, "keep", "");
     let marks_before = primary.safe_psql("postgres", MARKS);
     assert_eq!(marks_before, "keep by postgres");
 

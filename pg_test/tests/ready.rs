@@ -620,6 +620,15 @@ fn restartpoints_for_several_timeouts(
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The standby's log since `offset` shows no slot invalidated.
+fn assert_no_slot_invalidated(standby: &Cluster, offset: u64) {
+    let log = standby.log_from(offset);
+    assert!(
+        !log.contains("invalidating obsolete replication slot"),
+        "{log}"
+    );
+}
+
 /// 18: `idle_replication_slot_timeout` invalidates slots idle that long at checkpoints and
 /// restartpoints, and in recovery exempts only PostgreSQL's own synced slots. A copy of a slot
 /// whose consumer is idle is not changed by the worker, so before 0.6.0 it counted as idle and
@@ -634,21 +643,11 @@ fn an_idle_slots_copy_is_not_invalidated_by_the_idle_timeout() {
         eprintln!("skipped: idle_replication_slot_timeout is new in PostgreSQL 18");
         return;
     }
-    primary.safe_psql(
-        "postgres",
-        &format!(
-            "{TABLE}; SELECT slot_failover.enable_standby('{STANDBY_SLOT}');
-             SELECT pg_catalog.pg_create_logical_replication_slot('td', 'test_decoding');
-             SELECT slot_failover.enable('td');"
-        ),
-    );
-    let standby = standby_of(
+    let standby = pg_test::topology::standby_with_a_ready_copy(
         &primary,
-        "standby1",
-        STANDBY_SLOT,
-        &format!("{SYNCING}\nidle_replication_slot_timeout = 1s"),
+        "td",
+        "idle_replication_slot_timeout = 1s",
     );
-    pg_test::topology::consume_until_ready(&primary, &standby, &["td"]);
     let offset = standby.log_position();
     restartpoints_for_several_timeouts(&primary, &standby, "CHECKPOINT", |restartpoints, secs| {
         let copy = standby.safe_psql(
@@ -665,13 +664,7 @@ fn an_idle_slots_copy_is_not_invalidated_by_the_idle_timeout() {
             standby.log_from(offset)
         );
     });
-    assert!(
-        !standby
-            .log_from(offset)
-            .contains("invalidating obsolete replication slot"),
-        "{}",
-        standby.log_from(offset)
-    );
+    assert_no_slot_invalidated(&standby, offset);
 }
 
 /// 18: a copy that waits to become ready is a temporary slot the worker holds, and
@@ -1142,11 +1135,5 @@ fn ready_copies_outlive_the_idle_timeout_while_the_primary_is_away_and_after_the
         "the kept copy after the promotion and a checkpoint:\n{}",
         standby.log_from(offset)
     );
-    assert!(
-        !standby
-            .log_from(offset)
-            .contains("invalidating obsolete replication slot"),
-        "{}",
-        standby.log_from(offset)
-    );
+    assert_no_slot_invalidated(&standby, offset);
 }

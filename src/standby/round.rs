@@ -590,6 +590,14 @@ fn handle_slot(
     )
 }
 
+/// The states of the copies a round keeps (and marks as used): those in [`State::Error`] are
+/// marked only when this process holds them.
+const KEPT_STATES: [State; 3] = [
+    State::Ready,
+    State::WaitingForUpstream,
+    State::AheadOfStandby,
+];
+
 /// Mark the copies this round kept as used just now (see `copy::touch`): ready ones, and
 /// those waiting to be ready or ahead of this standby (ours too: on 18 an idle timeout would
 /// invalidate them, and terminate the worker holding a waiting one), and, of the slots in
@@ -602,14 +610,7 @@ fn touch_ready(reports: &[SlotReport]) {
             .map(|r| r.name.clone())
             .collect()
     };
-    copy::touch(
-        &kept(&[
-            State::Ready,
-            State::WaitingForUpstream,
-            State::AheadOfStandby,
-        ]),
-        &kept(&[State::Error]),
-    );
+    copy::touch(&kept(&KEPT_STATES), &kept(&[State::Error]));
 }
 
 /// Mark the copies of the last good round as used just now, as [`touch_ready`] does after a
@@ -643,11 +644,7 @@ pub fn touch_last_round() {
     // Persistent ones only when ours (a slot made by hand under a copy's name since must be
     // left to idle); the others (waiting copies have no marker yet) only when this process
     // holds them.
-    let kept = names(&[
-        State::Ready,
-        State::WaitingForUpstream,
-        State::AheadOfStandby,
-    ]);
+    let kept = names(&KEPT_STATES);
     let refs: Vec<&str> = kept.iter().map(String::as_str).collect();
     let mut ours = Vec::new();
     let mut held_only = names(&[State::Error]);
