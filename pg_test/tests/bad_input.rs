@@ -141,6 +141,8 @@ fn bad_calls_and_settings_lose_nothing() {
         "postgres",
         "CREATE ROLE nobody; GRANT USAGE ON SCHEMA slot_failover TO nobody;",
     );
+    // The role is used on the standby further down: it must have replayed it.
+    primary.wait_for_catchup(&standby);
     refused(
         &primary,
         "SET ROLE nobody; SELECT slot_failover.disable('keep')",
