@@ -3,8 +3,8 @@
 //! is dropped, loudly, at promotion.
 
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, consume_until_ready, ids, primary_with_extension, repoint, standby_of,
-    subscriber_of,
+    STANDBY_SLOT, SYNCING, consume_until_ready, cut_worker_off, ids, primary_with_extension,
+    repoint, standby_of, subscriber_of, table_standby_and_marked_slot, wait_for_rounds,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
@@ -814,4 +814,158 @@ fn a_crashed_standby_keeps_what_its_copies_rely_on() {
 /// `a` precedes `b` in PostgreSQL's circular xid order.
 fn xid_precedes(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Two failovers in a row, the second to a standby whose ready copy is ahead of the first
+/// promoted standby's slot. Copies trail their slot by up to a batch each, so after a failover
+/// a follower's copy can be ahead of the new primary's slot (here the first standby's worker is
+/// cut off, so its copy trails by more). The follower's copy stays ready and keeps its position
+/// until the new primary's slot passes it (PostgreSQL's own slot sync also keeps a synced slot
+/// that is ahead of its remote): its position came from the consumer's own confirmations,
+/// which the consumer has, and the WAL behind it is in the history both standbys share. The
+/// second failover then continues the consumer from the copy, nothing lost and nothing
+/// repeated. Before 0.6.0's fix (found by review), the follower dropped such a copy as "not a
+/// copy of that slot" and made it again, not ready until the slot moved: with no consumer in
+/// between, the second failover had no slot.
+#[test]
+fn a_copy_ahead_of_the_new_primarys_slot_survives_a_second_failover() {
+    const SECOND_SLOT: &str = "standby2_slot";
+    let mut primary = primary_with_extension();
+    primary.safe_psql(
+        "postgres",
+        &format!("SELECT pg_catalog.pg_create_physical_replication_slot('{SECOND_SLOT}')"),
+    );
+    table_standby_and_marked_slot(&primary, "td");
+    primary.safe_psql(
+        "postgres",
+        &format!("SELECT slot_failover.enable_standby('{SECOND_SLOT}')"),
+    );
+    let mut first = standby_of(&primary, "standby1", STANDBY_SLOT, SYNCING);
+    let mut second = standby_of(&primary, "standby2", SECOND_SLOT, SYNCING);
+    consume_until_ready(&primary, &first, &["td"]);
+    consume_until_ready(&primary, &second, &["td"]);
+
+    // The first standby's copy stops following; the consumer takes rows 1-10 and the slot
+    // moves on, restart_lsn included, which only the second standby's copy follows.
+    cut_worker_off(&first);
+    primary.safe_psql(
+        "postgres",
+        "INSERT INTO t SELECT pg_catalog.generate_series(1, 10)",
+    );
+    let got = primary.safe_psql(
+        "postgres",
+        "SELECT string_agg(data, E'\\n') FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    assert_eq!(decoded_ids(&got), range(1, 10), "{got}");
+    let first_restart = slot_lsn(&first, "td", "restart_lsn");
+    wait::until(
+        "the second standby's copy to be past the first's",
+        wait::default_timeout(),
+        || {
+            primary.safe_psql(
+                "postgres",
+                "CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+            );
+            let (restart, flush) = (
+                slot_lsn(&primary, "td", "restart_lsn"),
+                slot_lsn(&primary, "td", "confirmed_flush_lsn"),
+            );
+            let copy = (
+                slot_lsn(&second, "td", "restart_lsn"),
+                slot_lsn(&second, "td", "confirmed_flush_lsn"),
+            );
+            if restart > first_restart && copy == (restart, flush) {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!(
+                    "slot {restart}/{flush}, second's copy {}/{}, first's copy from {first_restart}",
+                    copy.0, copy.1
+                ))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ahead = (
+        slot_lsn(&second, "td", "restart_lsn"),
+        slot_lsn(&second, "td", "confirmed_flush_lsn"),
+    );
+    assert_eq!(slot_lsn(&first, "td", "restart_lsn"), first_restart);
+
+    // First failover: the first standby is promoted, its copy (behind) becomes its slot, rows
+    // 11-20 are written there, and the second standby follows it.
+    primary.stop(StopMode::Fast);
+    first.promote();
+    first.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT pg_catalog.pg_create_physical_replication_slot('{SECOND_SLOT}');
+             INSERT INTO t SELECT pg_catalog.generate_series(11, 20);"
+        ),
+    );
+    assert!(slot_lsn(&first, "td", "restart_lsn") < ahead.0);
+    let offset = second.log_position();
+    second.append_conf(
+        "postgresql.conf",
+        &format!(
+            "primary_conninfo = '{} application_name=standby2'",
+            first.connstr("postgres")
+        ),
+    );
+    second.restart();
+    first.wait_for_catchup("standby2");
+    // A new mark on the new primary: once the second standby's worker has a copy of it, its
+    // rounds read the new primary's slots, td's included.
+    first.safe_psql(
+        "postgres",
+        "SELECT pg_catalog.pg_create_logical_replication_slot('probe', 'test_decoding');
+         SELECT slot_failover.enable('probe');",
+    );
+    first.wait_for_catchup("standby2");
+    second.poll_query_until(
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'probe'",
+        "1",
+    );
+    wait_for_rounds(&second, 3);
+    assert_eq!(
+        second.safe_psql(
+            "postgres",
+            "SELECT state, ready FROM slot_failover.status WHERE slot_name = 'td'"
+        ),
+        "ready|t",
+        "{}",
+        second.log_from(offset)
+    );
+    assert_eq!(
+        (
+            slot_lsn(&second, "td", "restart_lsn"),
+            slot_lsn(&second, "td", "confirmed_flush_lsn"),
+        ),
+        ahead,
+        "the copy keeps its position"
+    );
+    assert!(
+        !second.log_from(offset).contains("not a copy of that slot"),
+        "{}",
+        second.log_from(offset)
+    );
+
+    // Second failover, before anyone consumed from the first: the consumer continues from the
+    // copy with rows 11-20, exactly.
+    first.stop(StopMode::Fast);
+    second.promote();
+    // The runbook's step after a failover: name the failover standbys anew (none here, else
+    // the decoding below would wait for standby1_slot, which this server does not have).
+    second.safe_psql(
+        "postgres",
+        &format!(
+            "SELECT slot_failover.disable_standby('{STANDBY_SLOT}');
+             SELECT slot_failover.disable_standby('{SECOND_SLOT}');"
+        ),
+    );
+    let got = second.safe_psql(
+        "postgres",
+        "SELECT string_agg(data, E'\\n') FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
+    );
+    assert_eq!(decoded_ids(&got), range(11, 20), "{got}");
 }

@@ -39,9 +39,18 @@
 //!   catalog_xmin is not set yet is a slot still being created: nothing is made of it, and a
 //!   copy of an earlier slot of that name goes. A copy whose plugin, database, kind or two_phase
 //!   point (where it is fixed for the life of a slot) differs from the upstream slot's is of a
-//!   slot that was dropped and created again: it goes, and is made again. A ready logical copy
-//!   whose restart_lsn is ahead of the upstream slot's is not a copy of it (a slot the server
-//!   kept from another life, say): it goes too.
+//!   slot that was dropped and created again: it goes, and is made again.
+//! * **A ready copy ahead of its upstream slot stays ready where it is.** After a failover the
+//!   standbys that follow the promoted one compare their copies with its slots, which were its
+//!   copies; each trailed the old primary's slot by up to a batch, so a follower's copy can be
+//!   ahead. Its positions came from the consumer's own confirmations (the consumer has what
+//!   they confirm) and lie in the history both standbys share, so it stays ready and waits for
+//!   the upstream slot to pass it (moving it back could need WAL and catalog rows this standby
+//!   no longer has; dropping it would leave a second failover without the slot). PostgreSQL's
+//!   own slot sync keeps a synced slot ahead of its remote too (slotsync.c,
+//!   `update_local_synced_slot()`). A copy of a slot that was dropped and created again
+//!   further back under the same name, plugin and database (by
+//!   `pg_copy_logical_replication_slot()`, say) cannot be told from this.
 //! * A **physical** slot's copy keeps WAL from the upstream slot's restart_lsn, never past
 //!   this standby's flushed WAL and never backward; it is ready once its reservation is not
 //!   ahead of the upstream's (the WAL the upstream keeps for the slot is here). No snapshot,
@@ -440,16 +449,6 @@ pub fn decide(
     // For a ready copy: the two-phase settings it takes this round.
     let mut two_phase = None;
     if l.persistent {
-        if l.restart_lsn > up.restart_lsn {
-            return decision(
-                Drop,
-                WaitingForUpstream,
-                format!(
-                    "the copy needs WAL from {}, but the upstream slot from {}: it is not a copy of that slot (left from another time this server was a primary, say); dropping it, it will be created again",
-                    l.restart_lsn, up.restart_lsn
-                ),
-            );
-        }
         // The copy's confirmed_flush after this round.
         let flush = if up.confirmed_flush <= standby_flush {
             up.confirmed_flush.max(l.confirmed_flush)
@@ -569,8 +568,14 @@ pub fn decide(
     let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
     let detail = if up.restart_lsn > l.restart_lsn && restart.is_none() {
         "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
+            .to_string()
+    } else if up.restart_lsn < l.restart_lsn || xid_precedes(up.catalog_xmin, l.catalog_xmin) {
+        format!(
+            "ready; the copy is ahead of the upstream slot (WAL from {}, catalog rows from xid {}; the upstream slot: {}, xid {}), as a promoted upstream's slot can be, and keeps its position until the upstream slot passes it",
+            l.restart_lsn, l.catalog_xmin, up.restart_lsn, up.catalog_xmin
+        )
     } else {
-        "ready"
+        "ready".to_string()
     };
     if restart.is_none() && confirmed_flush.is_none() && two_phase.is_none() && failover.is_none() {
         return decision(Nothing, Ready, detail);
@@ -922,17 +927,46 @@ mod tests {
         assert_eq!(decide(Some(&u), Some(&l), 1000, true).action, Action::Drop);
     }
 
-    /// A ready copy ahead of its upstream slot is not a copy of it; a copy that is not ready
-    /// yet and reserves more than the slot waits, as before.
+    /// A ready copy ahead of its upstream slot (a follower's copy after a failover, compared with
+    /// the promoted standby's slot) stays ready where it is, its confirmed_flush included, and
+    /// follows once the slot passes it; a copy that is not ready yet and reserves more than the
+    /// slot waits, as before.
     #[test]
-    fn a_ready_copy_ahead_of_its_slot_goes() {
+    fn a_ready_copy_ahead_of_its_slot_stays_ready_where_it_is() {
         let d = decide(
             Some(&up(100, 200, 10)),
-            Some(&copy(true, 150, 200, 10)),
+            Some(&copy(true, 150, 250, 12)),
             1000,
             true,
         );
-        assert_eq!(d.action, Action::Drop);
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
+        assert!(
+            d.detail.contains("the copy is ahead of the upstream slot (WAL from 0/96, catalog rows from xid 12; the upstream slot: 0/64, xid 10)"),
+            "{}",
+            d.detail
+        );
+        // Only confirmed_flush ahead: plain ready.
+        let d = decide(
+            Some(&up(150, 200, 12)),
+            Some(&copy(true, 150, 250, 12)),
+            1000,
+            true,
+        );
+        assert_eq!(
+            (d.action, d.state, d.detail.as_str()),
+            (Action::Nothing, State::Ready, "ready")
+        );
+        // The slot passes the copy: the copy follows.
+        let d = decide(
+            Some(&up(160, 300, 13)),
+            Some(&copy(true, 150, 250, 12)),
+            1000,
+            true,
+        );
+        assert_eq!(
+            d.action,
+            update(Some((160, 13)), Some(300), None, None, None)
+        );
         let d = decide(
             Some(&up(100, 200, 10)),
             Some(&copy(false, 150, 0, 9)),

@@ -517,8 +517,8 @@ impl Upstream {
 
     /// A feed's line whose counter is at most this one came from rows read before the last
     /// full round's (or at about the same time), so it may be older than what that round
-    /// applied, and must not be applied after it: a ready copy's `restart_lsn` ahead of its
-    /// slot's says the copy is not of that slot, and it would be dropped. Lines queued while a
+    /// applied, and must not be applied after it: a ready copy's `restart_lsn` would seem ahead
+    /// of its slot's, and a copy not ready yet could be judged on old rows. Lines queued while a
     /// full round ran are such lines. The counter is read after the rows, so a line with a
     /// higher counter was read after a move that came after them.
     pub fn rows_counter(&self) -> i64 {
