@@ -76,6 +76,22 @@ fn bad_calls_and_settings_lose_nothing() {
             sqlstate,
         );
     }
+    // A NULL name among the names that the upstream functions for standbys' workers take:
+    // the error a NULL name gets everywhere, verbatim (before, pgrx's conversion failed with
+    // XX000 and no hint; found by review).
+    for sql in [
+        "SELECT * FROM slot_failover.slot_rows(ARRAY['keep', NULL])",
+        "SELECT * FROM slot_failover.held_from(ARRAY[NULL]::text[])",
+    ] {
+        let out = primary.psql("postgres", sql);
+        assert_eq!(out.sqlstate.as_deref(), Some("22004"), "{sql}: {out:?}");
+        assert!(
+            out.stderr.contains(
+                "ERROR:  slot name must not be NULL\nHINT:  Pass the name of a replication slot."
+            ),
+            "{sql}: {out:?}"
+        );
+    }
     // No such slot, a temporary one, a logical one named as a standby.
     refused(&primary, "SELECT slot_failover.enable('nosuch')", "42704");
     refused(

@@ -6,6 +6,7 @@
 
 use pgrx::prelude::*;
 
+use crate::error::Error;
 use crate::primary::{changes, digest, marks_cache, standby_snapshot};
 
 extension_sql!(
@@ -106,6 +107,15 @@ fn log_standby_snapshot() -> Option<String> {
     standby_snapshot::log_on_request().map(|at| slot_failover_rules::Lsn(at).to_string())
 }
 
+/// The names of an array argument, none of them NULL (else the error a NULL name gets
+/// everywhere, SQLSTATE 22004: pgrx's own conversion would fail with XX000 and no hint).
+fn no_null_names(names: Vec<Option<String>>) -> Vec<String> {
+    names
+        .into_iter()
+        .map(|n| n.unwrap_or_else(|| Error::NullSlotName.report()))
+        .collect()
+}
+
 /// On an upstream: the rows of the slots `names` as standbys' workers read them, one per name
 /// in that order, from shared memory (`primary/digest.rs`): a move costs the same whatever the
 /// number of slots that did not move. Every value is text (positions and xids as decimal
@@ -114,7 +124,7 @@ fn log_standby_snapshot() -> Option<String> {
 #[pg_extern(volatile, parallel_restricted)]
 #[allow(clippy::type_complexity)]
 fn slot_rows(
-    names: Vec<String>,
+    names: Vec<Option<String>>,
 ) -> TableIterator<
     'static,
     (
@@ -132,6 +142,7 @@ fn slot_rows(
         name!(two_phase_at, Option<String>),
     ),
 > {
+    let names = no_null_names(names);
     TableIterator::new(digest::slot_rows(&names).into_iter().map(|r| {
         let [a, b, c, d, e, f, g, h, i, j, k, l] = r.columns;
         (a, b, c, d, e, f, g, h, i, j, k, l)
@@ -147,8 +158,9 @@ fn slot_rows(
 /// only once the standby has flushed that position.
 #[pg_extern(volatile, parallel_restricted)]
 fn held_from(
-    names: Vec<String>,
+    names: Vec<Option<String>>,
 ) -> TableIterator<'static, (name!(slot_name, String), name!(held_from, Option<String>))> {
+    let names = no_null_names(names);
     let unheld = crate::pg::in_recovery()
         || !crate::gucs::wait_for_standbys()
         || !crate::gucs::standby_slot_names()
