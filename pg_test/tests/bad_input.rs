@@ -5,8 +5,10 @@
 //! the `#[pg_test]` tests of `src/marks.rs` and by `marks.rs`; this test is about what survives.
 //! Runs on every built major.
 
-use pg_test::Cluster;
-use pg_test::topology::{primary_with_extension, standby_with_a_ready_copy};
+use pg_test::topology::{
+    PRELOAD, STANDBY_SLOT, primary_with_extension, standby_with_a_ready_copy, wait_for_rounds,
+};
+use pg_test::{Cluster, InitOptions, StopMode};
 
 const MARKS: &str = "SELECT string_agg(slot_name || ' by ' || marked_by, ',' ORDER BY slot_name)
                        FROM slot_failover.marked_slots";
@@ -244,6 +246,40 @@ fn bad_calls_and_settings_lose_nothing() {
         "1",
         "a broken connection string must not cost the copy"
     );
+    // An upstream of another cluster (a mistyped port, say), with everything else the worker
+    // asks of an upstream: the extension, no marks, a physical slot of the standby's name. The
+    // worker refuses it and keeps its copy. Before (found by review), nothing compared the
+    // clusters: the worker read the other cluster's marks, none, and dropped the copy.
+    let mut other = Cluster::init("other", InitOptions::logical());
+    other.append_conf("postgresql.conf", PRELOAD);
+    other.start();
+    other.safe_psql(
+        "postgres",
+        &format!(
+            "CREATE EXTENSION slot_failover;
+             SELECT pg_catalog.pg_create_physical_replication_slot('{STANDBY_SLOT}');"
+        ),
+    );
+    let offset = standby.log_position();
+    standby.set_and_reload(
+        "slot_failover.upstream_conninfo",
+        &other.connstr("postgres"),
+    );
+    standby.wait_for_log(
+        "cannot synchronize slots: the upstream server belongs to another cluster: its system identifier is [0-9]+, this standby's is [0-9]+",
+        offset,
+    );
+    wait_for_rounds(&standby, 3);
+    assert_eq!(
+        standby.safe_psql(
+            "postgres",
+            "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'keep' AND NOT temporary"
+        ),
+        "1",
+        "an upstream of another cluster must not cost the copy: {}",
+        standby.log_from(offset)
+    );
+    other.stop(StopMode::Fast);
     let offset = standby.log_position();
     standby.append_conf("postgresql.conf", "slot_failover.upstream_conninfo = ''");
     standby.reload();

@@ -31,5 +31,6 @@ pub mod readiness;
 pub mod report;
 pub mod retention;
 pub mod slot_name;
+pub mod timeline;
 
 pub use lsn::Lsn;

@@ -40,17 +40,20 @@
 //!   copy of an earlier slot of that name goes. A copy whose plugin, database, kind or two_phase
 //!   point (where it is fixed for the life of a slot) differs from the upstream slot's is of a
 //!   slot that was dropped and created again: it goes, and is made again.
-//! * **A ready copy ahead of its upstream slot stays ready where it is.** After a failover the
-//!   standbys that follow the promoted one compare their copies with its slots, which were its
+//! * **A ready copy ahead of its upstream slot after a failover stays ready where it is.** The
+//!   standbys that follow a promoted one compare their copies with its slots, which were its
 //!   copies; each trailed the old primary's slot by up to a batch, so a follower's copy can be
 //!   ahead. Its positions came from the consumer's own confirmations (the consumer has what
-//!   they confirm) and lie in the history both standbys share, so it stays ready and waits for
-//!   the upstream slot to pass it (moving it back could need WAL and catalog rows this standby
-//!   no longer has; dropping it would leave a second failover without the slot). PostgreSQL's
-//!   own slot sync keeps a synced slot ahead of its remote too (slotsync.c,
-//!   `update_local_synced_slot()`). A copy of a slot that was dropped and created again
-//!   further back under the same name, plugin and database (by
-//!   `pg_copy_logical_replication_slot()`, say) cannot be told from this.
+//!   they confirm) and lie in the history both standbys share: before the point where the
+//!   promotion began the upstream's current timeline (a standby whose WAL went past it cannot
+//!   follow without pg_rewind, which empties pg_replslot). Such a copy stays ready, keeps its
+//!   position and its two-phase settings, and follows once the slot passes it (moving it back
+//!   could need WAL and catalog rows this standby no longer has; dropping it would leave a
+//!   second failover without the slot). PostgreSQL's own slot sync keeps a synced slot ahead of
+//!   its remote too (slotsync.c, `update_local_synced_slot()`). A copy whose `restart_lsn` is
+//!   ahead of the slot's and whose `confirmed_flush` is past the start of the upstream's
+//!   timeline is not a copy of that slot (one dropped and created again further back, with
+//!   `pg_copy_logical_replication_slot()`, say): it goes, and is made again.
 //! * A **physical** slot's copy keeps WAL from the upstream slot's restart_lsn, never past
 //!   this standby's flushed WAL and never backward; it is ready once its reservation is not
 //!   ahead of the upstream's (the WAL the upstream keeps for the slot is here). No snapshot,
@@ -104,6 +107,10 @@ pub struct Upstream {
     pub failover: bool,
     /// Since when the upstream holds the slot's consumers back (asked with `kept_from`).
     pub held_from: HeldFrom,
+    /// Where the upstream's current timeline began (its last promotion), [`Lsn::INVALID`] when
+    /// it never was promoted or this is not known: a ready copy ahead of the slot is kept only
+    /// when its position is from before then (see the module comment).
+    pub timeline_start: Lsn,
 }
 
 /// The local slot of the same name, if any.
@@ -448,14 +455,43 @@ pub fn decide(
     let failover = (l.failover != up.failover).then_some(up.failover);
     // For a ready copy: the two-phase settings it takes this round.
     let mut two_phase = None;
+    // A ready copy ahead of the upstream slot (see the module comment): it keeps its position
+    // and its two-phase settings until the slot passes it.
+    let ahead = l.persistent
+        && (l.restart_lsn > up.restart_lsn || xid_precedes(up.catalog_xmin, l.catalog_xmin));
     if l.persistent {
+        if l.restart_lsn > up.restart_lsn && l.confirmed_flush > up.timeline_start {
+            return decision(
+                Drop,
+                WaitingForUpstream,
+                format!(
+                    "the copy needs WAL from {}, but the upstream slot from {}, and the copy's position {} is not from before the upstream's current timeline began ({}): it is not a copy of that slot (one dropped and created again further back, say); dropping it, it will be created again",
+                    l.restart_lsn,
+                    up.restart_lsn,
+                    l.confirmed_flush,
+                    if up.timeline_start.is_valid() {
+                        format!("at {}", up.timeline_start)
+                    } else {
+                        "it was never promoted".to_string()
+                    }
+                ),
+            );
+        }
         // The copy's confirmed_flush after this round.
         let flush = if up.confirmed_flush <= standby_flush {
             up.confirmed_flush.max(l.confirmed_flush)
         } else {
             l.confirmed_flush
         };
-        match two_phase_change(up, l, flush) {
+        // Ahead, the copy keeps its two-phase settings with its position: taking the slot's
+        // two_phase_at without its confirmed_flush could send a transaction prepared in
+        // between twice, or never (PostgreSQL's update_local_synced_slot() skips them too).
+        let change = if ahead {
+            Ok(None)
+        } else {
+            two_phase_change(up, l, flush)
+        };
+        match change {
             Ok(change) => two_phase = change,
             // Decoding from this copy now could send a prepared transaction twice, or never:
             // not ready until it matches again.
@@ -566,14 +602,14 @@ pub fn decide(
             None
         };
     let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
-    let detail = if up.restart_lsn > l.restart_lsn && restart.is_none() {
-        "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
-            .to_string()
-    } else if up.restart_lsn < l.restart_lsn || xid_precedes(up.catalog_xmin, l.catalog_xmin) {
+    let detail = if ahead {
         format!(
             "ready; the copy is ahead of the upstream slot (WAL from {}, catalog rows from xid {}; the upstream slot: {}, xid {}), as a promoted upstream's slot can be, and keeps its position until the upstream slot passes it",
             l.restart_lsn, l.catalog_xmin, up.restart_lsn, up.catalog_xmin
         )
+    } else if up.restart_lsn > l.restart_lsn && restart.is_none() {
+        "ready; restart_lsn stays until the upstream's snapshot at the new position is here"
+            .to_string()
     } else {
         "ready".to_string()
     };
@@ -631,6 +667,7 @@ mod tests {
             database: Some(5),
             failover: false,
             held_from: HeldFrom::Unknown,
+            timeline_start: Lsn::INVALID,
         }
     }
 
@@ -933,8 +970,13 @@ mod tests {
     /// slot waits, as before.
     #[test]
     fn a_ready_copy_ahead_of_its_slot_stays_ready_where_it_is() {
+        // The upstream's timeline began at 300, after the copy's position: a promoted slot.
+        let promoted = |restart, flush, xmin| Upstream {
+            timeline_start: Lsn(300),
+            ..up(restart, flush, xmin)
+        };
         let d = decide(
-            Some(&up(100, 200, 10)),
+            Some(&promoted(100, 200, 10)),
             Some(&copy(true, 150, 250, 12)),
             1000,
             true,
@@ -945,6 +987,26 @@ mod tests {
             "{}",
             d.detail
         );
+        // Only catalog_xmin behind, restart_lsn past the copy's: the pair stays, and the
+        // detail says why.
+        let d = decide(
+            Some(&promoted(160, 260, 11)),
+            Some(&copy(true, 150, 250, 12)),
+            1000,
+            true,
+        );
+        assert_eq!(d.action, update(None, Some(260), None, None, None));
+        assert!(d.detail.contains("the copy is ahead"), "{}", d.detail);
+        // Its two-phase settings stay with its position (the slot's point is before the
+        // copy's confirmed_flush).
+        let mut u = promoted(100, 200, 10);
+        u.two_phase = true;
+        u.two_phase_at = TwoPhasePoint::At {
+            lsn: Lsn(120),
+            fixed: false,
+        };
+        let d = decide(Some(&u), Some(&copy(true, 150, 250, 12)), 1000, true);
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
         // Only confirmed_flush ahead: plain ready.
         let d = decide(
             Some(&up(150, 200, 12)),
@@ -958,7 +1020,7 @@ mod tests {
         );
         // The slot passes the copy: the copy follows.
         let d = decide(
-            Some(&up(160, 300, 13)),
+            Some(&promoted(160, 300, 13)),
             Some(&copy(true, 150, 250, 12)),
             1000,
             true,
@@ -967,6 +1029,21 @@ mod tests {
             d.action,
             update(Some((160, 13)), Some(300), None, None, None)
         );
+        // restart_lsn ahead, and the copy's position is past the start of the upstream's
+        // timeline (or the upstream was never promoted): not a copy of that slot.
+        for start in [Lsn::INVALID, Lsn(249)] {
+            let u = Upstream {
+                timeline_start: start,
+                ..up(100, 200, 10)
+            };
+            let d = decide(Some(&u), Some(&copy(true, 150, 250, 12)), 1000, true);
+            assert_eq!(d.action, Action::Drop, "{start}");
+            assert!(
+                d.detail.contains("it is not a copy of that slot"),
+                "{}",
+                d.detail
+            );
+        }
         let d = decide(
             Some(&up(100, 200, 10)),
             Some(&copy(false, 150, 0, 9)),
@@ -1157,11 +1234,13 @@ mod properties {
                         (0u64..2000).prop_map(|l| HeldFrom::At(Lsn(l))),
                     ],
                 ),
+                prop_oneof![Just(Lsn::INVALID), (0u64..2000).prop_map(Lsn)],
             )
                 .prop_map(
                     |(
                         (logical, invalidated, restart_lsn, flush, catalog_xmin),
                         (two_phase, two_phase_at, plugin, database, failover, held_from),
+                        timeline_start,
                     )| Upstream {
                         logical,
                         invalidated,
@@ -1178,6 +1257,7 @@ mod properties {
                         database,
                         failover,
                         held_from,
+                        timeline_start,
                     },
                 ),
         )
@@ -1261,14 +1341,30 @@ mod properties {
                 prop_assert!(up.restart_lsn.is_valid() && up.confirmed_flush.is_valid() && up.catalog_xmin != 0, "a copy of a slot being created: {d:?}");
                 prop_assert_eq!(&c.plugin, &up.plugin, "{:?}", d);
                 prop_assert_eq!(Some(c.database), up.database, "{:?}", d);
-                prop_assert!(c.restart_lsn <= up.restart_lsn, "a ready copy ahead of its slot: {d:?}");
-                prop_assert_eq!(c.two_phase, up.two_phase, "{:?}", d);
-                if let TwoPhasePoint::At { lsn, .. } = up.two_phase_at {
-                    prop_assert_eq!(c.two_phase_at, lsn, "{:?}", d);
-                } else {
-                    prop_assert!(up.two_phase_at == TwoPhasePoint::NotNeeded, "{d:?}");
-                }
                 prop_assert_eq!(c.failover, up.failover, "{:?}", d);
+                let local = l.as_ref().expect("a kept copy was there");
+                if local.persistent
+                    && (local.restart_lsn > up.restart_lsn || xid_precedes(up.catalog_xmin, local.catalog_xmin))
+                {
+                    // A ready copy ahead of its slot: only a copy whose position is from before
+                    // the upstream's timeline began (a promoted upstream's slot trails it) is
+                    // kept, and it keeps its position and two-phase settings.
+                    prop_assert!(
+                        local.restart_lsn <= up.restart_lsn || local.confirmed_flush <= up.timeline_start,
+                        "a ready copy ahead of a slot it is not a copy of: {d:?}"
+                    );
+                    prop_assert_eq!(c.restart_lsn, local.restart_lsn, "{:?}", d);
+                    prop_assert_eq!(c.catalog_xmin, local.catalog_xmin, "{:?}", d);
+                    prop_assert_eq!((c.two_phase, c.two_phase_at), (local.two_phase, local.two_phase_at), "{:?}", d);
+                } else {
+                    prop_assert!(c.restart_lsn <= up.restart_lsn, "a ready copy ahead of its slot: {d:?}");
+                    prop_assert_eq!(c.two_phase, up.two_phase, "{:?}", d);
+                    if let TwoPhasePoint::At { lsn, .. } = up.two_phase_at {
+                        prop_assert_eq!(c.two_phase_at, lsn, "{:?}", d);
+                    } else {
+                        prop_assert!(up.two_phase_at == TwoPhasePoint::NotNeeded, "{d:?}");
+                    }
+                }
             }
             if d.state == State::Ready && up.as_ref().is_some_and(|u| u.logical) {
                 prop_assert!(kept_copy, "reported ready but not persistent: {d:?}");

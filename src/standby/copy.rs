@@ -29,7 +29,8 @@
 //!   (or shutdown) writes it, as PostgreSQL does for its own slots
 //!   (`LogicalConfirmReceivedLocation`, `CheckPointReplicationSlots`). After a crash of the
 //!   standby a ready copy's confirmed_flush may therefore be older than it was, never newer
-//!   than the upstream's, and its restart_lsn and catalog_xmin are exactly as last relied on;
+//!   than a confirmation of the slot's consumer, and its restart_lsn and catalog_xmin are
+//!   exactly as last relied on;
 //!   a consumer that sends its own start position (subscriptions, Debezium) skips what it has,
 //!   exactly as after a crash of the primary itself. This saves an fsync of the slot's state
 //!   file per move, which was a quarter of the worker's time under load.

@@ -25,7 +25,7 @@ use crate::pg::{compat, deadline, latch};
 use crate::standby::protocol::{self, MovedSlots, RemoteSlot};
 use crate::standby::snapshots;
 use slot_failover_rules::readiness::xid_precedes;
-use slot_failover_rules::{Lsn, conninfo, slot_name};
+use slot_failover_rules::{Lsn, conninfo, slot_name, timeline};
 
 /// Something that keeps the worker from synchronizing: said once when it appears.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +54,10 @@ pub enum Problem {
     UpstreamSlotNotPhysical(String),
     #[error("extension slot_failover is not installed in database \"{0}\" on the upstream server")]
     ExtensionMissing(String),
+    #[error(
+        "the upstream server belongs to another cluster: its system identifier is {upstream}, this standby's is {here}"
+    )]
+    OtherCluster { upstream: String, here: String },
 }
 
 impl Problem {
@@ -75,6 +79,9 @@ impl Problem {
             }
             Problem::ExtensionMissing(_) => {
                 "Run CREATE EXTENSION slot_failover on the primary in that database, or set slot_failover.database to the database where it is installed.".into()
+            }
+            Problem::OtherCluster { .. } => {
+                "Point slot_failover.upstream_conninfo (or primary_conninfo) at this standby's primary, or at a standby of it; nothing is copied meanwhile.".into()
             }
         }
     }
@@ -117,6 +124,9 @@ pub struct Upstream {
     /// When a standby snapshot was last asked for, and how long to wait before asking again
     /// (see [`ask_for_standby_snapshot`](Upstream::ask_for_standby_snapshot)).
     snapshot_asked: std::cell::Cell<Option<(std::time::Instant, std::time::Duration)>>,
+    /// Where the upstream's current timeline began, as of the last
+    /// [`check`](Upstream::check) (see `readiness::Upstream::timeline_start`).
+    timeline_start: std::cell::Cell<Lsn>,
     /// The rows of the last read of every marked slot, with the digest read just before them
     /// (see [`marked_slots`](Upstream::marked_slots)).
     cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
@@ -216,6 +226,7 @@ impl Upstream {
             can_log_snapshot: std::cell::Cell::new(false),
             can_held_from: std::cell::Cell::new(false),
             snapshot_asked: std::cell::Cell::new(None),
+            timeline_start: std::cell::Cell::new(Lsn::INVALID),
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
         })
@@ -301,9 +312,11 @@ impl Upstream {
         }
     }
 
-    /// The upstream-side prerequisites: wal_level logical, our physical slot there and
-    /// physical, the extension installed in the database we connected to.
+    /// The upstream-side prerequisites: of this standby's cluster ([`identify`](Upstream::identify)),
+    /// wal_level logical, our physical slot there and physical, the extension installed in the
+    /// database we connected to.
     pub fn check(&self, primary_slot: &str) -> Result<(), Problem> {
+        self.identify()?;
         let (sql, ncols) = protocol::check(primary_slot);
         let rows = self.query(&sql, ncols)?;
         let row = rows
@@ -346,6 +359,48 @@ impl Upstream {
             self.rows.set(rows);
         }
         Ok(())
+    }
+
+    /// The upstream must be of this standby's cluster (its system identifier, which the
+    /// walreceiver checks for the WAL too): a copy of another cluster's slot would stand for a
+    /// slot this standby's WAL knows nothing of. Also reads where the upstream's current
+    /// timeline began (its last promotion, from its timeline history file), which says whether
+    /// a ready copy ahead of its slot there is a copy of it (`readiness::Upstream::timeline_start`).
+    /// Not known (no history: never promoted, or it could not be read): [`Lsn::INVALID`], which
+    /// keeps no copy that is ahead.
+    fn identify(&self) -> Result<(), Problem> {
+        let rows = self.query("IDENTIFY_SYSTEM", 4)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Problem::Query("IDENTIFY_SYSTEM returned no row".into()))?;
+        let upstream = row[0].clone().unwrap_or_default();
+        // SAFETY: reads this server's system identifier from its control file data in shared
+        // memory, set once at startup; any process may read it.
+        let here = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
+        if upstream != here {
+            return Err(Problem::OtherCluster { upstream, here });
+        }
+        let tli: u32 = row[1]
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Problem::Query("IDENTIFY_SYSTEM returned no timeline".into()))?;
+        let start = if tli > 1 {
+            self.query(&format!("TIMELINE_HISTORY {tli}"), 2)
+                .ok()
+                .and_then(|rows| rows.first()?.get(1).cloned().flatten())
+                .and_then(|history| timeline::current_start(&history))
+                .unwrap_or(Lsn::INVALID)
+        } else {
+            Lsn::INVALID
+        };
+        self.timeline_start.set(start);
+        Ok(())
+    }
+
+    /// Where the upstream's current timeline began, as of the last check ([`Lsn::INVALID`]:
+    /// never promoted, or not known).
+    pub fn timeline_start(&self) -> Lsn {
+        self.timeline_start.get()
     }
 
     /// Whether the upstream can tell us when a marked slot moves (see `primary/changes.rs`).
