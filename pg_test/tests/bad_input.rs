@@ -5,9 +5,7 @@
 //! the `#[pg_test]` tests of `src/marks.rs` and by `marks.rs`; this test is about what survives.
 //! Runs on every built major.
 
-use pg_test::topology::{
-    PRELOAD, STANDBY_SLOT, primary_with_extension, standby_with_a_ready_copy, wait_for_rounds,
-};
+use pg_test::topology::{PRELOAD, STANDBY_SLOT, primary_with_extension, standby_with_a_ready_copy};
 use pg_test::{Cluster, InitOptions, StopMode};
 
 const MARKS: &str = "SELECT string_agg(slot_name || ' by ' || marked_by, ',' ORDER BY slot_name)
@@ -260,6 +258,9 @@ fn bad_calls_and_settings_lose_nothing() {
              SELECT pg_catalog.pg_create_physical_replication_slot('{STANDBY_SLOT}');"
         ),
     );
+    // A long naptime: a sync() right after the refusal asks for a round within it, which must
+    // look at the upstream again (before the review's fix, it ran without the check, on the
+    // same connection).
     let offset = standby.log_position();
     standby.set_and_reload(
         "slot_failover.upstream_conninfo",
@@ -269,7 +270,14 @@ fn bad_calls_and_settings_lose_nothing() {
         "cannot synchronize slots: the upstream server belongs to another cluster: its system identifier is [0-9]+, this standby's is [0-9]+",
         offset,
     );
-    wait_for_rounds(&standby, 3);
+    standby.set_and_reload("slot_failover.naptime", "1min");
+    for _ in 0..3 {
+        let out = standby.psql("postgres", "SELECT count(*) FROM slot_failover.sync()");
+        assert!(
+            out.stderr.contains("belongs to another cluster"),
+            "sync() against another cluster: {out:?}"
+        );
+    }
     assert_eq!(
         standby.safe_psql(
             "postgres",
@@ -281,7 +289,10 @@ fn bad_calls_and_settings_lose_nothing() {
     );
     other.stop(StopMode::Fast);
     let offset = standby.log_position();
-    standby.append_conf("postgresql.conf", "slot_failover.upstream_conninfo = ''");
+    standby.append_conf(
+        "postgresql.conf",
+        "slot_failover.upstream_conninfo = ''\nslot_failover.naptime = 50ms",
+    );
     standby.reload();
     standby.wait_for_log(
         "slot_failover worker is connected to the upstream server",

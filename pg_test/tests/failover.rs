@@ -860,28 +860,39 @@ fn a_copy_ahead_of_the_new_primarys_slot_survives_a_second_failover() {
     assert_eq!(decoded_ids(&got), range(1, 10), "{got}");
     let first_restart = slot_lsn(&first, "td", "restart_lsn");
     wait::until(
-        "the second standby's copy to be past the first's",
+        "the slot's restart_lsn to pass the first standby's copy",
         wait::default_timeout(),
         || {
             primary.safe_psql(
                 "postgres",
                 "CHECKPOINT; SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL)",
             );
-            let (restart, flush) = (
-                slot_lsn(&primary, "td", "restart_lsn"),
-                slot_lsn(&primary, "td", "confirmed_flush_lsn"),
-            );
+            let restart = slot_lsn(&primary, "td", "restart_lsn");
+            if restart > first_restart {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("slot from {restart}, first's copy from {first_restart}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The slot stays where it is now; the second standby's copy follows it there.
+    let slot = (
+        slot_lsn(&primary, "td", "restart_lsn"),
+        slot_lsn(&primary, "td", "confirmed_flush_lsn"),
+    );
+    wait::until(
+        "the second standby's copy to reach the slot",
+        wait::default_timeout(),
+        || {
             let copy = (
                 slot_lsn(&second, "td", "restart_lsn"),
                 slot_lsn(&second, "td", "confirmed_flush_lsn"),
             );
-            if restart > first_restart && copy == (restart, flush) {
+            if copy == slot {
                 Check::Done(())
             } else {
-                Check::NotYet(format!(
-                    "slot {restart}/{flush}, second's copy {}/{}, first's copy from {first_restart}",
-                    copy.0, copy.1
-                ))
+                Check::NotYet(format!("copy {copy:?}, slot {slot:?}"))
             }
         },
     )

@@ -111,6 +111,10 @@ pub struct Upstream {
     /// it never was promoted or this is not known: a ready copy ahead of the slot is kept only
     /// when its position is from before then (see the module comment).
     pub timeline_start: Lsn,
+    /// The upstream is in recovery (a cascading upstream, or a standby being promoted): its
+    /// slots are copies of the same slots as this standby's copies, trailing them or not, so a
+    /// ready copy ahead of one is kept whatever `timeline_start` says.
+    pub in_recovery: bool,
 }
 
 /// The local slot of the same name, if any.
@@ -455,12 +459,19 @@ pub fn decide(
     let failover = (l.failover != up.failover).then_some(up.failover);
     // For a ready copy: the two-phase settings it takes this round.
     let mut two_phase = None;
-    // A ready copy ahead of the upstream slot (see the module comment): it keeps its position
-    // and its two-phase settings until the slot passes it.
+    // A ready copy ahead of the upstream slot (see the module comment) keeps its position
+    // (confirmed_flush included) and its two-phase settings until the slot passes it; one whose
+    // confirmed_flush alone is ahead keeps its two-phase settings with it. Taking the slot's
+    // two_phase_at without its confirmed_flush could send a transaction prepared in between
+    // twice, or never (PostgreSQL's update_local_synced_slot() skips both too).
     let ahead = l.persistent
         && (l.restart_lsn > up.restart_lsn || xid_precedes(up.catalog_xmin, l.catalog_xmin));
+    let keeps_own_two_phase = l.persistent && (ahead || l.confirmed_flush > up.confirmed_flush);
     if l.persistent {
-        if l.restart_lsn > up.restart_lsn && l.confirmed_flush > up.timeline_start {
+        if l.restart_lsn > up.restart_lsn
+            && l.confirmed_flush > up.timeline_start
+            && !up.in_recovery
+        {
             return decision(
                 Drop,
                 WaitingForUpstream,
@@ -483,10 +494,7 @@ pub fn decide(
         } else {
             l.confirmed_flush
         };
-        // Ahead, the copy keeps its two-phase settings with its position: taking the slot's
-        // two_phase_at without its confirmed_flush could send a transaction prepared in
-        // between twice, or never (PostgreSQL's update_local_synced_slot() skips them too).
-        let change = if ahead {
+        let change = if keeps_own_two_phase {
             Ok(None)
         } else {
             two_phase_change(up, l, flush)
@@ -601,7 +609,8 @@ pub fn decide(
         } else {
             None
         };
-    let confirmed_flush = (up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
+    let confirmed_flush =
+        (!ahead && up.confirmed_flush > l.confirmed_flush).then_some(up.confirmed_flush);
     let detail = if ahead {
         format!(
             "ready; the copy is ahead of the upstream slot (WAL from {}, catalog rows from xid {}; the upstream slot: {}, xid {}), as a promoted upstream's slot can be, and keeps its position until the upstream slot passes it",
@@ -668,6 +677,7 @@ mod tests {
             failover: false,
             held_from: HeldFrom::Unknown,
             timeline_start: Lsn::INVALID,
+            in_recovery: false,
         }
     }
 
@@ -995,7 +1005,7 @@ mod tests {
             1000,
             true,
         );
-        assert_eq!(d.action, update(None, Some(260), None, None, None));
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
         assert!(d.detail.contains("the copy is ahead"), "{}", d.detail);
         // Its two-phase settings stay with its position (the slot's point is before the
         // copy's confirmed_flush).
@@ -1007,17 +1017,26 @@ mod tests {
         };
         let d = decide(Some(&u), Some(&copy(true, 150, 250, 12)), 1000, true);
         assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
-        // Only confirmed_flush ahead: plain ready.
-        let d = decide(
-            Some(&up(150, 200, 12)),
-            Some(&copy(true, 150, 250, 12)),
-            1000,
-            true,
-        );
+        // Only confirmed_flush ahead: plain ready, and the copy keeps its two-phase settings
+        // with it (the slot's, older, say two_phase off).
+        let mut u = up(150, 200, 12);
+        u.two_phase_at = TwoPhasePoint::NotNeeded;
+        let mut l = copy(true, 150, 250, 12);
+        l.two_phase = true;
+        l.two_phase_at = Lsn(220);
+        let d = decide(Some(&u), Some(&l), 1000, true);
         assert_eq!(
             (d.action, d.state, d.detail.as_str()),
             (Action::Nothing, State::Ready, "ready")
         );
+        // An upstream in recovery (a cascading one, or one being promoted): its slots are
+        // copies of the same slots, so a copy ahead of one is kept whatever its timeline.
+        let u = Upstream {
+            in_recovery: true,
+            ..up(100, 200, 10)
+        };
+        let d = decide(Some(&u), Some(&copy(true, 150, 250, 12)), 1000, true);
+        assert_eq!((d.action, d.state), (Action::Nothing, State::Ready));
         // The slot passes the copy: the copy follows.
         let d = decide(
             Some(&promoted(160, 300, 13)),
@@ -1234,13 +1253,16 @@ mod properties {
                         (0u64..2000).prop_map(|l| HeldFrom::At(Lsn(l))),
                     ],
                 ),
-                prop_oneof![Just(Lsn::INVALID), (0u64..2000).prop_map(Lsn)],
+                (
+                    prop_oneof![Just(Lsn::INVALID), (0u64..2000).prop_map(Lsn)],
+                    any::<bool>(),
+                ),
             )
                 .prop_map(
                     |(
                         (logical, invalidated, restart_lsn, flush, catalog_xmin),
                         (two_phase, two_phase_at, plugin, database, failover, held_from),
-                        timeline_start,
+                        (timeline_start, in_recovery),
                     )| Upstream {
                         logical,
                         invalidated,
@@ -1258,6 +1280,7 @@ mod properties {
                         failover,
                         held_from,
                         timeline_start,
+                        in_recovery,
                     },
                 ),
         )
@@ -1343,19 +1366,29 @@ mod properties {
                 prop_assert_eq!(Some(c.database), up.database, "{:?}", d);
                 prop_assert_eq!(c.failover, up.failover, "{:?}", d);
                 let local = l.as_ref().expect("a kept copy was there");
-                if local.persistent
-                    && (local.restart_lsn > up.restart_lsn || xid_precedes(up.catalog_xmin, local.catalog_xmin))
-                {
+                let ahead = local.persistent
+                    && (local.restart_lsn > up.restart_lsn || xid_precedes(up.catalog_xmin, local.catalog_xmin));
+                if ahead {
                     // A ready copy ahead of its slot: only a copy whose position is from before
-                    // the upstream's timeline began (a promoted upstream's slot trails it) is
-                    // kept, and it keeps its position and two-phase settings.
+                    // the upstream's timeline began (a promoted upstream's slot trails it), or
+                    // of an upstream in recovery, is kept, and it keeps its whole position and
+                    // its two-phase settings.
                     prop_assert!(
-                        local.restart_lsn <= up.restart_lsn || local.confirmed_flush <= up.timeline_start,
+                        local.restart_lsn <= up.restart_lsn
+                            || local.confirmed_flush <= up.timeline_start
+                            || up.in_recovery,
                         "a ready copy ahead of a slot it is not a copy of: {d:?}"
                     );
-                    prop_assert_eq!(c.restart_lsn, local.restart_lsn, "{:?}", d);
-                    prop_assert_eq!(c.catalog_xmin, local.catalog_xmin, "{:?}", d);
+                    prop_assert_eq!(
+                        (c.restart_lsn, c.catalog_xmin, c.confirmed_flush),
+                        (local.restart_lsn, local.catalog_xmin, local.confirmed_flush),
+                        "{:?}", d
+                    );
+                }
+                if local.persistent && (ahead || local.confirmed_flush > up.confirmed_flush) {
+                    // confirmed_flush and the two-phase settings come from one side: the copy's.
                     prop_assert_eq!((c.two_phase, c.two_phase_at), (local.two_phase, local.two_phase_at), "{:?}", d);
+                    prop_assert_eq!(c.confirmed_flush, local.confirmed_flush, "{:?}", d);
                 } else {
                     prop_assert!(c.restart_lsn <= up.restart_lsn, "a ready copy ahead of its slot: {d:?}");
                     prop_assert_eq!(c.two_phase, up.two_phase, "{:?}", d);

@@ -176,6 +176,7 @@ fn to_upstream(r: &RemoteSlot) -> Option<readiness::Upstream> {
         // Set by the round, from what it asked (see `handle_slot`).
         held_from: readiness::HeldFrom::Unknown,
         timeline_start: Lsn::INVALID,
+        in_recovery: false,
     })
 }
 
@@ -384,6 +385,7 @@ fn handle_slot(
     let mut upstream = to_upstream(remote);
     if let Some(u) = upstream.as_mut() {
         u.timeline_start = round.up.timeline_start();
+        u.in_recovery = round.up.in_recovery();
         u.held_from = match round.held_from.get(&remote.name) {
             Some(Some(at)) => readiness::HeldFrom::At(*at),
             Some(None) => readiness::HeldFrom::NotYet,

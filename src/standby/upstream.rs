@@ -124,9 +124,10 @@ pub struct Upstream {
     /// When a standby snapshot was last asked for, and how long to wait before asking again
     /// (see [`ask_for_standby_snapshot`](Upstream::ask_for_standby_snapshot)).
     snapshot_asked: std::cell::Cell<Option<(std::time::Instant, std::time::Duration)>>,
-    /// Where the upstream's current timeline began, as of the last
-    /// [`check`](Upstream::check) (see `readiness::Upstream::timeline_start`).
+    /// Where the upstream's current timeline began, and whether it is in recovery, as of the
+    /// last [`check`](Upstream::check) (see `readiness::Upstream::timeline_start`).
     timeline_start: std::cell::Cell<Lsn>,
+    in_recovery: std::cell::Cell<bool>,
     /// The rows of the last read of every marked slot, with the digest read just before them
     /// (see [`marked_slots`](Upstream::marked_slots)).
     cached: std::cell::RefCell<Option<(i64, Vec<RemoteSlot>)>>,
@@ -227,6 +228,7 @@ impl Upstream {
             can_held_from: std::cell::Cell::new(false),
             snapshot_asked: std::cell::Cell::new(None),
             timeline_start: std::cell::Cell::new(Lsn::INVALID),
+            in_recovery: std::cell::Cell::new(false),
             cached: std::cell::RefCell::new(None),
             reused: std::cell::Cell::new(0),
         })
@@ -394,6 +396,13 @@ impl Upstream {
             Lsn::INVALID
         };
         self.timeline_start.set(start);
+        let in_recovery = self.query("SELECT pg_catalog.pg_is_in_recovery()", 1)?;
+        self.in_recovery.set(
+            in_recovery
+                .first()
+                .and_then(|r| r[0].as_deref())
+                .is_some_and(|v| v == "t"),
+        );
         Ok(())
     }
 
@@ -401,6 +410,13 @@ impl Upstream {
     /// never promoted, or not known).
     pub fn timeline_start(&self) -> Lsn {
         self.timeline_start.get()
+    }
+
+    /// The upstream was in recovery at the last check. Checked on every new connection, so a
+    /// standby being promoted while the worker connects counts as in recovery until the next
+    /// check, never as a primary that was never promoted.
+    pub fn in_recovery(&self) -> bool {
+        self.in_recovery.get()
     }
 
     /// Whether the upstream can tell us when a marked slot moves (see `primary/changes.rs`).

@@ -278,12 +278,19 @@ impl SyncState {
         if check {
             self.checked_at = Some(std::time::Instant::now());
         }
-        match round::round(up, &primary_slot, check) {
+        let result = round::round(up, &primary_slot, check);
+        if result.is_err() {
+            // The next round looks at the upstream again: a round without the check must not
+            // follow a failed one (it would read the marks of an upstream that failed it).
+            self.checked_at = None;
+        }
+        match result {
             Err(Problem::Query(_)) if !fresh => {
                 self.upstream = None;
                 self.round()
             }
-            Err(problem @ Problem::Query(_)) => {
+            // Nothing more is asked of a server of another cluster on this connection.
+            Err(problem @ (Problem::Query(_) | Problem::OtherCluster { .. })) => {
                 self.upstream = None;
                 Err(problem)
             }
