@@ -159,6 +159,19 @@ pub fn write_rows(publisher: &Cluster, subscriber: &Cluster, from: i32, to: i32)
     subscriber.poll_query_until("postgres", "SELECT max(id) FROM t", &to.to_string());
 }
 
+/// On `primary`: one more row in table `t`, a checkpoint (a running-xacts record the slot's
+/// restart_lsn can move to) and slot `slot` consumed to the end, so that the slot moves,
+/// restart_lsn included.
+pub fn move_slot(primary: &Cluster, slot: &str) {
+    primary.safe_psql(
+        "postgres",
+        &format!(
+            "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
+             SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('{slot}', NULL, NULL);"
+        ),
+    );
+}
+
 /// The pid of the slot_failover worker on a node (empty when none runs).
 pub const WORKER_PID: &str =
     "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'slot_failover worker'";

@@ -3,9 +3,9 @@
 //! is dropped, loudly, at promotion.
 
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, consume_until_ready, cut_worker_off, ids, primary_with_extension,
-    repoint, standby_of, standby_with_a_ready_copy, subscriber_of, table_standby_and_marked_slot,
-    wait_for_rounds,
+    STANDBY_SLOT, SYNCING, consume_until_ready, cut_worker_off, ids, move_slot,
+    primary_with_extension, repoint, standby_of, standby_with_a_ready_copy, subscriber_of,
+    table_standby_and_marked_slot, wait_for_rounds,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode, StopMode};
@@ -1003,11 +1003,7 @@ fn a_copy_ahead_of_a_slot_made_again_further_back_goes() {
         "the copy of td to be past slot old",
         wait::default_timeout(),
         || {
-            primary.safe_psql(
-                "postgres",
-                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
-                 SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
-            );
+            move_slot(&primary, "td");
             let copy = slot_lsn(&standby, "td", "restart_lsn");
             if copy > old_restart {
                 Check::Done(())

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use pg_test::load::{Writer, repeats};
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, WORKER_PID, id_set, primary_with_extension, repoint, standby_of,
-    subscriber_of, worker_pid,
+    STANDBY_SLOT, SYNCING, WORKER_PID, id_set, move_slot, primary_with_extension, repoint,
+    standby_of, subscriber_of, worker_pid,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, Lsn, LsnMode};
@@ -373,11 +373,7 @@ fn a_slot_invalidated_upstream_is_dropped_and_made_again() {
             "the copy of td to be ready",
             wait::default_timeout(),
             || {
-                primary.safe_psql(
-                    "postgres",
-                    "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
-                 SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
-                );
+                move_slot(&primary, "td");
                 match standby
                     .psql(
                         "postgres",

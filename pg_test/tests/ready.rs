@@ -18,8 +18,8 @@
 use std::time::{Duration, Instant};
 
 use pg_test::topology::{
-    STANDBY_SLOT, SYNCING, ids, primary_with_extension, repoint, standby_of, subscriber_of,
-    write_rows,
+    STANDBY_SLOT, SYNCING, ids, move_slot, primary_with_extension, repoint, standby_of,
+    subscriber_of, write_rows,
 };
 use pg_test::wait::{self, Check};
 use pg_test::{Cluster, InitOptions, StopMode};
@@ -277,11 +277,7 @@ fn a_slot_still_being_created_is_not_copied_until_it_is() {
         "the copy of td to be ready",
         wait::default_timeout(),
         || {
-            primary.safe_psql(
-                "postgres",
-                "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t; CHECKPOINT;
-             SELECT count(*) FROM pg_catalog.pg_logical_slot_get_changes('td', NULL, NULL);",
-            );
+            move_slot(&primary, "td");
             primary.wait_for_catchup(&standby);
             standby.safe_psql("postgres", "SELECT count(*) FROM slot_failover.sync()");
             let state = standby.safe_psql(
