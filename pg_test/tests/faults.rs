@@ -373,7 +373,7 @@ fn a_slot_invalidated_upstream_is_dropped_and_made_again() {
             "the copy of td to be ready",
             wait::default_timeout(),
             || {
-                move_slot(&primary, "td");
+                move_slot(primary, "td");
                 match standby
                     .psql(
                         "postgres",

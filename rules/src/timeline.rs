@@ -13,8 +13,7 @@ pub fn current_start(history: &str) -> Option<Lsn> {
     let last = history
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .last()?;
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))?;
     let mut fields = last.split_whitespace();
     fields.next()?.parse::<u32>().ok()?;
     fields.next()?.parse().ok()
