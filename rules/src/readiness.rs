@@ -50,10 +50,11 @@
 //!   position and its two-phase settings, and follows once the slot passes it (moving it back
 //!   could need WAL and catalog rows this standby no longer has; dropping it would leave a
 //!   second failover without the slot). PostgreSQL's own slot sync keeps a synced slot ahead of
-//!   its remote too (slotsync.c, `update_local_synced_slot()`). A copy whose `restart_lsn` is
-//!   ahead of the slot's and whose `confirmed_flush` is past the start of the upstream's
-//!   timeline is not a copy of that slot (one dropped and created again further back, with
-//!   `pg_copy_logical_replication_slot()`, say): it goes, and is made again.
+//!   its remote too (slotsync.c, `update_local_synced_slot()`). So does a copy ahead of the
+//!   slot of an upstream in recovery, whose slots are copies of the same slots. A copy whose
+//!   `restart_lsn` is ahead of the slot's and whose `confirmed_flush` is past the start of the
+//!   upstream's timeline is not a copy of that slot (one dropped and created again further
+//!   back, with `pg_copy_logical_replication_slot()`, say): it goes, and is made again.
 //! * A **physical** slot's copy keeps WAL from the upstream slot's restart_lsn, never past
 //!   this standby's flushed WAL and never backward; it is ready once its reservation is not
 //!   ahead of the upstream's (the WAL the upstream keeps for the slot is here). No snapshot,
