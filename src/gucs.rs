@@ -45,9 +45,9 @@ pub static DEBUG_PAUSE_FILE: GucSetting<Option<CString>> = GucSetting::<Option<C
 /// Rounds also start at once when a marked slot moves upstream (see `primary/changes.rs`), so the
 /// naptime only bounds what is not signalled (SQL-function consumers, drops, invalidations)
 /// and sets the idle cost: per naptime on the upstream, the digest query and the check of the
-/// upstream (its prerequisites query, `IDENTIFY_SYSTEM`, `TIMELINE_HISTORY` once it was promoted,
-/// and `pg_is_in_recovery()`; with `log_replication_commands` on the upstream logs the two
-/// replication commands).
+/// upstream (its prerequisites query, `IDENTIFY_SYSTEM`, and `TIMELINE_HISTORY` once it was
+/// promoted; with `log_replication_commands` on the upstream logs the two replication
+/// commands).
 pub const DEFAULT_NAPTIME_MS: i32 = 1000;
 
 /// Each round woken by moves upstream costs a query there and a transaction here, however few

@@ -76,9 +76,11 @@ pub struct Checked {
     pub can_feed: bool,
     /// It has `held_from()` (0.6.0+) and we may run it.
     pub can_held_from: bool,
+    /// It is in recovery (a cascading upstream, or one whose promotion is not done yet).
+    pub in_recovery: bool,
 }
 
-/// The prerequisites query (eleven columns).
+/// The prerequisites query (twelve columns).
 pub fn check(primary_slot: &str) -> (String, usize) {
     (
         format!(
@@ -109,10 +111,11 @@ pub fn check(primary_slot: &str) -> (String, usize) {
                         false)::pg_catalog.text,
                     coalesce(pg_catalog.has_function_privilege(
                         pg_catalog.to_regprocedure('slot_failover.held_from(text[])'), 'EXECUTE'),
-                        false)::pg_catalog.text",
+                        false)::pg_catalog.text,
+                    pg_catalog.pg_is_in_recovery()::pg_catalog.text",
             slot = quote_literal(primary_slot)
         ),
-        11,
+        12,
     )
 }
 
@@ -130,6 +133,7 @@ pub fn checked(row: &[Option<String>]) -> Checked {
         can_rows: row[8].as_deref() == Some("true"),
         can_feed: row[9].as_deref() == Some("true"),
         can_held_from: row[10].as_deref() == Some("true"),
+        in_recovery: row[11].as_deref() == Some("true"),
     }
 }
 

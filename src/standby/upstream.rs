@@ -340,6 +340,7 @@ impl Upstream {
         self.can_digest.set(c.can_digest);
         self.can_log_snapshot.set(c.can_log_snapshot);
         self.can_held_from.set(c.can_held_from);
+        self.in_recovery.set(c.in_recovery);
         if !c.can_feed {
             self.feed.replace(None);
         }
@@ -396,13 +397,6 @@ impl Upstream {
             Lsn::INVALID
         };
         self.timeline_start.set(start);
-        let in_recovery = self.query("SELECT pg_catalog.pg_is_in_recovery()", 1)?;
-        self.in_recovery.set(
-            in_recovery
-                .first()
-                .and_then(|r| r[0].as_deref())
-                .is_some_and(|v| v == "t"),
-        );
         Ok(())
     }
 
